@@ -1,0 +1,89 @@
+package scrypath.node;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Collection;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+
+import org.opensearch.analysis.common.CommonAnalysisPlugin;
+import org.opensearch.common.logging.LogConfigurator;
+import org.opensearch.common.settings.Settings;
+import org.opensearch.env.Environment;
+import org.opensearch.node.InternalSettingsPreparer;
+import org.opensearch.node.Node;
+import org.opensearch.plugins.Plugin;
+import org.opensearch.transport.Netty4Plugin;
+
+/**
+ * A real, single-node OpenSearch engine with its REST API on 127.0.0.1.
+ *
+ * <p>Usage: {@code java -cp 'target/classes:target/lib/*' scrypath.node.EmbeddedOpenSearch HOME HTTP_PORT}
+ *
+ * <p>HOME is a throwaway directory (data and logs go below it). The process prints
+ * {@code scrypath-opensearch started http=127.0.0.1:PORT} once the node is up and stops the
+ * node cleanly on SIGTERM.
+ */
+public final class EmbeddedOpenSearch {
+
+    /** OpenSearch's Node has a protected constructor that accepts classpath plugins. */
+    static final class PluginNode extends Node {
+        PluginNode(Environment environment, Collection<Class<? extends Plugin>> plugins) {
+            super(environment, plugins, true);
+        }
+    }
+
+    private EmbeddedOpenSearch() {}
+
+    public static void main(String[] args) throws Exception {
+        if (args.length != 2) {
+            System.err.println("usage: EmbeddedOpenSearch HOME HTTP_PORT");
+            System.exit(64);
+        }
+        Path home = Path.of(args[0]).toAbsolutePath();
+        String httpPort = args[1];
+        Files.createDirectories(home.resolve("data"));
+        Files.createDirectories(home.resolve("logs"));
+        Files.createDirectories(home.resolve("config"));
+
+        Settings settings = Settings.builder()
+            .put("cluster.name", "scrypath-test")
+            .put("node.name", "scrypath-node")
+            .put("path.home", home.toString())
+            .put("path.data", home.resolve("data").toString())
+            .put("path.logs", home.resolve("logs").toString())
+            .put("network.host", "127.0.0.1")
+            .put("http.port", httpPort)
+            .put("transport.port", "0")
+            .put("discovery.type", "single-node")
+            .put("cluster.routing.allocation.disk.threshold_enabled", false)
+            .put("action.auto_create_index", true)
+            .build();
+
+        LogConfigurator.configureWithoutConfig(settings);
+        Environment environment =
+            InternalSettingsPreparer.prepareEnvironment(settings, Map.of(), home.resolve("config"), () -> "scrypath-node");
+        List<Class<? extends Plugin>> plugins = List.of(Netty4Plugin.class, CommonAnalysisPlugin.class);
+        Node node = new PluginNode(environment, plugins);
+
+        CountDownLatch stopped = new CountDownLatch(1);
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+            try {
+                node.close();
+                node.awaitClose(20, TimeUnit.SECONDS);
+            } catch (Exception e) {
+                System.err.println("scrypath-opensearch: error while stopping: " + e);
+            } finally {
+                stopped.countDown();
+            }
+        }, "scrypath-opensearch-shutdown"));
+
+        node.start();
+        System.out.println("scrypath-opensearch started http=127.0.0.1:" + httpPort);
+        System.out.flush();
+        // OpenSearch threads are daemons: block main until the shutdown hook has run.
+        stopped.await();
+    }
+}

@@ -1,0 +1,296 @@
+"""Start and stop the real services that scrypath_sa's tests and examples use.
+
+PostgreSQL and Redis come from Debian's packages; OpenSearch is a real 2.19 engine run
+as an embedded node (``scripts/opensearch-node``, built from Maven Central artifacts).
+Each service gets a throwaway directory and a free loopback port. Standard library only:
+``scripts/services`` and the pytest harness both use this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_DIR = ROOT / "scripts" / "opensearch-node"
+PG_USER = "scrypath"
+PG_PASSWORD = "scrypath-test-secret"  # noqa: S105 - a throwaway test cluster on loopback
+INSTALL_HINT = "run scripts/bootstrap (it installs everything the tests need)"
+
+
+class MissingTool(RuntimeError):
+    """A binary a service needs is not installed; the message names the fix."""
+
+
+class ServiceFailed(RuntimeError):
+    """A service did not come up; the message carries the tail of its log."""
+
+
+@dataclass
+class Running:
+    """One started service: where to reach it and how to stop it."""
+
+    name: str
+    url: str
+    pid: int
+    workdir: str
+    started_in: float = 0.0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "url": self.url, "pid": self.pid, "workdir": self.workdir}
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.name == "postgresql":
+            pg_ctl = _pg_bin("pg_ctl")
+            datadir = str(Path(self.workdir) / "data")
+            _run_pg([pg_ctl, "-D", datadir, "-m", "fast", "-w", "stop"], check=False)
+            return
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            if self.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=0.2)
+            else:
+                time.sleep(0.1)
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            if self.proc is not None:
+                self.proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pg_bin(name: str) -> str:
+    candidates = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda p: int(Path(p).parts[4]) if Path(p).parts[4].isdigit() else 0,
+    )
+    if candidates:
+        return candidates[-1]
+    found = shutil.which(name)
+    if found:
+        return found
+    raise MissingTool(
+        f"PostgreSQL's {name} was not found: install the server with "
+        f"`apt-get update && apt-get install -y postgresql`, or {INSTALL_HINT}"
+    )
+
+
+def _as_postgres_user() -> list[str]:
+    """PostgreSQL refuses to run as root: drop to the ``postgres`` account when root."""
+    if os.geteuid() != 0:
+        return []
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def _run_pg(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _as_postgres_user() + cmd, check=check, capture_output=True, text=True, cwd="/"
+    )
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait_for(check: Callable[[], bool], what: str, log: Path, running: Running,
+              timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if not running.alive():
+            raise ServiceFailed(f"{what} exited while starting. Log tail:\n{_tail(log)}")
+        time.sleep(0.1)
+    running.stop()
+    raise ServiceFailed(f"{what} did not answer within {timeout:.0f}s. Log tail:\n{_tail(log)}")
+
+
+def start_postgres(workdir: Path, port: int | None = None) -> Running:
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    port = port or free_port()
+    began = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    datadir, sockdir, log = workdir / "data", workdir / "sock", workdir / "postgres.log"
+    sockdir.mkdir(exist_ok=True)
+    pwfile = workdir / "pwfile"
+    pwfile.write_text(PG_PASSWORD + "\n")
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "postgres")
+        for path in (sockdir, pwfile):
+            shutil.chown(path, "postgres")
+    init = _run_pg([initdb, "-D", str(datadir), "-U", PG_USER, f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"], check=False)
+    if init.returncode != 0:
+        raise ServiceFailed(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+    options = (f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c fsync=off "
+               "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+    started = _run_pg([pg_ctl, "-D", str(datadir), "-o", options, "-l", str(log), "-w",
+                       "-t", "60", "start"], check=False)
+    if started.returncode != 0:
+        raise ServiceFailed(f"pg_ctl start failed:\n{started.stdout}\n{started.stderr}\n"
+                            f"{_tail(log)}")
+    pid = int((datadir / "postmaster.pid").read_text().split()[0])
+    url = f"postgresql+psycopg://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{port}/postgres"
+    return Running("postgresql", url, pid, str(workdir), time.monotonic() - began)
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(workdir: Path, port: int | None = None, detach: bool = False) -> Running:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise MissingTool(
+            "redis-server was not found: install it with "
+            f"`apt-get update && apt-get install -y redis-server`, or {INSTALL_HINT}"
+        )
+    port = port or free_port()
+    began = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "redis.log"
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+           "--appendonly", "no", "--dir", str(workdir), "--logfile", str(log)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=detach)
+    running = Running("redis", f"redis://127.0.0.1:{port}/0", proc.pid, str(workdir),
+                      proc=None if detach else proc)
+    _wait_for(lambda: _redis_ping(port), "redis-server", log, running, timeout=30)
+    running.started_in = time.monotonic() - began
+    return running
+
+
+def opensearch_classpath() -> str:
+    classes, lib = NODE_DIR / "target" / "classes", NODE_DIR / "target" / "lib"
+    if not (classes / "scrypath" / "node" / "EmbeddedOpenSearch.class").exists() or not any(
+        lib.glob("opensearch-2.*.jar")
+    ):
+        raise MissingTool(
+            "the embedded OpenSearch node is not built: run "
+            f"`mvn -q -B -f {NODE_DIR / 'pom.xml'} package`, or {INSTALL_HINT}"
+        )
+    return f"{classes}{os.pathsep}{lib}{os.sep}*"
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_opensearch(workdir: Path, port: int | None = None, detach: bool = False,
+                     heap: str = "1g") -> Running:
+    java = shutil.which("java")
+    if java is None:
+        raise MissingTool(
+            "java was not found: install it with "
+            f"`apt-get update && apt-get install -y openjdk-17-jdk-headless`, or {INSTALL_HINT}"
+        )
+    classpath = opensearch_classpath()
+    port = port or free_port()
+    began = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "opensearch.log"
+    cmd = [java, f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-Xss1m",
+           "-Djava.awt.headless=true", "-Dfile.encoding=UTF-8",
+           "-Dopensearch.set.netty.runtime.available.processors=false",
+           "-Dlog4j2.formatMsgNoLookups=true", "-cp", classpath,
+           "scrypath.node.EmbeddedOpenSearch", str(workdir / "home"), str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=detach)
+    url = f"http://127.0.0.1:{port}"
+    running = Running("opensearch", url, proc.pid, str(workdir), proc=None if detach else proc)
+    _wait_for(lambda: _http_ok(url), "OpenSearch", log, running, timeout=120)
+    running.started_in = time.monotonic() - began
+    return running
+
+
+STARTERS: dict[str, Callable[..., Running]] = {
+    "postgresql": start_postgres,
+    "redis": start_redis,
+    "opensearch": start_opensearch,
+}
+
+
+def start_all(workdir: Path, names: list[str], detach: bool = False,
+              ports: dict[str, int] | None = None) -> dict[str, Running]:
+    """Start the named services side by side; on any failure stop what did start."""
+    ports = ports or {}
+
+    def start(name: str) -> Running:
+        kwargs: dict[str, object] = {"port": ports.get(name)}
+        if name != "postgresql":
+            kwargs["detach"] = detach
+        return STARTERS[name](workdir / name, **kwargs)
+
+    with ThreadPoolExecutor(max_workers=len(names) or 1) as pool:
+        futures = {name: pool.submit(start, name) for name in names}
+    started, errors = {}, []
+    for name, future in futures.items():
+        try:
+            started[name] = future.result()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        for running in started.values():
+            running.stop()
+        raise errors[0]
+    return started
+
+
+def save_state(path: Path, running: dict[str, Running]) -> None:
+    path.write_text(json.dumps({k: v.to_json() for k, v in running.items()}, indent=2))
+
+
+def load_state(path: Path) -> dict[str, Running]:
+    if not path.exists():
+        return {}
+    raw = json.loads(path.read_text())
+    return {k: Running(v["name"], v["url"], v["pid"], v["workdir"]) for k, v in raw.items()}
