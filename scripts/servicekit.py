@@ -276,7 +276,7 @@ def start_all(workdir: Path, names: list[str], detach: bool = False,
     for name, future in futures.items():
         try:
             started[name] = future.result()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported together below
             errors.append(exc)
     if errors:
         for running in started.values():

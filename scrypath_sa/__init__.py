@@ -8,6 +8,35 @@ reports more than it knows.
 
 from __future__ import annotations
 
+from scrypath_sa import errors
+from scrypath_sa.config import Config, set_session_mode, sync_mode
+from scrypath_sa.listeners import configure, current_config, last_outcome, unconfigure
+from scrypath_sa.mixin import Searchable
+from scrypath_sa.modes.manual import ConfirmReport
+from scrypath_sa.ops import SweepReport, confirm, sweep
+from scrypath_sa.outbox import State, metadata, sync_events
+from scrypath_sa.outcome import Failure, Outcome
+
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "Config",
+    "ConfirmReport",
+    "Failure",
+    "Outcome",
+    "Searchable",
+    "State",
+    "SweepReport",
+    "__version__",
+    "configure",
+    "confirm",
+    "current_config",
+    "errors",
+    "last_outcome",
+    "metadata",
+    "set_session_mode",
+    "sweep",
+    "sync_events",
+    "sync_mode",
+    "unconfigure",
+]

@@ -108,3 +108,33 @@ def index_prefix(request: pytest.FixtureRequest, opensearch_url: str) -> Iterato
     client = OpenSearch(opensearch_url)
     client.indices.delete(index=f"{prefix}*", ignore_unavailable=True, expand_wildcards="all")
     client.close()
+
+
+# ------------------------------------------------------------------ sync test support
+
+@pytest.fixture
+def backend(opensearch_url: str) -> Iterator[object]:
+    from scrypath_sa.backends import OpenSearchBackend
+
+    b = OpenSearchBackend(opensearch_url)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def os_client(opensearch_url: str) -> Iterator[object]:
+    from opensearchpy import OpenSearch
+
+    client = OpenSearch(opensearch_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _unconfigure_all() -> Iterator[None]:
+    """No configuration leaks from one test into the next."""
+    yield
+    from scrypath_sa import listeners
+
+    for target, _, _ in list(listeners._installed.values()):
+        listeners.unconfigure(target)

@@ -1,0 +1,20 @@
+"""Search backends. ``OpenSearchBackend`` needs the ``opensearch`` extra."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from scrypath_sa.backends.base import Backend, BulkOp, IndexPosture, ItemResult, ItemStatus
+
+if TYPE_CHECKING:
+    from scrypath_sa.backends.opensearch import OpenSearchBackend
+
+__all__ = ["Backend", "BulkOp", "IndexPosture", "ItemResult", "ItemStatus", "OpenSearchBackend"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OpenSearchBackend":
+        from scrypath_sa.backends.opensearch import OpenSearchBackend
+
+        return OpenSearchBackend
+    raise AttributeError(name)

@@ -1,0 +1,192 @@
+"""OpenSearch backend: the only module that imports opensearch-py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from scrypath_sa.backends.base import Backend, BulkOp, IndexPosture, ItemResult, ItemStatus
+from scrypath_sa.errors import BackendError, IndexContractError, MissingExtraError
+from scrypath_sa.redaction import redact
+from scrypath_sa.registry import Contract
+
+try:
+    from opensearchpy import OpenSearch
+    from opensearchpy import exceptions as os_exc
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingExtraError("opensearch", "opensearch-py") from exc
+
+_RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+META_KEY = "scrypath"
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+class OpenSearchBackend(Backend):
+    """Writes to a real OpenSearch cluster through opensearch-py.
+
+    ``hosts_or_url`` is a URL (``"http://user:pass@host:9200"``), a list of hosts, or a
+    ready ``OpenSearch`` client; ``client_options`` go to ``OpenSearch(...)``.
+    """
+
+    name = "opensearch"
+
+    def __init__(self, hosts_or_url: str | Sequence[Any] | OpenSearch, **client_options: Any):
+        if isinstance(hosts_or_url, OpenSearch):
+            self.client = hosts_or_url
+        else:
+            hosts = [hosts_or_url] if isinstance(hosts_or_url, str) else list(hosts_or_url)
+            client_options.setdefault("timeout", 30)
+            self.client = OpenSearch(hosts=hosts, **client_options)
+        self._ensured: set[str] = set()
+
+    # ------------------------------------------------------------------ index layout
+
+    def ensure_index(self, alias: str, contract: Contract, model: str) -> None:
+        if alias in self._ensured:
+            return
+        posture = self.posture(alias)
+        if posture is None:
+            self.create_index(f"{alias}_{contract.hash}", contract, model, alias=alias)
+            posture = self.posture(alias)
+        if posture is None or not posture.is_alias:
+            raise IndexContractError(
+                f"{alias!r} is a concrete index, not an alias: the library writes through "
+                "an alias so it can rebuild behind it. Move it with `scrypath-sa reindex` "
+                "or delete it if it holds nothing you need."
+            )
+        self._ensured.add(alias)
+
+    def create_index(self, name: str, contract: Contract, model: str,
+                     alias: str | None = None) -> None:
+        """Create physical index ``name`` from ``contract`` (optionally with ``alias``)."""
+        mappings = dict(contract.mappings)
+        mappings["_meta"] = {
+            **dict(mappings.get("_meta", {})),
+            META_KEY: {"contract_hash": contract.hash, "model": model,
+                       "created_at": dt.datetime.now(dt.timezone.utc).isoformat()},
+        }
+        body: dict[str, Any] = {"settings": dict(contract.settings), "mappings": mappings}
+        if alias is not None:
+            body["aliases"] = {alias: {"is_write_index": True}}
+        try:
+            self.client.indices.create(index=name, body=body)
+        except os_exc.RequestError as exc:
+            if exc.error != "resource_already_exists_exception":
+                raise BackendError(
+                    f"OpenSearch refused to create index {name!r} for {model}: "
+                    f"{redact(exc.info)}. Check {model}.__search_contract__."
+                ) from None
+        except os_exc.TransportError as exc:
+            raise BackendError(f"could not create index {name!r}: {redact(exc)}") from None
+
+    def posture(self, alias: str) -> IndexPosture | None:
+        try:
+            found = self.client.indices.get_alias(name=alias, ignore=404)
+        except os_exc.TransportError as exc:
+            raise BackendError(f"could not read alias {alias!r}: {redact(exc)}") from None
+        if found and "status" not in found:
+            indices = tuple(sorted(found))
+            write = [i for i, v in found.items()
+                     if v.get("aliases", {}).get(alias, {}).get("is_write_index")]
+            return IndexPosture(alias, indices, self._contract_hash(write[0] if write else
+                                                                     indices[-1]), True)
+        if self.client.indices.exists(index=alias, ignore=404):
+            return IndexPosture(alias, (alias,), self._contract_hash(alias), False)
+        return None
+
+    def _contract_hash(self, index: str) -> str | None:
+        mapping = self.client.indices.get_mapping(index=index)
+        meta = mapping.get(index, {}).get("mappings", {}).get("_meta", {})
+        value = meta.get(META_KEY, {}).get("contract_hash")
+        return str(value) if value is not None else None
+
+    # ------------------------------------------------------------------------ writes
+
+    def bulk(self, ops: Sequence[BulkOp], *, wait_for_visibility: bool) -> list[ItemResult]:
+        if not ops:
+            return []
+        results: list[ItemResult | None] = [None] * len(ops)
+        lines: list[str] = []
+        pending: list[int] = []
+        for position, op in enumerate(ops):
+            meta = {"_index": op.index, "_id": op.id, "version": op.version,
+                    "version_type": "external_gte"}
+            if op.document is None:
+                lines.append(_dumps({"delete": meta}))
+            else:
+                try:
+                    source = _dumps(op.document)
+                except (TypeError, ValueError) as exc:
+                    results[position] = ItemResult(
+                        ItemStatus.PERMANENT, "not_json_serialisable",
+                        redact(f"the document is not JSON-serialisable: {exc}"))
+                    continue
+                lines.append(_dumps({"index": meta}))
+                lines.append(source)
+            pending.append(position)
+        if pending:
+            sent = [ops[p] for p in pending]
+            for position, result in zip(pending, self._send(sent, lines, wait_for_visibility),
+                                        strict=True):
+                results[position] = result
+        return [r for r in results if r is not None]
+
+    def _send(self, ops: Sequence[BulkOp], lines: list[str],
+              wait_for_visibility: bool) -> list[ItemResult]:
+        body = "\n".join(lines) + "\n"
+        params: dict[str, Any] = {"refresh": "wait_for"} if wait_for_visibility else {}
+        try:
+            response = self.client.bulk(body=body, params=params)
+        except (os_exc.ConnectionError, os_exc.ConnectionTimeout) as exc:
+            return [ItemResult(ItemStatus.RETRYABLE, "connection_error", redact(exc))] * len(ops)
+        except os_exc.TransportError as exc:
+            status = exc.status_code if isinstance(exc.status_code, int) else 0
+            if status == 413 and len(ops) > 1:
+                return (self.bulk(ops[:len(ops) // 2], wait_for_visibility=wait_for_visibility)
+                        + self.bulk(ops[len(ops) // 2:], wait_for_visibility=wait_for_visibility))
+            kind = ItemStatus.RETRYABLE if status in _RETRYABLE_STATUS else ItemStatus.PERMANENT
+            return [ItemResult(kind, f"http_{status}", redact(exc))] * len(ops)
+        return [self._item(op, item) for op, item in zip(ops, response["items"], strict=True)]
+
+    @staticmethod
+    def _item(op: BulkOp, item: dict[str, Any]) -> ItemResult:
+        result = item.get("delete" if op.document is None else "index", {})
+        status = int(result.get("status", 0))
+        if 200 <= status < 300 or (op.document is None and status == 404):
+            return ItemResult(ItemStatus.OK)
+        error = result.get("error") or {}
+        kind = str(error.get("type", f"http_{status}")) if isinstance(error, dict) else "error"
+        if status == 409:
+            return ItemResult(ItemStatus.CONFLICT, kind)
+        reason = error.get("reason", "") if isinstance(error, dict) else str(error)
+        caused = error.get("caused_by", {}) if isinstance(error, dict) else {}
+        if caused:
+            reason = f"{reason} (caused by {caused.get('type')}: {caused.get('reason')})"
+        if status in _RETRYABLE_STATUS or status == 0:
+            return ItemResult(ItemStatus.RETRYABLE, kind, redact(f"{status} {kind}: {reason}"))
+        return ItemResult(ItemStatus.PERMANENT, kind, redact(f"{status} {kind}: {reason}"))
+
+    def refresh(self, alias: str) -> None:
+        try:
+            self.client.indices.refresh(index=alias)
+        except os_exc.TransportError as exc:
+            raise BackendError(f"could not refresh {alias!r}: {redact(exc)}") from None
+
+    def versions(self, alias: str, ids: Sequence[str]) -> dict[str, int | None]:
+        if not ids:
+            return {}
+        try:
+            response = self.client.mget(index=alias, body={"ids": list(ids)},
+                                        params={"_source": "false"})
+        except os_exc.TransportError as exc:
+            raise BackendError(f"could not read documents from {alias!r}: {redact(exc)}") from None
+        return {str(doc["_id"]): (int(doc["_version"]) if doc.get("found") else None)
+                for doc in response["docs"]}
+
+    def close(self) -> None:
+        self.client.close()

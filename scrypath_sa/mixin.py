@@ -1,0 +1,62 @@
+"""The declarative :class:`Searchable` mixin."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from sqlalchemy.orm.interfaces import ORMOption
+
+from scrypath_sa import registry
+
+
+class Searchable:
+    """Mark a mapped class as indexed in OpenSearch.
+
+    Class options (all optional):
+
+    ``__search_index__``
+        The alias users search (default: the table name). The library keeps it pointed
+        at a physical index built from the contract.
+    ``__search_contract__``
+        ``{"mappings": {...}, "settings": {...}}`` for that index.
+
+    Methods to override:
+
+    ``search_document(self) -> dict``
+        The document for this row (default: mapped columns made JSON-safe).
+    ``search_document_id(self) -> str``
+        The document id (default: the primary key; ``"a:b"`` for composite keys). It
+        must not change for the life of the row.
+    ``should_index(self) -> bool``
+        When it returns False the document is deleted from the index.
+    ``search_load_options(cls)`` (classmethod)
+        Loader options (e.g. ``selectinload(Model.tags)``) used when rows are loaded to
+        build documents, so building a batch is not N+1.
+
+    Options are checked when the class is defined; errors name the model and option.
+    """
+
+    __search_index__: ClassVar[str]
+    __search_contract__: ClassVar[dict[str, Any] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("__abstract__"):
+            return
+        if getattr(cls, "__tablename__", None) is None and getattr(cls, "__table__", None) is None:
+            return  # an unmapped intermediate mixin
+        registry.register(cls)
+
+    def search_document(self) -> dict[str, Any]:
+        return registry.column_document(self)
+
+    def search_document_id(self) -> str:
+        return registry.pk_document_id(registry.primary_key(self))
+
+    def should_index(self) -> bool:
+        return True
+
+    @classmethod
+    def search_load_options(cls) -> Sequence[ORMOption]:
+        return ()

@@ -1,0 +1,26 @@
+"""``inline``: the caller waits until the backend write is done and visible."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from scrypath_sa import processor
+from scrypath_sa.modes.base import Mode
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from scrypath_sa.config import Config
+    from scrypath_sa.outcome import Outcome
+
+
+class InlineMode(Mode):
+    """Process in the committing thread with ``refresh=wait_for``: success is ``completed``."""
+
+    name = "inline"
+
+    def dispatch(self, config: Config, event_ids: Sequence[int],
+                 engine: Engine | None = None) -> Outcome:
+        return processor.process(config, event_ids, mode=self.name, wait_for_visibility=True,
+                                 engine=engine)

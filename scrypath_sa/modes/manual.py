@@ -1,0 +1,91 @@
+"""``manual``: the write is handed to the backend; visibility is confirmed explicitly.
+
+After commit the bulk is sent without waiting for a refresh, so events end at
+``backend_accepted``. :func:`confirm` (or ``scrypath-sa confirm``) refreshes, checks
+each document at its version, and only then marks events ``completed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from scrypath_sa import outbox, processor
+from scrypath_sa.modes.base import Mode
+from scrypath_sa.outbox import State, sync_events
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from scrypath_sa.config import Config
+    from scrypath_sa.outcome import Outcome
+
+
+class ManualMode(Mode):
+    name = "manual"
+
+    def dispatch(self, config: Config, event_ids: Sequence[int],
+                 engine: Engine | None = None) -> Outcome:
+        return processor.process(config, event_ids, mode=self.name, wait_for_visibility=False,
+                                 engine=engine)
+
+
+@dataclass
+class ConfirmReport:
+    """What :func:`confirm` verified: ``confirmed`` events are now ``completed``;
+    ``missing`` ones were not found in the index at their version and stay
+    ``backend_accepted``."""
+
+    confirmed: list[int] = field(default_factory=list)
+    missing: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"confirmed": self.confirmed, "missing": self.missing, "ok": self.ok}
+
+
+def confirm(config: Config, event_ids: Sequence[int] | None = None,
+            limit: int = 10_000) -> ConfirmReport:
+    """Refresh, verify ``backend_accepted`` events at their versions, mark them completed.
+
+    A document counts as confirmed when the index holds it at the version sent or a
+    newer one (upserts), or does not hold it / holds a newer write (deletes).
+    """
+    engine = config.require_bind()
+    t = sync_events
+    query = (select(t.c.id, t.c.index_name, t.c.document_id, t.c.operation, t.c.version_sent)
+             .where(t.c.state == State.BACKEND_ACCEPTED.value).order_by(t.c.id).limit(limit))
+    if event_ids is not None:
+        query = query.where(t.c.id.in_(list(event_ids)))
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    report = ConfirmReport()
+    by_index: dict[str, list[Any]] = {}
+    for row in rows:
+        by_index.setdefault(row.index_name, []).append(row)
+    for index, group in by_index.items():
+        config.backend.refresh(index)
+        stored = config.backend.versions(index, sorted({r.document_id for r in group}))
+        for row in group:
+            version = stored.get(row.document_id)
+            sent = row.version_sent or 0
+            if row.operation == "delete":
+                good = version is None or version > sent
+            else:
+                good = version is not None and version >= sent
+            if good:
+                report.confirmed.append(row.id)
+            else:
+                report.missing.append({
+                    "event_id": row.id, "index": index, "document_id": row.document_id,
+                    "operation": row.operation, "version_sent": sent, "found_version": version,
+                })
+    with engine.begin() as conn:
+        outbox.mark(conn, report.confirmed, State.COMPLETED, only_from=[State.BACKEND_ACCEPTED])
+    return report

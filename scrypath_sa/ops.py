@@ -1,0 +1,66 @@
+"""Operator API: report first, act only when asked."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from scrypath_sa import outbox
+from scrypath_sa.config import Config
+from scrypath_sa.errors import NotConfiguredError
+from scrypath_sa.listeners import current_config, dispatch
+from scrypath_sa.modes.manual import ConfirmReport
+from scrypath_sa.modes.manual import confirm as _confirm
+from scrypath_sa.outcome import Outcome
+
+
+def _config(config: Config | None) -> Config:
+    config = config or current_config()
+    if config is None:
+        raise NotConfiguredError("call scrypath_sa.configure(...) first, or pass config=")
+    return config
+
+
+@dataclass
+class SweepReport:
+    """What :func:`sweep` redispatched, per mode."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def dispatched(self) -> int:
+        return sum(len(o.event_ids) for o in self.outcomes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dispatched": self.dispatched, "outcomes": [o.to_dict() for o in self.outcomes]}
+
+
+def sweep(config: Config | None = None, *, older_than: dt.timedelta = dt.timedelta(seconds=30),
+          limit: int = 10_000) -> SweepReport:
+    """Redispatch ``requested`` events older than ``older_than`` and ``retrying`` events
+    whose ``next_attempt_at`` has come, each through its recorded mode (or the default).
+
+    Safe on a schedule and from several processes at once: the processor claims events
+    before working on them, so each is worked by one caller.
+    """
+    config = _config(config)
+    engine = config.require_bind()
+    with engine.connect() as conn:
+        due = outbox.due(conn, older_than, limit)
+    by_mode: dict[str, list[int]] = {}
+    for event_id, mode in due:
+        by_mode.setdefault(mode if mode in config.modes else config.default_mode, []).append(
+            event_id)
+    report = SweepReport()
+    for mode, ids in by_mode.items():
+        report.outcomes.append(dispatch(config, mode, ids, engine))
+    return report
+
+
+def confirm(event_ids: Sequence[int] | None = None, *, config: Config | None = None,
+            limit: int = 10_000) -> ConfirmReport:
+    """Close the loop on ``manual`` mode: refresh, verify documents at their versions,
+    and mark the verified events ``completed``; report the rest as missing."""
+    return _confirm(_config(config), event_ids, limit)

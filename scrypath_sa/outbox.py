@@ -1,0 +1,310 @@
+"""The ``sync_events`` outbox: one row per unit of sync work, written with the data.
+
+The table lives on the library's own :data:`metadata` and ships as an Alembic migration
+(branch label ``scrypath_sa``). Every row moves along one lifecycle::
+
+    requested -> enqueued -> processing -> backend_accepted -> completed
+                                        \\-> retrying -> (processing again)
+                                        \\-> discarded
+
+Only this module writes state transitions, so the rules live in one place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    bindparam,
+    insert,
+    or_,
+    select,
+    update,
+)
+
+
+class State(str, enum.Enum):
+    """Lifecycle states. Each says exactly what is known, never more."""
+
+    REQUESTED = "requested"  # durably recorded with the data; nothing sent anywhere
+    ENQUEUED = "enqueued"  # someone is responsible for it (e.g. a broker accepted it)
+    PROCESSING = "processing"  # a worker or the inline path is driving it
+    BACKEND_ACCEPTED = "backend_accepted"  # the backend acknowledged the write; not yet visible
+    COMPLETED = "completed"  # the write is done and was made visible (not "no drift")
+    RETRYING = "retrying"  # failed in a way worth retrying at next_attempt_at
+    DISCARDED = "discarded"  # given up: permanent failure or attempts exhausted
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL = frozenset({State.COMPLETED, State.DISCARDED})
+UNFINISHED = frozenset(set(State) - TERMINAL)
+CLAIMABLE = (State.REQUESTED, State.ENQUEUED, State.RETRYING)
+
+
+class Operation(str, enum.Enum):
+    UPSERT = "upsert"
+    DELETE = "delete"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC datetime on every database (SQLite stores it naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value  # type: ignore[no-any-return]
+
+
+metadata = MetaData()
+
+_STATES = ", ".join(f"'{s.value}'" for s in State)
+
+sync_events = Table(
+    "sync_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("model", String(200), nullable=False),
+    Column("index_name", String(255), nullable=False),
+    Column("document_id", String(512), nullable=False),
+    Column("pk", JSON, nullable=False),
+    Column("operation", String(16), nullable=False),
+    Column("mode", String(32), nullable=True),
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("error_kind", String(64), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("version_sent", BigInteger, nullable=True),
+    Column("claimed_by", String(128), nullable=True),
+    Column("requested_at", UTCDateTime(), nullable=False),
+    Column("enqueued_at", UTCDateTime(), nullable=True),
+    Column("processing_at", UTCDateTime(), nullable=True),
+    Column("accepted_at", UTCDateTime(), nullable=True),
+    Column("completed_at", UTCDateTime(), nullable=True),
+    Column("discarded_at", UTCDateTime(), nullable=True),
+    Column("next_attempt_at", UTCDateTime(), nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    CheckConstraint(f"state IN ({_STATES})", name="ck_sync_events_state"),
+    CheckConstraint("operation IN ('upsert', 'delete')", name="ck_sync_events_operation"),
+    Index("ix_sync_events_state_next_attempt", "state", "next_attempt_at"),
+    Index("ix_sync_events_index_document", "index_name", "document_id"),
+)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """What a flush or a bulk statement records for one (model, document id)."""
+
+    model: str
+    index_name: str
+    document_id: str
+    pk: list[Any]
+    operation: Operation
+
+
+@dataclass(frozen=True)
+class Event:
+    """A claimed ``sync_events`` row, as the processor sees it."""
+
+    id: int
+    model: str
+    index_name: str
+    document_id: str
+    pk: list[Any]
+    operation: str
+    attempts: int
+
+
+def record(conn: Connection, events: Sequence[NewEvent], mode: str | None) -> list[int]:
+    """Insert ``events`` in one multi-row INSERT on ``conn`` (the data's transaction)."""
+    if not events:
+        return []
+    now = utcnow()
+    rows = [
+        {
+            "model": e.model,
+            "index_name": e.index_name,
+            "document_id": e.document_id,
+            "pk": e.pk,
+            "operation": e.operation.value,
+            "mode": mode,
+            "state": State.REQUESTED.value,
+            "attempts": 0,
+            "requested_at": now,
+            "updated_at": now,
+        }
+        for e in events
+    ]
+    stmt = insert(sync_events).returning(sync_events.c.id, sort_by_parameter_order=True)
+    return list(conn.execute(stmt, rows).scalars())
+
+
+def claim(conn: Connection, ids: Sequence[int], mode: str, worker: str | None = None,
+          states: Iterable[State] = CLAIMABLE) -> list[Event]:
+    """Move the claimable events among ``ids`` to ``processing`` and return them.
+
+    On PostgreSQL the rows are locked with ``FOR UPDATE SKIP LOCKED``, so two workers
+    holding the same ids never process one event at the same time. On SQLite the write
+    lock taken by the UPDATE serialises claimers; the state check in the UPDATE's WHERE
+    makes a second claim of the same event a no-op.
+    """
+    t = sync_events
+    wanted = [s.value for s in states]
+    claimed: list[Event] = []
+    for chunk in _chunks(sorted(set(ids)), 1000):
+        query = select(t.c.id).where(t.c.id.in_(chunk), t.c.state.in_(wanted))
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        lockable = list(conn.execute(query).scalars())
+        if not lockable:
+            continue
+        now = utcnow()
+        stmt = (
+            update(t)
+            .where(t.c.id.in_(lockable), t.c.state.in_(wanted))
+            .values(state=State.PROCESSING.value, processing_at=now, updated_at=now,
+                    attempts=t.c.attempts + 1, mode=mode, claimed_by=worker)
+            .returning(t.c.id, t.c.model, t.c.index_name, t.c.document_id, t.c.pk,
+                       t.c.operation, t.c.attempts)
+        )
+        claimed.extend(Event(*row) for row in conn.execute(stmt))
+    claimed.sort(key=lambda e: e.id)
+    return claimed
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One outcome to record for one event."""
+
+    event_id: int
+    state: State
+    operation: str | None = None
+    version_sent: int | None = None
+    error_kind: str | None = None
+    error: str | None = None
+    next_attempt_at: dt.datetime | None = None
+
+
+_STAMP = {
+    State.ENQUEUED: "enqueued_at",
+    State.PROCESSING: "processing_at",
+    State.BACKEND_ACCEPTED: "accepted_at",
+    State.COMPLETED: "completed_at",
+    State.DISCARDED: "discarded_at",
+}
+
+
+def apply(conn: Connection, transitions: Sequence[Transition]) -> None:
+    """Record outcomes: one executemany per kind of transition."""
+    if not transitions:
+        return
+    now = utcnow()
+    t = sync_events
+    groups: dict[State, list[dict[str, Any]]] = {}
+    for tr in transitions:
+        groups.setdefault(tr.state, []).append({
+            "b_id": tr.event_id,
+            "b_operation": tr.operation,
+            "b_version": tr.version_sent,
+            "b_kind": tr.error_kind,
+            "b_error": tr.error,
+            "b_next": tr.next_attempt_at,
+        })
+    for state, params in groups.items():
+        values: dict[str, Any] = {
+            "state": state.value,
+            "updated_at": now,
+            "error_kind": bindparam("b_kind"),
+            "last_error": bindparam("b_error"),
+            "next_attempt_at": bindparam("b_next"),
+            "operation": _coalesce(t.c.operation, "b_operation"),
+            "version_sent": _coalesce(t.c.version_sent, "b_version"),
+        }
+        if state in _STAMP:
+            values[_STAMP[state]] = now
+        stmt = update(t).where(t.c.id == bindparam("b_id")).values(values)
+        conn.execute(stmt.execution_options(synchronize_session=False), params)
+
+
+def _coalesce(column: Any, param: str) -> Any:
+    from sqlalchemy import func
+
+    return func.coalesce(bindparam(param, type_=column.type), column)
+
+
+def mark(conn: Connection, ids: Sequence[int], state: State,
+         only_from: Iterable[State] | None = None, **values: Any) -> int:
+    """Move ``ids`` to ``state`` (optionally only those currently in ``only_from``)."""
+    t = sync_events
+    now = utcnow()
+    values = {"state": state.value, "updated_at": now, **values}
+    if state in _STAMP:
+        values.setdefault(_STAMP[state], now)
+    count = 0
+    for chunk in _chunks(list(ids), 1000):
+        stmt = update(t).where(t.c.id.in_(chunk))
+        if only_from is not None:
+            stmt = stmt.where(t.c.state.in_([s.value for s in only_from]))
+        count += conn.execute(stmt.values(values)).rowcount
+    return count
+
+
+def due(conn: Connection, older_than: dt.timedelta, limit: int,
+        stale_processing: dt.timedelta | None = None) -> list[tuple[int, str | None]]:
+    """Events that need a push: ``requested`` older than ``older_than``, ``retrying``
+    whose time has come, and (optionally) ``processing`` claims older than
+    ``stale_processing``. Returns (id, mode) pairs, oldest first."""
+    t = sync_events
+    now = utcnow()
+    conditions = [
+        (t.c.state == State.REQUESTED.value) & (t.c.requested_at <= now - older_than),
+        (t.c.state == State.RETRYING.value) & (t.c.next_attempt_at <= now),
+    ]
+    if stale_processing is not None:
+        conditions.append(
+            (t.c.state == State.PROCESSING.value) & (t.c.processing_at <= now - stale_processing)
+        )
+    query = select(t.c.id, t.c.mode).where(or_(*conditions)).order_by(t.c.id).limit(limit)
+    return [(row[0], row[1]) for row in conn.execute(query)]
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

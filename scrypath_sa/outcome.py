@@ -1,0 +1,72 @@
+"""What one commit's sync work came to, as far as is known when the call returns."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Failure:
+    event_id: int
+    index: str
+    document_id: str
+    state: str  # retrying or discarded
+    error_kind: str | None
+    error: str | None
+
+
+@dataclass
+class Outcome:
+    """The result of dispatching a set of events through a mode.
+
+    ``states`` counts the events per lifecycle state *as this call left them*;
+    ``state`` is the single state when all agree, else ``"mixed"``. ``documents`` is the
+    number of distinct documents written or deleted. ``error`` is set when the dispatch
+    itself failed (the events then stay where they were, usually ``requested``).
+    """
+
+    mode: str
+    event_ids: list[int]
+    states: Counter[str] = field(default_factory=Counter)
+    documents: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def state(self) -> str:
+        if not self.states:
+            return "requested" if self.error else "nothing_to_do"
+        if len(self.states) == 1:
+            return next(iter(self.states))
+        return "mixed"
+
+    @property
+    def ok(self) -> bool:
+        """True when no event of this dispatch failed or was left behind."""
+        return self.error is None and not self.failures
+
+    def describe(self) -> str:
+        parts = [f"mode={self.mode}", f"state={self.state}"]
+        if self.states:
+            parts.append(", ".join(f"{n} {s}" for s, n in sorted(self.states.items())))
+        if self.error:
+            parts.append(f"dispatch error: {self.error}")
+        for failure in self.failures[:3]:
+            parts.append(f"event {failure.event_id} ({failure.index}/{failure.document_id}) "
+                         f"{failure.state}: {failure.error}")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "state": self.state,
+            "states": dict(self.states),
+            "event_ids": list(self.event_ids),
+            "documents": self.documents,
+            "failures": [vars(f) for f in self.failures],
+            "skipped": list(self.skipped),
+            "error": self.error,
+        }

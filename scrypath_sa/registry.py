@@ -1,0 +1,191 @@
+"""Searchable models: their index contract, how a row becomes a document, ids and keys."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import enum
+import hashlib
+import json
+import re
+import uuid
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import inspect
+from sqlalchemy.orm import Mapper
+
+from scrypath_sa.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from scrypath_sa.mixin import Searchable
+
+_INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-.]{0,199}$")
+_CONTRACT_KEYS = frozenset({"mappings", "settings"})
+
+
+@dataclass(frozen=True)
+class Contract:
+    """An index's mappings and settings; its hash identifies the contract in ``_meta``."""
+
+    mappings: Mapping[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        canonical = json.dumps({"mappings": self.mappings, "settings": self.settings},
+                               sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    cls: type[Searchable]
+    index: str
+    contract: Contract
+
+    @property
+    def name(self) -> str:
+        return self.cls.__name__
+
+    @property
+    def mapper(self) -> Mapper[Any]:
+        mapper: Mapper[Any] = inspect(self.cls)
+        return mapper
+
+
+_by_index: dict[str, ModelInfo] = {}
+_by_class: weakref.WeakKeyDictionary[type, ModelInfo] = weakref.WeakKeyDictionary()
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register(cls: type[Searchable]) -> ModelInfo:
+    """Validate ``cls``'s search options and register it; errors name model and option."""
+    name = cls.__name__
+    index = cls.__dict__.get("__search_index__") or getattr(cls, "__search_index__", None)
+    if index is None:
+        index = getattr(cls, "__tablename__", None)
+    if not isinstance(index, str) or not _INDEX_NAME.match(index):
+        raise ConfigurationError(
+            f"{name}.__search_index__ = {index!r} is not a valid index alias: use lowercase "
+            "letters, digits, '_', '-' or '.', starting with a letter or digit, at most 200 "
+            "characters"
+        )
+    contract = _contract(name, getattr(cls, "__search_contract__", None))
+    for method in ("search_document", "search_document_id", "should_index",
+                   "search_load_options"):
+        if not callable(getattr(cls, method, None)):
+            raise ConfigurationError(
+                f"{name}.{method} must be a method, got {getattr(cls, method, None)!r}"
+            )
+    existing = _by_index.get(index)
+    if existing is not None and _qualified(existing.cls) != _qualified(cls):
+        raise ConfigurationError(
+            f"{name}.__search_index__ = {index!r} is already used by "
+            f"{_qualified(existing.cls)}: give each model its own index alias"
+        )
+    info = ModelInfo(cls, index, contract)
+    _by_index[index] = info
+    _by_class[cls] = info
+    return info
+
+
+def _contract(model: str, raw: object) -> Contract:
+    if raw is None:
+        return Contract()
+    if isinstance(raw, Contract):
+        return raw
+    if not isinstance(raw, Mapping):
+        raise ConfigurationError(
+            f"{model}.__search_contract__ must be a dict with 'mappings' and/or 'settings', "
+            f"got {type(raw).__name__}"
+        )
+    unknown = set(raw) - _CONTRACT_KEYS
+    if unknown:
+        raise ConfigurationError(
+            f"{model}.__search_contract__ has unknown keys {sorted(unknown)}: only "
+            "'mappings' and 'settings' are allowed"
+        )
+    for key in _CONTRACT_KEYS & set(raw):
+        if not isinstance(raw[key], Mapping):
+            raise ConfigurationError(f"{model}.__search_contract__[{key!r}] must be a dict")
+    try:
+        json.dumps(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"{model}.__search_contract__ must be JSON-serialisable: {exc}"
+        ) from None
+    return Contract(dict(raw.get("mappings", {})), dict(raw.get("settings", {})))
+
+
+def info_for(cls: type) -> ModelInfo | None:
+    for klass in cls.__mro__:
+        found = _by_class.get(klass)
+        if found is not None:
+            return found
+    return None
+
+
+def info_for_index(index: str) -> ModelInfo | None:
+    return _by_index.get(index)
+
+
+def all_models() -> list[ModelInfo]:
+    return list(_by_index.values())
+
+
+# ---------------------------------------------------------------------------- documents
+
+def json_safe(value: Any) -> Any:
+    """Make a column value JSON-safe the way a search document wants it."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, enum.Enum):
+        return json_safe(value.value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else str(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in value]
+    return str(value)
+
+
+def column_document(obj: object) -> dict[str, Any]:
+    """The default document: every mapped column attribute, JSON-safe."""
+    mapper: Mapper[Any] = inspect(type(obj))
+    return {attr.key: json_safe(getattr(obj, attr.key)) for attr in mapper.column_attrs}
+
+
+def _escape(part: object) -> str:
+    return str(part).replace("%", "%25").replace(":", "%3A")
+
+
+def pk_document_id(pk: list[Any] | tuple[Any, ...]) -> str:
+    """Primary key -> document id: ``"7"``, or ``"7:en"`` for a composite key."""
+    if len(pk) == 1:
+        return str(json_safe(pk[0]))
+    return ":".join(_escape(json_safe(v)) for v in pk)
+
+
+def primary_key(obj: object) -> list[Any]:
+    """The primary key of a persistent or just-deleted object, as a JSON-safe list."""
+    state = inspect(obj)
+    if state.identity is not None:
+        return [json_safe(v) for v in state.identity]
+    mapper: Mapper[Any] = state.mapper
+    return [json_safe(v) for v in mapper.primary_key_from_instance(obj)]

@@ -1,0 +1,81 @@
+"""Model factories for sync tests: each test gets fresh classes on its own index alias."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, ForeignKey, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+import scrypath_sa
+from scrypath_sa import Searchable
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@dataclass
+class World:
+    Base: Any
+    Article: Any
+    Comment: Any
+    Translation: Any
+    Session: sessionmaker[Any]
+    engine: Engine
+    prefix: str
+
+
+def make_world(engine: Engine, prefix: str, contract: dict[str, Any] | None = None) -> World:
+    class Base(DeclarativeBase):
+        pass
+
+    class Article(Searchable, Base):
+        __tablename__ = "articles"
+        __search_index__ = f"{prefix}_articles"
+        __search_contract__ = contract or {
+            "mappings": {"properties": {
+                "title": {"type": "text", "analyzer": "english"},
+                "views": {"type": "integer"},
+                "published": {"type": "boolean"},
+            }},
+            "settings": {"number_of_shards": 1, "number_of_replicas": 0,
+                         "refresh_interval": "100ms"},
+        }
+
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(String(200))
+        views: Mapped[Any] = mapped_column(String(50), default="0")
+        published: Mapped[bool] = mapped_column(default=True)
+        price: Mapped[decimal.Decimal | None] = mapped_column(default=None)
+        created: Mapped[dt.datetime | None] = mapped_column(default=None)
+        colour: Mapped[Colour | None] = mapped_column(default=None)
+        comments: Mapped[list[Comment]] = relationship(
+            back_populates="article", cascade="all, delete-orphan")
+
+        def should_index(self) -> bool:
+            return self.published
+
+    class Comment(Searchable, Base):
+        __tablename__ = "comments"
+        __search_index__ = f"{prefix}_comments"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        article_id: Mapped[int] = mapped_column(ForeignKey("articles.id"))
+        body: Mapped[str] = mapped_column(String(200))
+        article: Mapped[Article] = relationship(back_populates="comments")
+
+    class Translation(Searchable, Base):
+        __tablename__ = "translations"
+        __search_index__ = f"{prefix}_translations"
+        article_id: Mapped[int] = mapped_column(primary_key=True)
+        lang: Mapped[str] = mapped_column(String(5), primary_key=True)
+        text: Mapped[str] = mapped_column(String(200))
+
+    Base.metadata.create_all(engine)
+    scrypath_sa.metadata.create_all(engine)
+    return World(Base, Article, Comment, Translation, sessionmaker(engine), engine, prefix)

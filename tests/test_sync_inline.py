@@ -1,0 +1,266 @@
+"""The core sync path end to end against real OpenSearch, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, delete, select, update
+
+import scrypath_sa
+from scrypath_sa import State, sync_events
+from tests.models import World, make_world
+
+
+@pytest.fixture
+def world(engine: Engine, index_prefix: str, backend: Any) -> World:
+    w = make_world(engine, index_prefix)
+    scrypath_sa.configure(w.Session, backend=backend, mode="inline")
+    return w
+
+
+def events(world: World) -> list[Any]:
+    with world.engine.connect() as conn:
+        return conn.execute(select(sync_events).order_by(sync_events.c.id)).all()
+
+
+def get(os_client: Any, world: World, doc_id: str, index: str = "articles") -> Any:
+    found = os_client.get(index=f"{world.prefix}_{index}", id=doc_id, ignore=404)
+    return found["_source"] if found.get("found") else None
+
+
+def test_inline_commit_is_completed_and_visible(world: World, os_client: Any) -> None:
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="Running foxes", views=3))
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert outcome is not None
+    assert (outcome.mode, outcome.state, outcome.documents) == ("inline", "completed", 1)
+    rows = events(world)
+    assert [(r.state, r.operation, r.mode, r.attempts) for r in rows] == [
+        ("completed", "upsert", "inline", 1)]
+    assert rows[0].version_sent == rows[0].id
+    assert rows[0].completed_at is not None and rows[0].accepted_at is None
+    # visible: a search right after commit finds it without an explicit refresh
+    hits = os_client.search(index=f"{world.prefix}_articles",
+                            body={"query": {"match": {"title": "run"}}})
+    assert [h["_id"] for h in hits["hits"]["hits"]] == ["1"]
+    doc = hits["hits"]["hits"][0]["_source"]
+    assert doc["title"] == "Running foxes" and doc["views"] == "3"
+
+
+def test_alias_points_at_index_built_from_contract(world: World, os_client: Any) -> None:
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="x"))
+        session.commit()
+    alias = f"{world.prefix}_articles"
+    (physical,) = os_client.indices.get_alias(name=alias)
+    assert physical != alias
+    mapping = os_client.indices.get_mapping(index=physical)[physical]["mappings"]
+    assert mapping["properties"]["title"]["analyzer"] == "english"
+    expected = scrypath_sa.registry.info_for(world.Article).contract.hash
+    assert mapping["_meta"]["scrypath"]["contract_hash"] == expected
+
+
+def test_update_then_delete_in_one_transaction(world: World, os_client: Any) -> None:
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="first"))
+        session.commit()
+        article = session.get(world.Article, 1)
+        article.title = "second"
+        session.flush()
+        session.delete(article)
+        session.commit()
+        assert scrypath_sa.last_outcome(session).state == "completed"
+    assert get(os_client, world, "1") is None
+    last_two = events(world)[-2:]
+    assert [r.operation for r in last_two] == ["delete", "delete"]  # what was actually sent
+    assert {r.state for r in last_two} == {"completed"}
+
+
+def test_rollback_records_nothing_and_sends_nothing(world: World, os_client: Any) -> None:
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="never"))
+        session.flush()
+        session.rollback()
+        assert scrypath_sa.last_outcome(session) is None
+    assert events(world) == []
+    assert not os_client.indices.exists_alias(name=f"{world.prefix}_articles")
+
+
+def test_savepoint_rollback_keeps_outer_work_only(world: World, os_client: Any) -> None:
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="kept"))
+        nested = session.begin_nested()
+        session.add(world.Article(id=2, title="rolled back"))
+        session.flush()
+        nested.rollback()
+        nested = session.begin_nested()
+        session.add(world.Article(id=3, title="released"))
+        nested.commit()
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert outcome.state == "completed"
+    assert get(os_client, world, "1")["title"] == "kept"
+    assert get(os_client, world, "2") is None
+    assert get(os_client, world, "3")["title"] == "released"
+    assert sorted(r.document_id for r in events(world)) == ["1", "3"]
+
+
+def test_cascade_and_orphan_deletes_are_captured(world: World, os_client: Any) -> None:
+    with world.Session() as session:
+        article = world.Article(id=1, title="a")
+        article.comments = [world.Comment(id=10, body="x"), world.Comment(id=11, body="y")]
+        session.add(article)
+        session.commit()
+        assert get(os_client, world, "10", "comments")["body"] == "x"
+        article.comments.remove(article.comments[0])  # orphan
+        session.commit()
+        assert get(os_client, world, "10", "comments") is None
+        session.delete(article)  # cascade
+        session.commit()
+    assert get(os_client, world, "11", "comments") is None
+    assert get(os_client, world, "1") is None
+
+
+def test_unchanged_dirty_object_records_nothing(world: World) -> None:
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="same"))
+        session.commit()
+        before = len(events(world))
+        article = session.get(world.Article, 1)
+        article.title = "same"
+        session.commit()
+    assert len(events(world)) == before
+
+
+def test_one_flush_writes_one_event_per_document(world: World) -> None:
+    with world.Session() as session:
+        session.add_all([world.Article(id=i, title=f"t{i}") for i in range(1, 6)])
+        session.commit()
+        for article in session.scalars(select(world.Article)):
+            article.views = 7
+            article.title = article.title + "!"
+        session.commit()
+    rows = events(world)
+    assert len(rows) == 10
+    assert sorted(r.document_id for r in rows[5:]) == ["1", "2", "3", "4", "5"]
+
+
+def test_should_index_false_deletes_the_document(world: World, os_client: Any) -> None:
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="visible"))
+        session.commit()
+        assert get(os_client, world, "1") is not None
+        session.get(world.Article, 1).published = False
+        session.commit()
+        assert get(os_client, world, "1") is None
+        assert events(world)[-1].operation == "delete"
+        session.get(world.Article, 1).published = True
+        session.commit()
+    assert get(os_client, world, "1")["title"] == "visible"
+
+
+def test_composite_keys(world: World, os_client: Any) -> None:
+    with world.Session() as session:
+        session.add_all([world.Translation(article_id=1, lang="en", text="hello"),
+                         world.Translation(article_id=1, lang="fr", text="bonjour")])
+        session.commit()
+        assert get(os_client, world, "1:fr", "translations")["text"] == "bonjour"
+        session.delete(session.get(world.Translation, (1, "fr")))
+        session.commit()
+    assert get(os_client, world, "1:fr", "translations") is None
+    assert get(os_client, world, "1:en", "translations")["text"] == "hello"
+
+
+def test_json_safe_default_document(world: World, os_client: Any) -> None:
+    import datetime as dt
+    import decimal
+
+    from tests.models import Colour
+
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="t", price=decimal.Decimal("9.50"),
+                                  created=dt.datetime(2026, 1, 2, 3, 4, 5),
+                                  colour=Colour.BLUE))
+        session.commit()
+    doc = get(os_client, world, "1")
+    assert doc["price"] == 9.5
+    assert doc["created"] == "2026-01-02T03:04:05"
+    assert doc["colour"] == "BLUE"  # SQLAlchemy's Enum stores the member name
+
+
+def test_bulk_update_and_delete_statements_are_captured(world: World, os_client: Any) -> None:
+    with world.Session() as session:
+        session.add_all([world.Article(id=i, title=f"t{i}", views=i) for i in range(1, 5)])
+        session.commit()
+        result = session.execute(
+            update(world.Article).where(world.Article.id >= 3).values(title="bulk"))
+        assert result.rowcount == 2
+        session.commit()
+        assert get(os_client, world, "3")["title"] == "bulk"
+        assert get(os_client, world, "4")["title"] == "bulk"
+        assert get(os_client, world, "2")["title"] == "t2"
+        session.execute(delete(world.Article).where(world.Article.id <= 2))
+        session.commit()
+    assert get(os_client, world, "1") is None and get(os_client, world, "2") is None
+    assert get(os_client, world, "3") is not None
+
+
+def test_bulk_update_by_primary_key_parameters(world: World, os_client: Any) -> None:
+    with world.Session() as session:
+        session.add_all([world.Article(id=i, title=f"t{i}") for i in range(1, 4)])
+        session.commit()
+        session.execute(update(world.Article), [{"id": 1, "title": "one"},
+                                                {"id": 3, "title": "three"}])
+        session.commit()
+    assert get(os_client, world, "1")["title"] == "one"
+    assert get(os_client, world, "3")["title"] == "three"
+
+
+def test_mapping_violation_is_discarded_and_batch_mates_land(world: World,
+                                                             os_client: Any) -> None:
+    with world.Session() as session:
+        session.add_all([world.Article(id=1, title="good one", views=1),
+                         world.Article(id=2, title="bad", views="not a number"),
+                         world.Article(id=3, title="good three", views=3)])
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert outcome.states == {"completed": 2, "discarded": 1}
+    (failure,) = outcome.failures
+    assert failure.document_id == "2" and failure.error_kind == "mapper_parsing_exception"
+    bad = next(r for r in events(world) if r.document_id == "2")
+    assert bad.state == "discarded" and "views" in bad.last_error
+    assert get(os_client, world, "1") is not None and get(os_client, world, "3") is not None
+    assert get(os_client, world, "2") is None
+
+
+def test_search_document_that_raises_is_discarded(engine: Engine, index_prefix: str,
+                                                  backend: Any, os_client: Any) -> None:
+    w = make_world(engine, index_prefix)
+
+    def search_document(self: Any) -> dict[str, Any]:
+        if self.title == "boom":
+            raise ValueError("cannot build this one")
+        return {"title": self.title}
+
+    w.Article.search_document = search_document
+    scrypath_sa.configure(w.Session, backend=backend)
+    with w.Session() as session:
+        session.add_all([w.Article(id=1, title="boom"), w.Article(id=2, title="fine")])
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert outcome.states == {"discarded": 1, "completed": 1}
+    assert "ValueError: cannot build this one" in outcome.failures[0].error
+    assert get(os_client, w, "2") == {"title": "fine"}
+
+
+def test_events_are_written_in_the_data_transaction(world: World) -> None:
+    """The outbox row exists exactly when the data row does."""
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="x"))
+        session.flush()
+        in_tx = session.execute(select(sync_events.c.state)).scalars().all()
+        assert in_tx == [State.REQUESTED.value]
+        session.rollback()
+    assert events(world) == []
