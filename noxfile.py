@@ -19,7 +19,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
-    session.run("ruff", "check", "scrypath_sa", "tests", "benchmarks", "examples")
+    session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", "scrypath_sa")
 
 
