@@ -57,9 +57,13 @@ class Config:
             ) from None
 
 
+_registered: set[str] = set(KNOWN)
+
+
 def check_mode_name(name: str) -> str:
-    if name not in KNOWN:
-        raise ConfigurationError(f"unknown sync mode {name!r}: choose one of {list(KNOWN)}")
+    if name not in _registered:
+        raise ConfigurationError(
+            f"unknown sync mode {name!r}: choose one of {sorted(_registered)}")
     return name
 
 
@@ -91,5 +95,6 @@ def build_modes(extra: Mapping[str, Mode] | None) -> dict[str, Mode]:
     for name, mode in (extra or {}).items():
         if not isinstance(mode, Mode):
             raise ConfigurationError(f"modes[{name!r}] must be a scrypath_sa Mode, got {mode!r}")
-        modes[check_mode_name(name)] = mode
+        _registered.add(name)
+        modes[name] = mode
     return modes

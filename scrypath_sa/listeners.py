@@ -71,8 +71,9 @@ def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engi
         raise ConfigurationError(f"backend must be a scrypath_sa Backend, got {backend!r}")
     if batch_size < 1 or max_attempts < 1:
         raise ConfigurationError("batch_size and max_attempts must be at least 1")
+    all_modes = build_modes(modes)
     config = Config(target=target, backend=backend, default_mode=check_mode_name(mode),
-                    bind=bind or _bind_of(target), modes=build_modes(modes),
+                    bind=bind or _bind_of(target), modes=all_modes,
                     batch_size=batch_size, max_attempts=max_attempts,
                     backoff_base=backoff_base, backoff_max=backoff_max, strict=strict)
     config.mode(config.default_mode)  # fail now if the default mode is not available

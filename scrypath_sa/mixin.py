@@ -41,12 +41,14 @@ class Searchable:
     __search_contract__: ClassVar[dict[str, Any] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Check the options before SQLAlchemy maps the class (it does so further up the
+        # chain), so a bad option leaves nothing half-defined behind.
+        mapped = not cls.__dict__.get("__abstract__") and (
+            getattr(cls, "__tablename__", None) is not None
+            or getattr(cls, "__table__", None) is not None)
+        if mapped:
+            registry.register(cls)
         super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("__abstract__"):
-            return
-        if getattr(cls, "__tablename__", None) is None and getattr(cls, "__table__", None) is None:
-            return  # an unmapped intermediate mixin
-        registry.register(cls)
 
     def search_document(self) -> dict[str, Any]:
         return registry.column_document(self)

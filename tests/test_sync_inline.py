@@ -187,7 +187,7 @@ def test_json_safe_default_document(world: World, os_client: Any) -> None:
     doc = get(os_client, world, "1")
     assert doc["price"] == 9.5
     assert doc["created"] == "2026-01-02T03:04:05"
-    assert doc["colour"] == "BLUE"  # SQLAlchemy's Enum stores the member name
+    assert doc["colour"] == "blue"  # the enum value, JSON-safe
 
 
 def test_bulk_update_and_delete_statements_are_captured(world: World, os_client: Any) -> None:

@@ -24,6 +24,29 @@ if TYPE_CHECKING:
     from scrypath_sa.outcome import Outcome
 
 
+def _newest_writes(engine: Engine, index: str, doc_ids: list[str],
+                   accepted: list[Any]) -> dict[str, tuple[str, int]]:
+    """Per document, the (operation, version) of the newest write sent: among the
+    accepted events being confirmed and the completed ones already recorded."""
+    t = sync_events
+    newest: dict[str, tuple[str, int]] = {}
+
+    def consider(doc_id: str, operation: str, version: int | None) -> None:
+        if version is not None and version > newest.get(doc_id, ("", -1))[1]:
+            newest[doc_id] = (operation, version)
+
+    for row in accepted:
+        consider(row.document_id, row.operation, row.version_sent)
+    with engine.connect() as conn:
+        for start in range(0, len(doc_ids), 1000):
+            query = select(t.c.document_id, t.c.operation, t.c.version_sent).where(
+                t.c.index_name == index, t.c.document_id.in_(doc_ids[start:start + 1000]),
+                t.c.state == State.COMPLETED.value)
+            for doc_id, operation, version in conn.execute(query):
+                consider(doc_id, operation, version)
+    return newest
+
+
 class ManualMode(Mode):
     name = "manual"
 
@@ -71,11 +94,15 @@ def confirm(config: Config, event_ids: Sequence[int] | None = None,
         by_index.setdefault(row.index_name, []).append(row)
     for index, group in by_index.items():
         config.backend.refresh(index)
-        stored = config.backend.versions(index, sorted({r.document_id for r in group}))
+        doc_ids = sorted({r.document_id for r in group})
+        stored = config.backend.versions(index, doc_ids)
+        newest = _newest_writes(engine, index, doc_ids, group)
         for row in group:
             version = stored.get(row.document_id)
-            sent = row.version_sent or 0
-            if row.operation == "delete":
+            operation, sent = newest[row.document_id]
+            # An event superseded by a newer write of the same document is judged by that
+            # newer write: the index only has to reflect the newest one.
+            if operation == "delete":
                 good = version is None or version > sent
             else:
                 good = version is not None and version >= sent
@@ -84,7 +111,8 @@ def confirm(config: Config, event_ids: Sequence[int] | None = None,
             else:
                 report.missing.append({
                     "event_id": row.id, "index": index, "document_id": row.document_id,
-                    "operation": row.operation, "version_sent": sent, "found_version": version,
+                    "operation": row.operation, "version_sent": row.version_sent,
+                    "found_version": version,
                 })
     with engine.begin() as conn:
         outbox.mark(conn, report.confirmed, State.COMPLETED, only_from=[State.BACKEND_ACCEPTED])
