@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     BigInteger,
     CheckConstraint,
@@ -33,7 +34,9 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    any_,
     bindparam,
+    func,
     insert,
     or_,
     select,
@@ -176,29 +179,40 @@ def record(conn: Connection, events: Sequence[NewEvent], mode: str | None) -> li
     return list(conn.execute(stmt, rows).scalars())
 
 
+def id_filter(conn: Connection, column: Any, ids: Sequence[Any]) -> Any:
+    """``column IN ids``: one array parameter on PostgreSQL, an expanded list elsewhere."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(column.type)))
+    return column.in_(list(ids))
+
+
+CHUNK = 5000
+
+
 def claim(conn: Connection, ids: Sequence[int], mode: str, worker: str | None = None,
           states: Iterable[State] = CLAIMABLE) -> list[Event]:
     """Move the claimable events among ``ids`` to ``processing`` and return them.
 
-    On PostgreSQL the rows are locked with ``FOR UPDATE SKIP LOCKED``, so two workers
-    holding the same ids never process one event at the same time. On SQLite the write
-    lock taken by the UPDATE serialises claimers; the state check in the UPDATE's WHERE
-    makes a second claim of the same event a no-op.
+    On PostgreSQL the rows are locked with ``FOR UPDATE SKIP LOCKED`` in the same
+    statement, so two workers holding the same ids never process one event at the same
+    time. On SQLite the write lock taken by the UPDATE serialises claimers; the state
+    check in its WHERE makes a second claim of the same event a no-op.
     """
     t = sync_events
     wanted = [s.value for s in states]
     claimed: list[Event] = []
-    for chunk in _chunks(sorted(set(ids)), 1000):
-        query = select(t.c.id).where(t.c.id.in_(chunk), t.c.state.in_(wanted))
+    for chunk in _chunks(sorted(set(ids)), CHUNK):
         if conn.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        lockable = list(conn.execute(query).scalars())
-        if not lockable:
-            continue
+            lockable = (select(t.c.id)
+                        .where(id_filter(conn, t.c.id, chunk), t.c.state.in_(wanted))
+                        .with_for_update(skip_locked=True))
+            where = [t.c.id.in_(lockable.scalar_subquery())]
+        else:
+            where = [t.c.id.in_(chunk), t.c.state.in_(wanted)]
         now = utcnow()
         stmt = (
             update(t)
-            .where(t.c.id.in_(lockable), t.c.state.in_(wanted))
+            .where(*where)
             .values(state=State.PROCESSING.value, processing_at=now, updated_at=now,
                     attempts=t.c.attempts + 1, mode=mode, claimed_by=worker)
             .returning(t.c.id, t.c.model, t.c.index_name, t.c.document_id, t.c.pk,
@@ -232,41 +246,50 @@ _STAMP = {
 
 
 def apply(conn: Connection, transitions: Sequence[Transition]) -> None:
-    """Record outcomes: one executemany per kind of transition."""
+    """Record outcomes with as few statements as the outcomes allow.
+
+    Transitions that share everything but the event id (the common case: a whole batch
+    accepted, each event at its own id as version) become one UPDATE per chunk; the
+    rest (events coalesced under a newer version) go through one executemany.
+    """
     if not transitions:
         return
     now = utcnow()
     t = sync_events
-    groups: dict[State, list[dict[str, Any]]] = {}
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    singles: list[Transition] = []
     for tr in transitions:
-        groups.setdefault(tr.state, []).append({
-            "b_id": tr.event_id,
-            "b_operation": tr.operation,
-            "b_version": tr.version_sent,
-            "b_kind": tr.error_kind,
-            "b_error": tr.error,
-            "b_next": tr.next_attempt_at,
-        })
-    for state, params in groups.items():
-        values: dict[str, Any] = {
-            "state": state.value,
-            "updated_at": now,
-            "error_kind": bindparam("b_kind"),
-            "last_error": bindparam("b_error"),
+        if tr.version_sent is not None and tr.version_sent != tr.event_id:
+            singles.append(tr)
+            continue
+        key = (tr.state, tr.operation, tr.error_kind, tr.error, tr.next_attempt_at,
+               tr.version_sent is not None)
+        groups.setdefault(key, []).append(tr.event_id)
+    for (state, operation, kind, error, next_at, versioned), ids in groups.items():
+        values: dict[str, Any] = {"state": state.value, "updated_at": now, "error_kind": kind,
+                                  "last_error": error, "next_attempt_at": next_at}
+        if operation is not None:
+            values["operation"] = operation
+        if versioned:
+            values["version_sent"] = t.c.id
+        if state in _STAMP:
+            values[_STAMP[state]] = now
+        for chunk in _chunks(ids, CHUNK):
+            conn.execute(update(t).where(id_filter(conn, t.c.id, chunk)).values(values))
+    for state in {tr.state for tr in singles}:
+        params = [{"b_id": tr.event_id, "b_operation": tr.operation, "b_version": tr.version_sent,
+                   "b_kind": tr.error_kind, "b_error": tr.error, "b_next": tr.next_attempt_at}
+                  for tr in singles if tr.state is state]
+        values = {
+            "state": state.value, "updated_at": now,
+            "error_kind": bindparam("b_kind"), "last_error": bindparam("b_error"),
             "next_attempt_at": bindparam("b_next"),
-            "operation": _coalesce(t.c.operation, "b_operation"),
-            "version_sent": _coalesce(t.c.version_sent, "b_version"),
+            "operation": func.coalesce(bindparam("b_operation", type_=String()), t.c.operation),
+            "version_sent": bindparam("b_version", type_=BigInteger()),
         }
         if state in _STAMP:
             values[_STAMP[state]] = now
-        stmt = update(t).where(t.c.id == bindparam("b_id")).values(values)
-        conn.execute(stmt.execution_options(synchronize_session=False), params)
-
-
-def _coalesce(column: Any, param: str) -> Any:
-    from sqlalchemy import func
-
-    return func.coalesce(bindparam(param, type_=column.type), column)
+        conn.execute(update(t).where(t.c.id == bindparam("b_id")).values(values), params)
 
 
 def mark(conn: Connection, ids: Sequence[int], state: State,
@@ -278,8 +301,8 @@ def mark(conn: Connection, ids: Sequence[int], state: State,
     if state in _STAMP:
         values.setdefault(_STAMP[state], now)
     count = 0
-    for chunk in _chunks(list(ids), 1000):
-        stmt = update(t).where(t.c.id.in_(chunk))
+    for chunk in _chunks(list(ids), CHUNK):
+        stmt = update(t).where(id_filter(conn, t.c.id, chunk))
         if only_from is not None:
             stmt = stmt.where(t.c.state.in_([s.value for s in only_from]))
         count += conn.execute(stmt.values(values)).rowcount

@@ -5,10 +5,12 @@ A mode decides *when and where* :func:`process` runs, never *what* it does.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import random
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,26 +56,59 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
             worker: str | None = None) -> Outcome:
     """Claim ``event_ids``, write their documents, and record every outcome.
 
-    With ``wait_for_visibility`` a successful write is ``completed`` (the bulk request
-    waits for a refresh); without it, ``backend_accepted``. Ids that are not claimable
-    (unknown, rolled back, already done, claimed by someone else) are reported as
-    ``skipped`` and left alone.
+    With ``wait_for_visibility`` a successful write is ``completed`` (visible to search);
+    without it, ``backend_accepted``. Ids that are not claimable (unknown, rolled back,
+    already done, claimed by someone else) are reported as ``skipped`` and left alone.
+
+    Work streams in chunks of ``config.batch_size`` events: while one ``_bulk`` request
+    is in flight, the next chunk is claimed, its rows read and its documents built.
     """
     engine = engine or config.require_bind()
-    outcome = Outcome(mode=mode, event_ids=list(event_ids))
-    with engine.begin() as conn:
-        events = outbox.claim(conn, event_ids, mode, worker)
-    claimed = {e.id for e in events}
-    outcome.skipped = [i for i in event_ids if i not in claimed]
-    if not events:
-        return outcome
+    ids = list(dict.fromkeys(event_ids))
+    outcome = Outcome(mode=mode, event_ids=ids)
+    # One request per model carries refresh=wait_for when everything fits in one chunk
+    # (the common inline commit); larger runs get one explicit refresh per index at the end.
+    single = len(ids) <= config.batch_size
+    writer = _Writer(config, engine, wait_for_visibility, per_request_wait=single)
+    claimed: set[int] = set()
+    docs_total = 0
+    try:
+        for start in range(0, len(ids), config.batch_size):
+            with engine.begin() as conn:
+                events = outbox.claim(conn, ids[start:start + config.batch_size], mode, worker)
+            claimed.update(e.id for e in events)
+            groups, unknown = _coalesce(events)
+            writer.transitions.extend(unknown)
+            for group in groups.values():
+                docs_total += len(group)
+                writer.submit(group)
+    finally:
+        transitions = writer.finish()
+        with engine.begin() as conn:
+            outbox.apply(conn, transitions)
 
-    transitions: list[Transition] = []
+    outcome.skipped = [i for i in ids if i not in claimed]
+    outcome.documents = docs_total
+    for tr in transitions:
+        outcome.states[tr.state.value] += 1
+        if tr.state in (State.RETRYING, State.DISCARDED):
+            index, document_id = writer.where.get(tr.event_id, ("?", "?"))
+            outcome.failures.append(Failure(tr.event_id, index, document_id, tr.state.value,
+                                            tr.error_kind, tr.error))
+    if outcome.failures:
+        log.warning("scrypath_sa: %s", outcome.describe())
+    return outcome
+
+
+def _coalesce(events: list[Event]) -> tuple[dict[str, list[_Doc]], list[Transition]]:
+    """Group claimed events per model and per document; events of unknown models are
+    discarded with the reason."""
+    unknown: list[Transition] = []
     docs: dict[tuple[str, str], _Doc] = {}
     for event in events:
         info = info_for_index(event.index_name)
         if info is None:
-            transitions.append(Transition(
+            unknown.append(Transition(
                 event.id, State.DISCARDED, error_kind="unknown_model",
                 error=f"no Searchable model for index {event.index_name!r} ({event.model}) "
                       "is defined in this process: import the model before processing",
@@ -84,31 +119,10 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
         if doc is None:
             doc = docs[key] = _Doc(info, event.document_id, event.pk)
         doc.events.append(event)
-
-    by_model: dict[str, list[_Doc]] = {}
+    groups: dict[str, list[_Doc]] = {}
     for doc in docs.values():
-        by_model.setdefault(doc.info.index, []).append(doc)
-    for group in by_model.values():
-        for start in range(0, len(group), config.batch_size):
-            batch = group[start:start + config.batch_size]
-            transitions.extend(_write_batch(config, engine, batch, wait_for_visibility))
-
-    with engine.begin() as conn:
-        outbox.apply(conn, transitions)
-
-    outcome.documents = len(docs)
-    doc_of = {e.id: d for d in docs.values() for e in d.events}
-    for tr in transitions:
-        outcome.states[tr.state.value] += 1
-        if tr.state in (State.RETRYING, State.DISCARDED):
-            doc = doc_of.get(tr.event_id)
-            outcome.failures.append(Failure(
-                tr.event_id, doc.info.index if doc else "?", doc.document_id if doc else "?",
-                tr.state.value, tr.error_kind, tr.error,
-            ))
-    if outcome.failures:
-        log.warning("scrypath_sa: %s", outcome.describe())
-    return outcome
+        groups.setdefault(doc.info.index, []).append(doc)
+    return groups, unknown
 
 
 def _load_rows(engine: Engine, info: ModelInfo, docs: list[_Doc]) -> dict[tuple[Any, ...], Any]:
@@ -119,7 +133,7 @@ def _load_rows(engine: Engine, info: ModelInfo, docs: list[_Doc]) -> dict[tuple[
         for start in range(0, len(docs), 1000):
             keys = [d.pk for d in docs[start:start + 1000]]
             if len(pk_cols) == 1:
-                where = pk_cols[0].in_([k[0] for k in keys])
+                where = outbox.id_filter(session.connection(), pk_cols[0], [k[0] for k in keys])
             else:
                 where = tuple_(*pk_cols).in_([tuple(k) for k in keys])
             query = select(info.cls).where(where).options(*info.cls.search_load_options())
@@ -147,31 +161,121 @@ def _build(obj: Any) -> tuple[str, Any]:
     return ("upsert", document)
 
 
-def _write_batch(config: Config, engine: Engine, batch: list[_Doc],
-                 wait_for_visibility: bool) -> list[Transition]:
-    info = batch[0].info
-    transitions: list[Transition] = []
-    ops: list[BulkOp] = []
-    sent: list[_Doc] = []
+class _Writer:
+    """Builds batches in the caller's thread and sends them from one sender thread, so
+    reading rows overlaps with the backend's indexing. Collects every transition."""
+
+    def __init__(self, config: Config, engine: Engine, wait_for_visibility: bool,
+                 per_request_wait: bool) -> None:
+        self.config, self.engine = config, engine
+        self.wait_for_visibility = wait_for_visibility
+        self.per_request_wait = wait_for_visibility and per_request_wait
+        self.transitions: list[Transition] = []
+        self.where: dict[int, tuple[str, str]] = {}
+        self.index_errors: dict[str, str | None] = {}
+        self.infos: dict[str, ModelInfo] = {}
+        self._sender: ThreadPoolExecutor | None = None
+        self._in_flight: tuple[_Prepared, Future[list[ItemResult]]] | None = None
+
+    def submit(self, group: list[_Doc]) -> None:
+        info = group[0].info
+        self.infos[info.index] = info
+        if info.index not in self.index_errors:
+            try:
+                self.config.backend.ensure_index(info.index, info.contract, info.name)
+                self.index_errors[info.index] = None
+            except BackendError as exc:
+                self.index_errors[info.index] = redact(exc)
+        for doc in group:
+            for event in doc.events:
+                self.where[event.id] = (info.index, doc.document_id)
+        prepared = _prepare(self.engine, info, group)
+        self.transitions.extend(prepared.failed)
+        if self._sender is None:
+            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scrypath-bulk")
+        self._settle_in_flight()
+        future = self._sender.submit(_send, self.config, prepared.ops, self.per_request_wait,
+                                     self.index_errors[info.index])
+        self._in_flight = (prepared, future)
+
+    def _settle_in_flight(self) -> None:
+        if self._in_flight is not None:
+            prepared, future = self._in_flight
+            self._in_flight = None
+            self.transitions.extend(_settle(self.config, prepared, future.result(),
+                                            self.per_request_wait))
+
+    def finish(self) -> list[Transition]:
+        try:
+            self._settle_in_flight()
+        finally:
+            if self._sender is not None:
+                self._sender.shutdown(wait=True)
+        if self.wait_for_visibility and not self.per_request_wait:
+            self._refresh_and_promote()
+        return self.transitions
+
+    def _refresh_and_promote(self) -> None:
+        """One explicit refresh per index makes every acknowledged write visible; only
+        then are accepted writes promoted to completed. A failed refresh leaves them
+        ``backend_accepted``, which is the truth."""
+        accepted = [i for i, tr in enumerate(self.transitions)
+                    if tr.state is State.BACKEND_ACCEPTED]
+        visible: dict[str, bool] = {}
+        for i in accepted:
+            index = self.where[self.transitions[i].event_id][0]
+            if index not in visible:
+                try:
+                    self.config.backend.refresh(index)
+                    visible[index] = True
+                except BackendError as exc:
+                    log.warning("scrypath_sa: writes to %s were accepted but the refresh "
+                                "failed; they stay backend_accepted: %s", index, redact(exc))
+                    visible[index] = False
+            if visible[index]:
+                self.transitions[i] = dataclasses.replace(self.transitions[i],
+                                                          state=State.COMPLETED)
+
+
+@dataclass
+class _Prepared:
+    ops: list[BulkOp] = field(default_factory=list)
+    sent: list[_Doc] = field(default_factory=list)
+    failed: list[Transition] = field(default_factory=list)
+
+
+def _prepare(engine: Engine, info: ModelInfo, batch: list[_Doc]) -> _Prepared:
+    """Read the batch's rows and build its operations (documents that cannot be built
+    are discarded here, with the reason)."""
+    prepared = _Prepared()
     built = _load_rows(engine, info, batch)
     for doc in batch:
         action, payload = built.get(tuple(doc.pk), ("delete", None))
         if action == "error":
-            transitions.extend(_each(doc, State.DISCARDED, error_kind="document_error",
-                                     error=str(payload)))
+            prepared.failed.extend(_each(doc, State.DISCARDED, error_kind="document_error",
+                                         error=str(payload)))
             continue
-        ops.append(BulkOp(info.index, doc.document_id, doc.version, payload))
-        sent.append(doc)
+        prepared.ops.append(BulkOp(info.index, doc.document_id, doc.version, payload))
+        prepared.sent.append(doc)
+    return prepared
+
+
+def _send(config: Config, ops: list[BulkOp], wait_for_visibility: bool,
+          index_error: str | None) -> list[ItemResult]:
     if not ops:
-        return transitions
-    try:
-        config.backend.ensure_index(info.index, info.contract, info.name)
-    except BackendError as exc:
-        results = [ItemResult(ItemStatus.RETRYABLE, "index_unavailable", redact(exc))] * len(ops)
-    else:
-        results = config.backend.bulk(ops, wait_for_visibility=wait_for_visibility)
+        return []
+    if index_error is not None:
+        return [ItemResult(ItemStatus.RETRYABLE, "index_unavailable", index_error)] * len(ops)
+    return config.backend.bulk(ops, wait_for_visibility=wait_for_visibility)
+
+
+def _settle(config: Config, prepared: _Prepared, results: list[ItemResult],
+            wait_for_visibility: bool) -> list[Transition]:
+    """Turn one request's per-item results into transitions."""
+    transitions: list[Transition] = []
     success = State.COMPLETED if wait_for_visibility else State.BACKEND_ACCEPTED
-    for doc, op, result in zip(sent, ops, results, strict=True):
+    retry_at: dict[int, dt.datetime] = {}  # one jittered time per attempt count and batch
+    for doc, op, result in zip(prepared.sent, prepared.ops, results, strict=True):
         operation = "delete" if op.is_delete else "upsert"
         if result.status in (ItemStatus.OK, ItemStatus.CONFLICT):
             transitions.extend(_each(doc, success, operation=operation, version=op.version))
@@ -179,7 +283,8 @@ def _write_batch(config: Config, engine: Engine, batch: list[_Doc],
             transitions.extend(_each(
                 doc, State.RETRYING, operation=operation, version=op.version,
                 error_kind=result.error_kind, error=result.error,
-                next_attempt_at=outbox.utcnow() + backoff(config, doc.attempts),
+                next_attempt_at=retry_at.setdefault(
+                    doc.attempts, outbox.utcnow() + backoff(config, doc.attempts)),
             ))
         else:
             error = result.error

@@ -165,10 +165,20 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
+_keys_cache: weakref.WeakKeyDictionary[type, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def _column_keys(cls: type) -> tuple[str, ...]:
+    keys = _keys_cache.get(cls)
+    if keys is None:
+        mapper: Mapper[Any] = inspect(cls)
+        keys = _keys_cache[cls] = tuple(attr.key for attr in mapper.column_attrs)
+    return keys
+
+
 def column_document(obj: object) -> dict[str, Any]:
     """The default document: every mapped column attribute, JSON-safe."""
-    mapper: Mapper[Any] = inspect(type(obj))
-    return {attr.key: json_safe(getattr(obj, attr.key)) for attr in mapper.column_attrs}
+    return {key: json_safe(getattr(obj, key)) for key in _column_keys(type(obj))}
 
 
 def _escape(part: object) -> str:

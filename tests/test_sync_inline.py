@@ -264,3 +264,16 @@ def test_events_are_written_in_the_data_transaction(world: World) -> None:
         assert in_tx == [State.REQUESTED.value]
         session.rollback()
     assert events(world) == []
+
+
+def test_many_batches_are_all_completed_and_visible(engine: Engine, index_prefix: str,
+                                                    backend: Any, os_client: Any) -> None:
+    w = make_world(engine, index_prefix)
+    scrypath_sa.configure(w.Session, backend=backend, batch_size=3)
+    with w.Session() as session:
+        session.add_all([w.Article(id=i, title=f"doc {i}") for i in range(1, 11)])
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert outcome.states == {"completed": 10}
+    # visible without any refresh of ours: the last request's wait_for covered all batches
+    assert os_client.count(index=f"{index_prefix}_articles")["count"] == 10

@@ -1,0 +1,51 @@
+"""Shared benchmark plumbing: real services from the environment or started here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import servicekit  # noqa: E402
+
+ENV = {
+    "postgresql": "SCRYPATH_TEST_DATABASE_URL",
+    "redis": "SCRYPATH_TEST_REDIS_URL",
+    "opensearch": "SCRYPATH_TEST_OPENSEARCH_URL",
+}
+
+
+@contextlib.contextmanager
+def services(*names: str) -> Iterator[dict[str, str]]:
+    """URLs of the named services: from SCRYPATH_TEST_* variables, else started here."""
+    urls = {n: os.environ[ENV[n]] for n in names if os.environ.get(ENV[n])}
+    missing = [n for n in names if n not in urls]
+    workdir = Path(tempfile.mkdtemp(prefix="scrypath-bench-"))
+    workdir.chmod(0o755)
+    started = servicekit.start_all(workdir, missing) if missing else {}
+    try:
+        yield {**urls, **{n: r.url for n, r in started.items()}}
+    finally:
+        for running in started.values():
+            running.stop()
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def best(samples: list[float]) -> float:
+    return min(samples)
+
+
+def summary(samples: list[float]) -> str:
+    return f"best {min(samples):.3f}s median {statistics.median(samples):.3f}s"
