@@ -277,3 +277,67 @@ def test_many_batches_are_all_completed_and_visible(engine: Engine, index_prefix
     assert outcome.states == {"completed": 10}
     # visible without any refresh of ours: the last request's wait_for covered all batches
     assert os_client.count(index=f"{index_prefix}_articles")["count"] == 10
+
+
+def test_byte_cap_splits_requests_and_everything_lands(engine: Engine, index_prefix: str,
+                                                       opensearch_url: str,
+                                                       os_client: Any) -> None:
+    from scrypath_sa.backends import OpenSearchBackend
+
+    class Counting(OpenSearchBackend):
+        requests: list[int] = []  # noqa: RUF012
+
+        def _send(self, ops: Any, body: str, wait_for_visibility: bool) -> Any:
+            self.requests.append(len(body))
+            return super()._send(ops, body, wait_for_visibility)
+
+    backend = Counting(opensearch_url, max_request_bytes=1500)
+    w = make_world(engine, index_prefix)
+    scrypath_sa.configure(w.Session, backend=backend)
+    with w.Session() as session:
+        session.add_all([w.Article(id=i, title="x" * 190) for i in range(1, 21)])
+        session.commit()
+        assert scrypath_sa.last_outcome(session).states == {"completed": 20}
+    assert len(backend.requests) >= 4
+    assert max(backend.requests) <= 1500
+    assert os_client.count(index=f"{index_prefix}_articles")["count"] == 20
+
+
+def test_eager_load_hook_avoids_n_plus_one(engine: Engine, index_prefix: str, backend: Any,
+                                           os_client: Any) -> None:
+    from sqlalchemy import event
+    from sqlalchemy.orm import selectinload
+
+    w = make_world(engine, index_prefix)
+    article = w.Article
+
+    def search_document(self: Any) -> dict[str, Any]:
+        return {"title": self.title, "comments": [c.body for c in self.comments]}
+
+    article.search_document = search_document
+    article.search_load_options = classmethod(lambda cls: [selectinload(cls.comments)])
+    scrypath_sa.configure(w.Session, backend=backend)
+    with w.Session() as session, scrypath_sa.sync_mode("manual"):
+        for i in range(1, 31):
+            a = article(id=i, title=f"a{i}")
+            a.comments = [w.Comment(id=i * 10 + k, body=f"c{i}-{k}") for k in range(2)]
+            session.add(a)
+        session.commit()
+
+    comment_selects: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM comments" in statement:
+            comment_selects.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        with w.Session() as session:
+            for a in session.scalars(select(article)):
+                a.views = "1"
+            session.commit()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(comment_selects) == 1  # one selectin load for 30 articles, not 30
+    got = os_client.get(index=f"{index_prefix}_articles", id="7")["_source"]
+    assert got == {"title": "a7", "comments": ["c7-0", "c7-1"]}

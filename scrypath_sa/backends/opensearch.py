@@ -31,17 +31,21 @@ class OpenSearchBackend(Backend):
 
     ``hosts_or_url`` is a URL (``"http://user:pass@host:9200"``), a list of hosts, or a
     ready ``OpenSearch`` client; ``client_options`` go to ``OpenSearch(...)``.
+    ``max_request_bytes`` caps one ``_bulk`` body (characters of NDJSON, default 10 MiB);
+    the processor's ``batch_size`` caps the number of documents per batch.
     """
 
     name = "opensearch"
 
-    def __init__(self, hosts_or_url: str | Sequence[Any] | OpenSearch, **client_options: Any):
+    def __init__(self, hosts_or_url: str | Sequence[Any] | OpenSearch, *,
+                 max_request_bytes: int = 10 * 1024 * 1024, **client_options: Any):
         if isinstance(hosts_or_url, OpenSearch):
             self.client = hosts_or_url
         else:
             hosts = [hosts_or_url] if isinstance(hosts_or_url, str) else list(hosts_or_url)
             client_options.setdefault("timeout", 30)
             self.client = OpenSearch(hosts=hosts, **client_options)
+        self.max_request_bytes = max_request_bytes
         self._ensured: set[str] = set()
 
     # ------------------------------------------------------------------ index layout
@@ -108,37 +112,43 @@ class OpenSearchBackend(Backend):
     # ------------------------------------------------------------------------ writes
 
     def bulk(self, ops: Sequence[BulkOp], *, wait_for_visibility: bool) -> list[ItemResult]:
-        if not ops:
-            return []
+        """Send ``ops`` in as few ``_bulk`` requests as ``max_request_bytes`` allows.
+
+        A document that cannot be serialised fails alone. With several requests only the
+        last one waits for a refresh: that refresh covers every earlier write too.
+        """
         results: list[ItemResult | None] = [None] * len(ops)
-        lines: list[str] = []
-        pending: list[int] = []
+        requests: list[tuple[list[int], list[str]]] = []
+        size = self.max_request_bytes + 1
         for position, op in enumerate(ops):
             meta = {"_index": op.index, "_id": op.id, "version": op.version,
                     "version_type": "external_gte"}
             if op.document is None:
-                lines.append(_dumps({"delete": meta}))
+                entry = _dumps({"delete": meta}) + "\n"
             else:
                 try:
-                    source = _dumps(op.document)
+                    entry = _dumps({"index": meta}) + "\n" + _dumps(op.document) + "\n"
                 except (TypeError, ValueError) as exc:
                     results[position] = ItemResult(
                         ItemStatus.PERMANENT, "not_json_serialisable",
                         redact(f"the document is not JSON-serialisable: {exc}"))
                     continue
-                lines.append(_dumps({"index": meta}))
-                lines.append(source)
-            pending.append(position)
-        if pending:
-            sent = [ops[p] for p in pending]
-            for position, result in zip(pending, self._send(sent, lines, wait_for_visibility),
+            if size + len(entry) > self.max_request_bytes:
+                requests.append(([], []))
+                size = 0
+            requests[-1][0].append(position)
+            requests[-1][1].append(entry)
+            size += len(entry)
+        for n, (positions, entries) in enumerate(requests):
+            wait = wait_for_visibility and n == len(requests) - 1
+            sent = [ops[p] for p in positions]
+            for position, result in zip(positions, self._send(sent, "".join(entries), wait),
                                         strict=True):
                 results[position] = result
         return [r for r in results if r is not None]
 
-    def _send(self, ops: Sequence[BulkOp], lines: list[str],
+    def _send(self, ops: Sequence[BulkOp], body: str,
               wait_for_visibility: bool) -> list[ItemResult]:
-        body = "\n".join(lines) + "\n"
         params: dict[str, Any] = {"refresh": "wait_for"} if wait_for_visibility else {}
         try:
             response = self.client.bulk(body=body, params=params)
