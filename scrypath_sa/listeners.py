@@ -77,6 +77,8 @@ def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engi
                     batch_size=batch_size, max_attempts=max_attempts,
                     backoff_base=backoff_base, backoff_max=backoff_max, strict=strict)
     config.mode(config.default_mode)  # fail now if the default mode is not available
+    for mode_object in all_modes.values():
+        mode_object.attach(config)
     with _lock:
         _install_mapper_events()
         unconfigure(target)

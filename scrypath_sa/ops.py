@@ -38,17 +38,26 @@ class SweepReport:
 
 
 def sweep(config: Config | None = None, *, older_than: dt.timedelta = dt.timedelta(seconds=30),
+          enqueued_older_than: dt.timedelta = dt.timedelta(minutes=15),
+          stale_after: dt.timedelta = dt.timedelta(minutes=15),
           limit: int = 10_000) -> SweepReport:
-    """Redispatch ``requested`` events older than ``older_than`` and ``retrying`` events
-    whose ``next_attempt_at`` has come, each through its recorded mode (or the default).
+    """Push work that fell behind, each event through its recorded mode (or the default):
+
+    * ``processing`` claims older than ``stale_after`` (a worker died) become
+      ``retrying``, due now;
+    * ``requested`` events older than ``older_than`` and ``retrying`` events due for
+      longer than ``older_than`` are redispatched;
+    * ``enqueued`` events older than ``enqueued_older_than`` (a lost message) too.
 
     Safe on a schedule and from several processes at once: the processor claims events
-    before working on them, so each is worked by one caller.
+    before working on them, so each is worked by one caller at a time.
     """
     config = _config(config)
     engine = config.require_bind()
+    with engine.begin() as conn:
+        expired = outbox.expire_claims(conn, stale_after)
     with engine.connect() as conn:
-        due = outbox.due(conn, older_than, limit)
+        due = expired + outbox.due(conn, older_than, enqueued_older_than, limit)
     by_mode: dict[str, list[int]] = {}
     for event_id, mode in due:
         by_mode.setdefault(mode if mode in config.modes else config.default_mode, []).append(

@@ -309,21 +309,38 @@ def mark(conn: Connection, ids: Sequence[int], state: State,
     return count
 
 
-def due(conn: Connection, older_than: dt.timedelta, limit: int,
-        stale_processing: dt.timedelta | None = None) -> list[tuple[int, str | None]]:
-    """Events that need a push: ``requested`` older than ``older_than``, ``retrying``
-    whose time has come, and (optionally) ``processing`` claims older than
-    ``stale_processing``. Returns (id, mode) pairs, oldest first."""
+def expire_claims(conn: Connection, older_than: dt.timedelta) -> list[tuple[int, str | None]]:
+    """``processing`` claims older than ``older_than`` belong to a worker that died (or
+    hangs): hand them back as ``retrying``, due now. Returns their (id, mode) pairs."""
+    t = sync_events
+    now = utcnow()
+    stmt = (update(t)
+            .where(t.c.state == State.PROCESSING.value, t.c.processing_at <= now - older_than)
+            .values(state=State.RETRYING.value, updated_at=now, next_attempt_at=now,
+                    error_kind="claim_expired",
+                    last_error=f"processing claim older than {older_than} expired; "
+                               "the worker holding it died or hangs")
+            .returning(t.c.id, t.c.mode))
+    return [(row[0], row[1]) for row in conn.execute(stmt)]
+
+
+def due(conn: Connection, older_than: dt.timedelta, enqueued_older_than: dt.timedelta,
+        limit: int) -> list[tuple[int, str | None]]:
+    """Events that need a push, as (id, mode) pairs, oldest first:
+
+    * ``requested`` for longer than ``older_than`` (the dispatch after commit failed or
+      the process died before it);
+    * ``retrying`` whose ``next_attempt_at`` is more than ``older_than`` past (whoever
+      scheduled the retry, e.g. Dramatiq's own retry, had its chance first);
+    * ``enqueued`` for longer than ``enqueued_older_than`` (the message was lost).
+    """
     t = sync_events
     now = utcnow()
     conditions = [
         (t.c.state == State.REQUESTED.value) & (t.c.requested_at <= now - older_than),
-        (t.c.state == State.RETRYING.value) & (t.c.next_attempt_at <= now),
+        (t.c.state == State.RETRYING.value) & (t.c.next_attempt_at <= now - older_than),
+        (t.c.state == State.ENQUEUED.value) & (t.c.enqueued_at <= now - enqueued_older_than),
     ]
-    if stale_processing is not None:
-        conditions.append(
-            (t.c.state == State.PROCESSING.value) & (t.c.processing_at <= now - stale_processing)
-        )
     query = select(t.c.id, t.c.mode).where(or_(*conditions)).order_by(t.c.id).limit(limit)
     return [(row[0], row[1]) for row in conn.execute(query)]
 

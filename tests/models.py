@@ -31,7 +31,9 @@ class World:
     prefix: str
 
 
-def make_world(engine: Engine, prefix: str, contract: dict[str, Any] | None = None) -> World:
+def define_models(prefix: str, contract: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """Fresh Base, Article, Comment, Translation classes on indices under ``prefix``."""
+
     class Base(DeclarativeBase):
         pass
 
@@ -76,6 +78,11 @@ def make_world(engine: Engine, prefix: str, contract: dict[str, Any] | None = No
         lang: Mapped[str] = mapped_column(String(5), primary_key=True)
         text: Mapped[str] = mapped_column(String(200))
 
+    return Base, Article, Comment, Translation
+
+
+def make_world(engine: Engine, prefix: str, contract: dict[str, Any] | None = None) -> World:
+    Base, Article, Comment, Translation = define_models(prefix, contract)
     Base.metadata.create_all(engine)
     scrypath_sa.metadata.create_all(engine)
     return World(Base, Article, Comment, Translation, sessionmaker(engine), engine, prefix)

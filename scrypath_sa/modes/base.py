@@ -23,6 +23,9 @@ class Mode(abc.ABC):
 
     name: ClassVar[str]
 
+    def attach(self, config: Config) -> None:  # noqa: B027 - optional hook
+        """Called by ``configure()`` with the configuration this mode serves."""
+
     @abc.abstractmethod
     def dispatch(self, config: Config, event_ids: Sequence[int],
                  engine: Engine | None = None) -> Outcome:

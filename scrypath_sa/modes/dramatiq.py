@@ -1,0 +1,145 @@
+"""``dramatiq``: after commit, a durable Dramatiq message carries the event ids; a worker
+does the write later.
+
+The actor is created explicitly on *your* broker when you build the mode, so importing
+scrypath_sa never creates Dramatiq's implicit default broker::
+
+    broker = RedisBroker(url=...)
+    dramatiq.set_broker(broker)            # for the `dramatiq` worker command
+    scrypath_sa.configure(Session, backend=..., mode="dramatiq",
+                          modes={"dramatiq": DramatiqMode(broker)})
+
+Run workers with ``dramatiq your.module`` where ``your.module`` makes that same call.
+Messages carry event ids only (never documents); the worker re-reads the rows, so a
+late message still writes the newest state. Only Dramatiq's broker abstraction is used:
+Redis and RabbitMQ brokers both work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, literal, select
+
+from scrypath_sa import outbox, processor
+from scrypath_sa.errors import MissingExtraError, NotConfiguredError
+from scrypath_sa.modes.base import Mode
+from scrypath_sa.outbox import State, sync_events
+from scrypath_sa.outcome import Outcome
+from scrypath_sa.redaction import redact
+
+try:
+    import dramatiq
+    from dramatiq.broker import Broker
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingExtraError("dramatiq", "dramatiq") from exc
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from scrypath_sa.config import Config
+
+log = logging.getLogger("scrypath_sa")
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+class DramatiqMode(Mode):
+    """Enqueue event ids on ``broker``; a Dramatiq worker processes them.
+
+    ``chunk_size`` ids go in one message. A retryable failure is retried by Dramatiq's
+    own Retries middleware at the events' ``next_attempt_at`` (the configured backoff);
+    after ``max_retries`` the events still ``retrying`` become ``discarded`` with the
+    reason. Permanent failures are discarded at once and burn no retry.
+    """
+
+    name = "dramatiq"
+
+    def __init__(self, broker: Broker, *, queue_name: str = "scrypath_sa",
+                 actor_name: str = "scrypath_sa_process", chunk_size: int = 500,
+                 max_retries: int = 8) -> None:
+        self.broker = broker
+        self.chunk_size = chunk_size
+        self._config: Config | None = None
+        self.exhausted_actor: dramatiq.Actor[Any, Any] = dramatiq.Actor(
+            self._retries_exhausted, broker=broker, actor_name=f"{actor_name}_exhausted",
+            queue_name=queue_name, priority=0, options={"max_retries": 3},
+        )
+        self.actor: dramatiq.Actor[Any, Any] = dramatiq.Actor(
+            self._work, broker=broker, actor_name=actor_name, queue_name=queue_name,
+            priority=0,
+            options={"max_retries": max_retries, "throws": (NotConfiguredError,),
+                     "on_retry_exhausted": self.exhausted_actor.actor_name},
+        )
+
+    def attach(self, config: Config) -> None:
+        self._config = config
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            raise NotConfiguredError(
+                "this DramatiqMode is not installed: pass it to scrypath_sa.configure(..., "
+                "modes={'dramatiq': mode}) in the worker's module too")
+        return self._config
+
+    # ------------------------------------------------------------- committing side
+
+    def dispatch(self, config: Config, event_ids: Sequence[int],
+                 engine: Engine | None = None) -> Outcome:
+        """Send the ids in chunks; mark each chunk ``enqueued`` once the broker took it.
+
+        A broker that refuses or cannot be reached leaves the events ``requested`` (the
+        outcome says so); ``scrypath_sa.sweep()`` sends them later.
+        """
+        engine = engine or config.require_bind()
+        outcome = Outcome(mode=self.name, event_ids=list(event_ids))
+        ids = list(event_ids)
+        for start in range(0, len(ids), self.chunk_size):
+            chunk = ids[start:start + self.chunk_size]
+            try:
+                self.actor.send(chunk)
+            except Exception as exc:  # noqa: BLE001 - any broker failure leaves them requested
+                outcome.error = redact(f"broker did not accept the message: "
+                                       f"{type(exc).__name__}: {exc}")
+                log.warning("scrypath_sa: %d committed events stay requested: %s",
+                            len(ids) - start, outcome.error)
+                outcome.states[State.REQUESTED.value] += len(ids) - start
+                break
+            with engine.begin() as conn:
+                outbox.mark(conn, chunk, State.ENQUEUED,
+                            only_from=[State.REQUESTED, State.RETRYING], mode=self.name)
+            outcome.states[State.ENQUEUED.value] += len(chunk)
+        return outcome
+
+    # ------------------------------------------------------------------ worker side
+
+    def _work(self, event_ids: list[int]) -> None:
+        outcome = processor.process(self.config, event_ids, mode=self.name,
+                                    wait_for_visibility=True, worker=worker_id())
+        retrying = [f.event_id for f in outcome.failures if f.state == State.RETRYING.value]
+        if retrying:
+            t = sync_events
+            with self.config.require_bind().connect() as conn:
+                when = conn.execute(select(func.min(t.c.next_attempt_at))
+                                    .where(t.c.id.in_(retrying))).scalar()
+            delay = (when - outbox.utcnow()).total_seconds() if when else 0.0
+            raise dramatiq.Retry(
+                f"{len(retrying)} events are retrying; next attempt in {delay:.1f}s",
+                delay=max(0, int(delay * 1000)))
+
+    def _retries_exhausted(self, message: dict[str, Any], info: dict[str, Any]) -> None:
+        ids = list(message.get("args", [[]])[0])
+        config = self.config
+        with config.require_bind().begin() as conn:
+            reason = f"Dramatiq gave up after {info.get('retries')} retries; last error: "
+            outbox.mark(conn, ids, State.DISCARDED, only_from=[State.RETRYING],
+                        error_kind="retries_exhausted",
+                        last_error=literal(reason) + func.coalesce(sync_events.c.last_error, ""))

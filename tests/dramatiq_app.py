@@ -1,0 +1,50 @@
+"""The app module a real `dramatiq` worker imports in the Dramatiq tests.
+
+It does what a user's worker module does: define the models, build the broker, install
+scrypath_sa with a DramatiqMode on that broker. Settings come from the environment the
+test gives the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy import create_engine
+from sqlalchemy.orm import sessionmaker
+
+import scrypath_sa
+from scrypath_sa.backends import OpenSearchBackend
+from scrypath_sa.modes.dramatiq import DramatiqMode
+from tests.models import define_models
+
+env = os.environ
+PREFIX = env["SCRYPATH_TEST_PREFIX"]
+Base, Article, Comment, Translation = define_models(PREFIX)
+
+broker = RedisBroker(url=env["SCRYPATH_TEST_REDIS_URL"])
+dramatiq.set_broker(broker)
+
+
+class StallingBackend(OpenSearchBackend):
+    """Announces that a bulk is in flight, then never returns (the test kills us)."""
+
+    def bulk(self, ops: Any, *, wait_for_visibility: bool) -> Any:
+        Path(env["SCRYPATH_TEST_STALL_FILE"]).write_text(",".join(op.id for op in ops))
+        threading.Event().wait()
+
+
+backend_cls = StallingBackend if env.get("SCRYPATH_TEST_STALL_FILE") else OpenSearchBackend
+backend = backend_cls(env["SCRYPATH_TEST_OPENSEARCH_URL"], max_retries=0, timeout=5)
+engine = create_engine(env["SCRYPATH_TEST_DATABASE_URL"])
+mode = DramatiqMode(broker, queue_name=env["SCRYPATH_TEST_QUEUE"],
+                    max_retries=int(env.get("SCRYPATH_TEST_MAX_RETRIES", "8")))
+config = scrypath_sa.configure(
+    sessionmaker(engine), backend=backend, mode="dramatiq", bind=engine,
+    modes={"dramatiq": mode}, backoff_base=float(env.get("SCRYPATH_TEST_BACKOFF", "0.05")),
+    backoff_max=2.0, max_attempts=int(env.get("SCRYPATH_TEST_MAX_ATTEMPTS", "50")),
+)

@@ -1,0 +1,302 @@
+"""Dramatiq mode against real Redis, real `dramatiq` worker processes, real OpenSearch."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import servicekit
+from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy import Engine, func, select
+
+import scrypath_sa
+from scrypath_sa import sync_events
+from scrypath_sa.modes.dramatiq import DramatiqMode
+from tests.models import World, make_world
+
+ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = {"completed", "discarded"}
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 90) -> None:
+    """Poll a real state (rows in sync_events, files a worker wrote) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def states(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(sync_events.c.state, func.count())
+                            .group_by(sync_events.c.state)).all()
+    return {state: n for state, n in rows}
+
+
+def all_terminal(engine: Engine) -> Callable[[], bool]:
+    return lambda: set(states(engine)) <= TERMINAL and bool(states(engine))
+
+
+class Workers:
+    """Starts real `dramatiq` worker processes on the test's app module."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.tmp_path, self.env = tmp_path, env
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, threads: int = 2, **overrides: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **self.env, **overrides,
+               "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}
+        log = (self.tmp_path / f"worker{len(self.procs)}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "tests.dramatiq_app", "--processes", "1",
+             "--threads", str(threads), "--queues", self.env["SCRYPATH_TEST_QUEUE"]],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        proc.wait(timeout=60)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                self.kill(proc, signal.SIGTERM)
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:]
+                         for p in sorted(self.tmp_path.glob("worker*.log")))
+
+
+@pytest.fixture
+def setup(engine: Engine, index_prefix: str, redis_url: str, opensearch_url: str,
+          backend: Any, tmp_path: Path) -> Iterator[tuple[World, Workers, Any]]:
+    world = make_world(engine, index_prefix)
+    queue = f"q{index_prefix}"
+    broker = RedisBroker(url=redis_url)
+    config = scrypath_sa.configure(world.Session, backend=backend, mode="dramatiq",
+                                   modes={"dramatiq": DramatiqMode(broker, queue_name=queue)})
+    workers = Workers(tmp_path, {
+        "SCRYPATH_TEST_PREFIX": index_prefix,
+        "SCRYPATH_TEST_REDIS_URL": redis_url,
+        "SCRYPATH_TEST_OPENSEARCH_URL": opensearch_url,
+        "SCRYPATH_TEST_DATABASE_URL": engine.url.render_as_string(hide_password=False),
+        "SCRYPATH_TEST_QUEUE": queue,
+    })
+    yield world, workers, config
+    workers.stop_all()
+    broker.client.delete(f"dramatiq:{queue}", f"dramatiq:{queue}.DQ", f"dramatiq:{queue}.XQ")
+
+
+def index_state(os_client: Any, world: World) -> dict[str, str]:
+    alias = f"{world.prefix}_articles"
+    os_client.indices.refresh(index=alias)
+    hits = os_client.search(index=alias, body={"size": 10_000, "query": {"match_all": {}}})
+    return {h["_id"]: h["_source"]["title"] for h in hits["hits"]["hits"]}
+
+
+def db_state(world: World) -> dict[str, str]:
+    with world.Session() as session:
+        return {str(a.id): a.title for a in session.scalars(select(world.Article))
+                if a.published}
+
+
+def test_commit_enqueues_and_a_worker_completes(setup: Any, os_client: Any) -> None:
+    world, workers, _ = setup
+    with world.Session() as session:
+        session.add_all([world.Article(id=i, title=f"queued {i}") for i in range(1, 4)])
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert (outcome.mode, outcome.state) == ("dramatiq", "enqueued")
+    assert states(world.engine) == {"enqueued": 3}  # nothing runs until a worker does
+    workers.start()
+    wait_for(all_terminal(world.engine), "the worker to finish")
+    assert states(world.engine) == {"completed": 3}, workers.logs()
+    assert index_state(os_client, world) == {"1": "queued 1", "2": "queued 2", "3": "queued 3"}
+
+
+def test_broker_down_at_commit_then_sweep(engine: Engine, index_prefix: str, backend: Any,
+                                          tmp_path: Path, opensearch_url: str,
+                                          os_client: Any) -> None:
+    world = make_world(engine, index_prefix)
+    port = servicekit.free_port()
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    queue = f"q{index_prefix}"
+    config = scrypath_sa.configure(world.Session, backend=backend, mode="dramatiq", modes={
+        "dramatiq": DramatiqMode(RedisBroker(url=redis_url), queue_name=queue)})
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="committed while the broker was down"))
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert outcome.state == "requested"
+    assert "broker did not accept the message" in outcome.error
+    assert states(engine) == {"requested": 1}
+    with engine.connect() as conn:
+        assert conn.execute(select(world.Article.title)).scalar_one().startswith("committed")
+
+    redis = servicekit.start_redis(tmp_path / "redis", port)
+    workers = Workers(tmp_path, {
+        "SCRYPATH_TEST_PREFIX": index_prefix, "SCRYPATH_TEST_REDIS_URL": redis_url,
+        "SCRYPATH_TEST_OPENSEARCH_URL": opensearch_url, "SCRYPATH_TEST_QUEUE": queue,
+        "SCRYPATH_TEST_DATABASE_URL": engine.url.render_as_string(hide_password=False)})
+    try:
+        report = scrypath_sa.sweep(config, older_than=dt.timedelta(0))
+        assert report.dispatched == 1
+        assert states(engine) == {"enqueued": 1}
+        workers.start()
+        wait_for(all_terminal(engine), "the swept event to complete")
+        assert states(engine) == {"completed": 1}, workers.logs()
+        assert index_state(os_client, world) == {"1": "committed while the broker was down"}
+    finally:
+        workers.stop_all()
+        redis.stop()
+
+
+def test_poison_document_is_discarded_without_blocking_its_batch(setup: Any,
+                                                                  os_client: Any) -> None:
+    world, workers, _ = setup
+    with world.Session() as session:
+        session.add_all([world.Article(id=1, title="fine"),
+                         world.Article(id=2, title="poison", views="not a number"),
+                         world.Article(id=3, title="also fine")])
+        session.commit()
+    workers.start()
+    wait_for(all_terminal(world.engine), "the batch to settle")
+    with world.engine.connect() as conn:
+        rows = {r.document_id: r for r in conn.execute(select(sync_events))}
+    assert rows["2"].state == "discarded" and rows["2"].attempts == 1  # burned no retries
+    assert "mapper_parsing_exception" in rows["2"].error_kind
+    assert rows["1"].state == rows["3"].state == "completed"
+    assert index_state(os_client, world) == {"1": "fine", "3": "also fine"}
+
+
+def test_retries_exhausted_gives_discarded(setup: Any) -> None:
+    world, workers, _ = setup
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="the index is unreachable"))
+        session.commit()
+    dead = f"http://127.0.0.1:{servicekit.free_port()}"
+    workers.start(SCRYPATH_TEST_OPENSEARCH_URL=dead, SCRYPATH_TEST_MAX_RETRIES="2")
+    wait_for(all_terminal(world.engine), "retries to run out")
+    with world.engine.connect() as conn:
+        row = conn.execute(select(sync_events)).one()
+    assert row.state == "discarded", workers.logs()
+    assert row.error_kind == "retries_exhausted"
+    assert row.attempts == 3  # the first delivery and two retries
+    assert "Dramatiq gave up after 2 retries" in row.last_error
+    assert "127.0.0.1" in row.last_error  # the real cause is kept after the prefix
+
+
+def test_worker_killed_mid_batch_loses_nothing(setup: Any, tmp_path: Path,
+                                               os_client: Any) -> None:
+    world, workers, config = setup
+    stall = tmp_path / "stalled"
+    with world.Session() as session:
+        session.add_all([world.Article(id=i, title=f"survives {i}") for i in range(1, 6)])
+        session.commit()
+    doomed = workers.start(SCRYPATH_TEST_STALL_FILE=str(stall))
+    wait_for(stall.exists, "the worker to be mid-bulk")
+    assert states(world.engine) == {"processing": 5}
+    workers.kill(doomed)  # SIGKILL the whole worker process group
+
+    report = scrypath_sa.sweep(config, stale_after=dt.timedelta(0))
+    assert report.dispatched == 5
+    workers.start()
+    wait_for(all_terminal(world.engine), "a new worker to finish the orphaned batch")
+    assert states(world.engine) == {"completed": 5}, workers.logs()
+    assert len(index_state(os_client, world)) == 5
+
+
+def test_redelivery_and_two_workers_never_double_process(setup: Any, os_client: Any) -> None:
+    world, workers, config = setup
+    with world.Session() as session:
+        session.add_all([world.Article(id=i, title=f"once {i}") for i in range(1, 61)])
+        session.commit()
+    with world.engine.connect() as conn:
+        ids = list(conn.execute(select(sync_events.c.id)).scalars())
+    mode = config.mode("dramatiq")
+    for _ in range(3):  # the same ids delivered again, as a redelivery would
+        mode.actor.send(ids)
+    workers.start(threads=4)
+    workers.start(threads=4)
+    wait_for(all_terminal(world.engine), "both workers to finish")
+    with world.engine.connect() as conn:
+        attempts = set(conn.execute(select(sync_events.c.attempts)).scalars())
+    assert attempts == {1}  # no event was claimed twice
+    assert states(world.engine) == {"completed": 60}
+    assert len(index_state(os_client, world)) == 60
+
+
+def test_concurrent_writers_and_two_workers_converge(setup: Any, os_client: Any) -> None:
+    world, workers, _ = setup
+    workers.start(threads=4)
+    workers.start(threads=4)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        rng = random.Random(n)
+        try:
+            for step in range(15):
+                with world.Session() as session:
+                    key = rng.randrange(1, 41)
+                    article = session.get(world.Article, key)
+                    if article is None:
+                        session.add(world.Article(id=key, title=f"w{n}s{step}"))
+                    elif rng.random() < 0.2:
+                        session.delete(article)
+                    else:
+                        article.title = f"w{n}s{step}"
+                        article.published = rng.random() > 0.1
+                    try:
+                        session.commit()
+                    except Exception:  # noqa: BLE001 - two writers inserted one key: retry later
+                        session.rollback()
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors
+    wait_for(all_terminal(world.engine), "the workers to drain", timeout=180)
+    assert set(states(world.engine)) == {"completed"}, workers.logs()
+    assert index_state(os_client, world) == db_state(world)
+
+
+def test_opensearch_down_while_the_worker_runs_then_recovery(setup: Any,
+                                                             tmp_path: Path) -> None:
+    world, workers, _ = setup
+    port = servicekit.free_port()
+    node = servicekit.start_opensearch(tmp_path / "node", port, heap="512m")
+    node.stop()
+    workers.start(SCRYPATH_TEST_OPENSEARCH_URL=node.url, SCRYPATH_TEST_MAX_RETRIES="40")
+    with world.Session() as session:
+        session.add_all([world.Article(id=i, title=f"waits {i}") for i in range(1, 4)])
+        session.commit()
+    wait_for(lambda: states(world.engine).get("retrying") == 3, "the worker to hit the outage")
+    restarted = servicekit.start_opensearch(tmp_path / "node", port, heap="512m")
+    try:
+        wait_for(all_terminal(world.engine), "Dramatiq's retries to finish after recovery")
+        assert states(world.engine) == {"completed": 3}, workers.logs()
+        from opensearchpy import OpenSearch
+
+        client = OpenSearch(restarted.url)
+        assert client.count(index=f"{world.prefix}_articles")["count"] == 3
+    finally:
+        restarted.stop()
