@@ -56,8 +56,9 @@ def sweep(config: Config | None = None, *, older_than: dt.timedelta = dt.timedel
     engine = config.require_bind()
     with engine.begin() as conn:
         expired = outbox.expire_claims(conn, stale_after)
-    with engine.connect() as conn:
+    with engine.begin() as conn:
         due = expired + outbox.due(conn, older_than, enqueued_older_than, limit)
+        outbox.rerequest(conn, [event_id for event_id, _ in due])
     by_mode: dict[str, list[int]] = {}
     for event_id, mode in due:
         by_mode.setdefault(mode if mode in config.modes else config.default_mode, []).append(

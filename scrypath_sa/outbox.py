@@ -175,6 +175,17 @@ def record(conn: Connection, events: Sequence[NewEvent], mode: str | None) -> li
         }
         for e in events
     ]
+    if conn.dialect.name == "postgresql" and len(rows) > 16:
+        # Taking the ids first and inserting with executemany (pipelined by psycopg) is
+        # about twice as fast as one INSERT ... RETURNING for large flushes.
+        sequence = func.pg_get_serial_sequence(sync_events.name, "id")
+        ids = list(conn.execute(
+            select(func.nextval(sequence)).select_from(func.generate_series(1, len(rows)))
+        ).scalars())
+        for row, event_id in zip(rows, ids, strict=True):
+            row["id"] = event_id
+        conn.execute(insert(sync_events), rows)
+        return ids
     stmt = insert(sync_events).returning(sync_events.c.id, sort_by_parameter_order=True)
     return list(conn.execute(stmt, rows).scalars())
 
@@ -221,6 +232,15 @@ def claim(conn: Connection, ids: Sequence[int], mode: str, worker: str | None = 
         claimed.extend(Event(*row) for row in conn.execute(stmt))
     claimed.sort(key=lambda e: e.id)
     return claimed
+
+
+def claimable(conn: Connection, ids: Sequence[int]) -> list[int]:
+    """Which of ``ids`` are still in a claimable state (e.g. skipped because another
+    transaction held their row lock for a moment)."""
+    t = sync_events
+    query = select(t.c.id).where(id_filter(conn, t.c.id, list(ids)),
+                                 t.c.state.in_([s.value for s in CLAIMABLE]))
+    return sorted(conn.execute(query).scalars())
 
 
 @dataclass(frozen=True)
@@ -322,6 +342,12 @@ def expire_claims(conn: Connection, older_than: dt.timedelta) -> list[tuple[int,
                                "the worker holding it died or hangs")
             .returning(t.c.id, t.c.mode))
     return [(row[0], row[1]) for row in conn.execute(stmt)]
+
+
+def rerequest(conn: Connection, ids: Sequence[int]) -> None:
+    """Put events that are about to be dispatched again back to ``requested``: every
+    dispatch starts from there, so "enqueued" is only ever written after a send."""
+    mark(conn, ids, State.REQUESTED, only_from=[State.RETRYING, State.ENQUEUED])
 
 
 def due(conn: Connection, older_than: dt.timedelta, enqueued_older_than: dt.timedelta,

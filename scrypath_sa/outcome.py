@@ -23,8 +23,11 @@ class Outcome:
 
     ``states`` counts the events per lifecycle state *as this call left them*;
     ``state`` is the single state when all agree, else ``"mixed"``. ``documents`` is the
-    number of distinct documents written or deleted. ``error`` is set when the dispatch
-    itself failed (the events then stay where they were, usually ``requested``).
+    number of distinct documents written or deleted. ``skipped`` ids were not claimed
+    (unknown, rolled back, already done, or held by another worker); ``locked`` ones
+    among them are still waiting for a claim (their row was locked by someone else)
+    and need another delivery. ``error`` is set when the dispatch itself failed (the
+    events then stay where they were, usually ``requested``).
     """
 
     mode: str
@@ -33,6 +36,7 @@ class Outcome:
     documents: int = 0
     failures: list[Failure] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    locked: list[int] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -68,5 +72,6 @@ class Outcome:
             "documents": self.documents,
             "failures": [vars(f) for f in self.failures],
             "skipped": list(self.skipped),
+            "locked": list(self.locked),
             "error": self.error,
         }

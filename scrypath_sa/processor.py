@@ -9,6 +9,8 @@ import dataclasses
 import datetime as dt
 import logging
 import random
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from scrypath_sa import outbox
-from scrypath_sa.backends.base import BulkOp, ItemResult, ItemStatus
+from scrypath_sa.backends.base import Backend, BulkOp, ItemResult, ItemStatus
 from scrypath_sa.errors import BackendError
 from scrypath_sa.outbox import Event, State, Transition
 from scrypath_sa.outcome import Failure, Outcome
@@ -53,7 +55,7 @@ class _Doc:
 
 def process(config: Config, event_ids: Sequence[int], *, mode: str,
             wait_for_visibility: bool, engine: Engine | None = None,
-            worker: str | None = None) -> Outcome:
+            worker: str | None = None, shared_refresh: bool = False) -> Outcome:
     """Claim ``event_ids``, write their documents, and record every outcome.
 
     With ``wait_for_visibility`` a successful write is ``completed`` (visible to search);
@@ -62,20 +64,25 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
 
     Work streams in chunks of ``config.batch_size`` events: while one ``_bulk`` request
     is in flight, the next chunk is claimed, its rows read and its documents built.
+
+    Visibility comes from ``refresh=wait_for`` on the request when everything fits in
+    one request (cheap for the cluster; the inline commit), otherwise from an explicit
+    refresh at the end. ``shared_refresh`` (worker threads) always uses the explicit
+    refresh, shared among the threads of this process that need the same index.
     """
     engine = engine or config.require_bind()
     ids = list(dict.fromkeys(event_ids))
     outcome = Outcome(mode=mode, event_ids=ids)
     # One request per model carries refresh=wait_for when everything fits in one chunk
     # (the common inline commit); larger runs get one explicit refresh per index at the end.
-    single = len(ids) <= config.batch_size
+    single = len(ids) <= config.batch_size and not shared_refresh
     writer = _Writer(config, engine, wait_for_visibility, per_request_wait=single)
     claimed: set[int] = set()
     docs_total = 0
     try:
         for start in range(0, len(ids), config.batch_size):
-            with engine.begin() as conn:
-                events = outbox.claim(conn, ids[start:start + config.batch_size], mode, worker)
+            events, locked = _claim(engine, ids[start:start + config.batch_size], mode, worker)
+            outcome.locked.extend(locked)
             claimed.update(e.id for e in events)
             groups, unknown = _coalesce(events)
             writer.transitions.extend(unknown)
@@ -98,6 +105,32 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
     if outcome.failures:
         log.warning("scrypath_sa: %s", outcome.describe())
     return outcome
+
+
+def _claim(engine: Engine, ids: list[int], mode: str,
+           worker: str | None) -> tuple[list[Event], list[int]]:
+    """Claim ``ids``; returns (claimed events, ids still locked by someone else).
+
+    ``SKIP LOCKED`` also skips rows that a non-claimer (the ``enqueued`` marker, a
+    sweep) holds for a moment. Such ids are still claimable: try them again briefly,
+    then give them back as locked so the caller can redeliver them later.
+    """
+    with engine.begin() as conn:
+        events = outbox.claim(conn, ids, mode, worker)
+    missing = sorted(set(ids) - {e.id for e in events})
+    delay = 0.01
+    while missing:
+        with engine.connect() as conn:
+            missing = outbox.claimable(conn, missing)
+        if not missing or delay > 0.5:
+            break
+        time.sleep(delay)
+        delay *= 2
+        with engine.begin() as conn:
+            more = outbox.claim(conn, missing, mode, worker)
+        events.extend(more)
+        missing = sorted(set(missing) - {e.id for e in more})
+    return events, missing
 
 
 def _coalesce(events: list[Event]) -> tuple[dict[str, list[_Doc]], list[Transition]]:
@@ -159,6 +192,50 @@ def _build(obj: Any) -> tuple[str, Any]:
         return ("error", f"{name}.search_document() must return a dict, "
                          f"got {type(document).__name__}")
     return ("upsert", document)
+
+
+class _SharedRefresh:
+    """Group refresh: concurrent callers that need ``index`` visible share refreshes.
+
+    A caller needs a refresh that *starts* after it arrived (its writes were acknowledged
+    before that). If one is running, the caller waits for the next one; whoever finds no
+    refresh running starts it for everybody waiting. So N threads cost about one or two
+    refreshes, not N, and no caller is told "visible" before it is.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._started: dict[tuple[int, str], int] = {}
+        self._finished: dict[tuple[int, str], int] = {}
+        self._running: set[tuple[int, str]] = set()
+
+    def refresh(self, backend: Backend, index: str) -> None:
+        key = (id(backend), index)
+        with self._cond:
+            needed = self._started.get(key, 0) + 1
+            while True:
+                if self._finished.get(key, 0) >= needed:
+                    return
+                if key not in self._running:
+                    self._running.add(key)
+                    ticket = self._started[key] = self._started.get(key, 0) + 1
+                    break
+                self._cond.wait()
+        try:
+            backend.refresh(index)
+        except BaseException:
+            with self._cond:
+                self._running.discard(key)
+                self._started[key] = self._finished.get(key, 0)
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._finished[key] = ticket
+            self._running.discard(key)
+            self._cond.notify_all()
+
+
+_refreshes = _SharedRefresh()
 
 
 class _Writer:
@@ -226,7 +303,7 @@ class _Writer:
             index = self.where[self.transitions[i].event_id][0]
             if index not in visible:
                 try:
-                    self.config.backend.refresh(index)
+                    _refreshes.refresh(self.config.backend, index)
                     visible[index] = True
                 except BackendError as exc:
                     log.warning("scrypath_sa: writes to %s were accepted but the refresh "

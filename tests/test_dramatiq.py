@@ -116,12 +116,13 @@ def db_state(world: World) -> dict[str, str]:
 
 
 def test_commit_enqueues_and_a_worker_completes(setup: Any, os_client: Any) -> None:
-    world, workers, _ = setup
+    world, workers, config = setup
     with world.Session() as session:
         session.add_all([world.Article(id=i, title=f"queued {i}") for i in range(1, 4)])
         session.commit()
         outcome = scrypath_sa.last_outcome(session)
     assert (outcome.mode, outcome.state) == ("dramatiq", "enqueued")
+    assert config.mode("dramatiq").flush()
     assert states(world.engine) == {"enqueued": 3}  # nothing runs until a worker does
     workers.start()
     wait_for(all_terminal(world.engine), "the worker to finish")
@@ -156,6 +157,7 @@ def test_broker_down_at_commit_then_sweep(engine: Engine, index_prefix: str, bac
     try:
         report = scrypath_sa.sweep(config, older_than=dt.timedelta(0))
         assert report.dispatched == 1
+        assert config.mode("dramatiq").flush()
         assert states(engine) == {"enqueued": 1}
         workers.start()
         wait_for(all_terminal(engine), "the swept event to complete")

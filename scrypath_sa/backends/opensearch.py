@@ -44,6 +44,8 @@ class OpenSearchBackend(Backend):
         else:
             hosts = [hosts_or_url] if isinstance(hosts_or_url, str) else list(hosts_or_url)
             client_options.setdefault("timeout", 30)
+            # Worker threads and the processor's sender thread share one client.
+            client_options.setdefault("pool_maxsize", 16)
             self.client = OpenSearch(hosts=hosts, **client_options)
         self.max_request_bytes = max_request_bytes
         self._ensured: set[str] = set()

@@ -17,8 +17,10 @@ Redis and RabbitMQ brokers both work.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import queue
 import socket
 import threading
 from collections.abc import Sequence
@@ -51,6 +53,63 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
+class _Relay:
+    """One background thread that (optionally) sends, then records ``enqueued``.
+
+    Items are (engine, ids, send). With ``send`` the thread hands the ids to the broker
+    first; ids the broker refused stay ``requested`` for ``sweep()``. Marks are written
+    in batches, and only ever after the broker accepted the message.
+    """
+
+    def __init__(self, mode: DramatiqMode) -> None:
+        self.mode = mode
+        self._queue: queue.SimpleQueue[tuple[Engine, list[int], bool]] = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._queued = 0
+        self._done = 0
+        self._thread: threading.Thread | None = None
+
+    def put(self, engine: Engine, ids: list[int], send: bool) -> None:
+        with self._cond:
+            self._queued += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="scrypath-relay",
+                                                daemon=True)
+                self._thread.start()
+                atexit.register(self.flush, 10.0)
+        self._queue.put((engine, ids, send))
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        with self._cond:
+            target = self._queued
+            return self._cond.wait_for(lambda: self._done >= target, timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            accepted: dict[Engine, list[int]] = {}
+            for engine, ids, send in batch:
+                if send and self.mode.send(ids) is not None:
+                    continue
+                accepted.setdefault(engine, []).extend(ids)
+            for engine, ids in accepted.items():
+                try:
+                    with engine.begin() as conn:
+                        outbox.mark(conn, ids, State.ENQUEUED, only_from=[State.REQUESTED],
+                                    mode=self.mode.name)
+                except Exception as exc:  # noqa: BLE001 - they stay requested; sweep resends
+                    log.warning("scrypath_sa: could not mark %d sent events enqueued; they "
+                                "stay requested: %s", len(ids), redact(exc))
+            with self._cond:
+                self._done += len(batch)
+                self._cond.notify_all()
+
+
 class DramatiqMode(Mode):
     """Enqueue event ids on ``broker``; a Dramatiq worker processes them.
 
@@ -58,16 +117,25 @@ class DramatiqMode(Mode):
     own Retries middleware at the events' ``next_attempt_at`` (the configured backoff);
     after ``max_retries`` the events still ``retrying`` become ``discarded`` with the
     reason. Permanent failures are discarded at once and burn no retry.
+
+    By default the committing thread sends the message, so its outcome can say
+    ``enqueued``; the rows follow a moment later (a background thread records
+    ``enqueued`` in batches, never before the send; until then a row reads
+    ``requested``, which under-promises). With ``background=True`` the send moves to
+    that thread too: the commit returns sooner and its outcome says ``requested``
+    (recorded, nothing sent yet), which is all that is known then.
     """
 
     name = "dramatiq"
 
     def __init__(self, broker: Broker, *, queue_name: str = "scrypath_sa",
                  actor_name: str = "scrypath_sa_process", chunk_size: int = 500,
-                 max_retries: int = 8) -> None:
+                 max_retries: int = 8, background: bool = False) -> None:
         self.broker = broker
         self.chunk_size = chunk_size
+        self.background = background
         self._config: Config | None = None
+        self._relay = _Relay(self)
         self.exhausted_actor: dramatiq.Actor[Any, Any] = dramatiq.Actor(
             self._retries_exhausted, broker=broker, actor_name=f"{actor_name}_exhausted",
             queue_name=queue_name, priority=0, options={"max_retries": 3},
@@ -94,36 +162,51 @@ class DramatiqMode(Mode):
 
     def dispatch(self, config: Config, event_ids: Sequence[int],
                  engine: Engine | None = None) -> Outcome:
-        """Send the ids in chunks; mark each chunk ``enqueued`` once the broker took it.
-
-        A broker that refuses or cannot be reached leaves the events ``requested`` (the
-        outcome says so); ``scrypath_sa.sweep()`` sends them later.
-        """
+        """Send the ids in chunks. A broker that refuses or cannot be reached leaves the
+        events ``requested`` (the outcome says so); ``scrypath_sa.sweep()`` sends them
+        later."""
         engine = engine or config.require_bind()
-        outcome = Outcome(mode=self.name, event_ids=list(event_ids))
         ids = list(event_ids)
+        outcome = Outcome(mode=self.name, event_ids=ids)
         for start in range(0, len(ids), self.chunk_size):
             chunk = ids[start:start + self.chunk_size]
-            try:
-                self.actor.send(chunk)
-            except Exception as exc:  # noqa: BLE001 - any broker failure leaves them requested
-                outcome.error = redact(f"broker did not accept the message: "
-                                       f"{type(exc).__name__}: {exc}")
-                log.warning("scrypath_sa: %d committed events stay requested: %s",
-                            len(ids) - start, outcome.error)
+            if self.background:
+                self._relay.put(engine, chunk, send=True)
+                outcome.states[State.REQUESTED.value] += len(chunk)
+                continue
+            error = self.send(chunk)
+            if error is not None:
+                outcome.error = error
                 outcome.states[State.REQUESTED.value] += len(ids) - start
                 break
-            with engine.begin() as conn:
-                outbox.mark(conn, chunk, State.ENQUEUED,
-                            only_from=[State.REQUESTED, State.RETRYING], mode=self.name)
+            self._relay.put(engine, chunk, send=False)
             outcome.states[State.ENQUEUED.value] += len(chunk)
         return outcome
+
+    def send(self, ids: list[int]) -> str | None:
+        """Hand ``ids`` to the broker; the redacted reason when it did not take them."""
+        try:
+            self.actor.send(ids)
+        except Exception as exc:  # noqa: BLE001 - any broker failure leaves them requested
+            error = redact(f"broker did not accept the message: {type(exc).__name__}: {exc}")
+            log.warning("scrypath_sa: %d committed events stay requested: %s", len(ids), error)
+            return error
+        return None
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every send and ``enqueued`` mark queued so far is done; False on
+        timeout."""
+        return self._relay.flush(timeout)
 
     # ------------------------------------------------------------------ worker side
 
     def _work(self, event_ids: list[int]) -> None:
         outcome = processor.process(self.config, event_ids, mode=self.name,
-                                    wait_for_visibility=True, worker=worker_id())
+                                    wait_for_visibility=True, worker=worker_id(),
+                                    shared_refresh=True)
+        if outcome.locked:
+            raise dramatiq.Retry(f"{len(outcome.locked)} events were locked by another "
+                                 "transaction; delivering again", delay=500)
         retrying = [f.event_id for f in outcome.failures if f.state == State.RETRYING.value]
         if retrying:
             t = sync_events
@@ -137,8 +220,7 @@ class DramatiqMode(Mode):
 
     def _retries_exhausted(self, message: dict[str, Any], info: dict[str, Any]) -> None:
         ids = list(message.get("args", [[]])[0])
-        config = self.config
-        with config.require_bind().begin() as conn:
+        with self.config.require_bind().begin() as conn:
             reason = f"Dramatiq gave up after {info.get('retries')} retries; last error: "
             outbox.mark(conn, ids, State.DISCARDED, only_from=[State.RETRYING],
                         error_kind="retries_exhausted",

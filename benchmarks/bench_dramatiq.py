@@ -1,0 +1,223 @@
+"""Dramatiq mode: write-path overhead and end-to-end throughput, with baselines in the same run.
+
+    python -m benchmarks.bench_dramatiq [--single 1000] [--bulk-commits 10] [--bulk-rows 1000]
+                                        [--e2e-rows 20000] [--rounds 3]
+
+* write path on PostgreSQL: N single-row commits and M commits of K rows through a
+  session configured in ``dramatiq`` mode (outbox INSERT, broker send, ``enqueued``
+  mark) against the same commits through a plain session, alternating, best of rounds;
+  goals <= 2.0x and <= 1.3x;
+* end to end: commits in ``dramatiq`` mode until every event is ``completed`` by one
+  worker process (``dramatiq --processes 1 --threads 8``), against ``helpers.bulk`` of
+  the same documents plus one refresh; goal >= 0.6x of its throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from dramatiq.brokers.redis import RedisBroker
+from opensearchpy import OpenSearch, helpers
+from sqlalchemy import String, create_engine, func, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+import scrypath_sa
+from benchmarks._support import ROOT, services, summary, timed
+from scrypath_sa import sync_events
+from scrypath_sa.backends import OpenSearchBackend
+from scrypath_sa.modes.dramatiq import DramatiqMode
+
+PREFIX = os.environ.get("SCRYPATH_BENCH_PREFIX") or f"bd{uuid.uuid4().hex[:6]}"
+QUEUE = f"q{PREFIX}"
+MAPPINGS = {"properties": {"title": {"type": "text"}, "views": {"type": "integer"}}}
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Plain(Base):
+    __tablename__ = "bench_plain"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    views: Mapped[int]
+
+
+class Synced(scrypath_sa.Searchable, Base):
+    __tablename__ = "bench_synced"
+    __search_index__ = f"{PREFIX}_synced"
+    __search_contract__ = {"mappings": MAPPINGS,
+                           "settings": {"number_of_shards": 1, "number_of_replicas": 0}}
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    views: Mapped[int]
+
+
+def configure(engine: Any, redis_url: str, opensearch_url: str,
+              maker: sessionmaker[Session], background: bool = False) -> scrypath_sa.Config:
+    broker = RedisBroker(url=redis_url)
+    import dramatiq
+
+    dramatiq.set_broker(broker)
+    return scrypath_sa.configure(
+        maker, backend=OpenSearchBackend(opensearch_url), mode="dramatiq", bind=engine,
+        modes={"dramatiq": DramatiqMode(broker, queue_name=QUEUE, background=background)})
+
+
+# The worker process imports this module and configures itself from the environment.
+if os.environ.get("SCRYPATH_BENCH_WORKER"):
+    _engine = create_engine(os.environ["SCRYPATH_TEST_DATABASE_URL"])
+    configure(_engine, os.environ["SCRYPATH_TEST_REDIS_URL"],
+              os.environ["SCRYPATH_TEST_OPENSEARCH_URL"], sessionmaker(_engine))
+
+
+def reset(engine: Any) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE bench_plain, bench_synced, sync_events"))
+
+
+def commits(maker: Any, cls: Any, n_commits: int, rows: int, start: int) -> None:
+    key = start
+    for _ in range(n_commits):
+        with maker() as session:
+            for _ in range(rows):
+                key += 1
+                session.add(cls(id=key, title=f"row {key}", views=key))
+            session.commit()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--single", type=int, default=1000)
+    parser.add_argument("--bulk-commits", type=int, default=10)
+    parser.add_argument("--bulk-rows", type=int, default=1000)
+    parser.add_argument("--e2e-rows", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    with services("postgresql", "redis", "opensearch") as urls:
+        engine = create_engine(urls["postgresql"])
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS bench_plain, bench_synced, sync_events"))
+        Base.metadata.create_all(engine)
+        scrypath_sa.metadata.create_all(engine)
+        plain_maker = sessionmaker(engine)
+        synced_maker = sessionmaker(engine)
+        background_maker = sessionmaker(engine)
+        background_mode = configure(engine, urls["redis"], urls["opensearch"], background_maker,
+                                    background=True).mode("dramatiq")
+        config = configure(engine, urls["redis"], urls["opensearch"], synced_maker)
+        broker = config.mode("dramatiq").broker  # type: ignore[attr-defined]
+
+        # ------------------------------------------------------------ write path
+        results: dict[str, dict[str, list[float]]] = {"single": {}, "bulk": {}}
+        mode = config.mode("dramatiq")
+        flush_times: dict[str, list[float]] = {"single": [], "bulk": []}
+        shapes = {"single": (args.single, 1), "bulk": (args.bulk_commits, args.bulk_rows)}
+        for _ in range(args.rounds):
+            for shape, (n, rows) in shapes.items():
+                reset(engine)
+                broker.client.delete(f"dramatiq:{QUEUE}", f"dramatiq:{QUEUE}.msgs")
+                results[shape].setdefault("plain", []).append(
+                    timed(lambda n=n, rows=rows: commits(plain_maker, Plain, n, rows, 0)))
+                results[shape].setdefault("dramatiq", []).append(
+                    timed(lambda n=n, rows=rows: commits(synced_maker, Synced, n, rows, 0)))
+                # The enqueued marks are written off the committing thread; wait for them
+                # outside the timed part and report how long they trailed.
+                flush_times[shape].append(timed(mode.flush))  # type: ignore[attr-defined]
+                reset(engine)
+                results[shape].setdefault("background", []).append(
+                    timed(lambda n=n, rows=rows: commits(background_maker, Synced, n, rows, 0)))
+                background_mode.flush()  # type: ignore[attr-defined]
+        with engine.connect() as conn:
+            enqueued = conn.execute(select(func.count()).where(
+                sync_events.c.state == "enqueued")).scalar_one()
+        assert enqueued == args.bulk_commits * args.bulk_rows, enqueued  # the background run
+        for shape, (n, rows) in shapes.items():
+            plain, synced = results[shape]["plain"], results[shape]["dramatiq"]
+            print(f"write path {n} commits x {rows} rows: plain {summary(plain)}; "
+                  f"dramatiq {summary(synced)}; enqueued marks trailed by "
+                  f"{max(flush_times[shape]) * 1000:.0f}ms at most")
+            goal = "2.0" if shape == "single" else "1.3"
+            background = results[shape]["background"]
+            print(f"  dramatiq(background=True) {summary(background)}")
+            print(f"RATIO write_overhead_{shape} = {min(synced) / min(plain):.2f}x "
+                  f"(goal <= {goal})")
+            print(f"RATIO write_overhead_{shape}_background = "
+                  f"{min(background) / min(plain):.2f}x (goal <= {goal})")
+
+        # ------------------------------------------------------------ end to end
+        reset(engine)
+        broker.client.delete(f"dramatiq:{QUEUE}", f"dramatiq:{QUEUE}.msgs")
+        client = OpenSearch(urls["opensearch"], timeout=120)
+        env = {**os.environ, "SCRYPATH_BENCH_WORKER": "1", "SCRYPATH_BENCH_PREFIX": PREFIX,
+               "SCRYPATH_TEST_DATABASE_URL": urls["postgresql"],
+               "SCRYPATH_TEST_REDIS_URL": urls["redis"],
+               "SCRYPATH_TEST_OPENSEARCH_URL": urls["opensearch"],
+               "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}
+        log = Path("/tmp") / f"{PREFIX}-worker.log"
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "benchmarks.bench_dramatiq", "--processes",
+             "1", "--threads", "8", "--queues", QUEUE],
+            cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        try:
+            # Warm the worker and the index up with one tiny commit before timing.
+            commits(synced_maker, Synced, 1, 1, 10_000_000)
+            wait_completed(engine, 1)
+            rows, per_commit = args.e2e_rows, 1000
+            e2e = []
+            for r in range(args.rounds):
+                start = (r + 1) * 1_000_000
+                began = time.perf_counter()
+                commits(synced_maker, Synced, rows // per_commit, per_commit, start)
+                wait_completed(engine, 1 + (r + 1) * rows)
+                e2e.append(time.perf_counter() - began)
+        finally:
+            worker.terminate()
+            worker.wait(60)
+        docs = [{"_index": f"{PREFIX}_raw", "_id": str(i),
+                 "_source": {"id": i, "title": f"row {i}", "views": i}}
+                for i in range(1, rows + 1)]
+        bulk = []
+        for _ in range(args.rounds):
+            client.indices.delete(index=f"{PREFIX}_raw", ignore_unavailable=True)
+            client.indices.create(index=f"{PREFIX}_raw", body={"mappings": MAPPINGS})
+
+            def run() -> None:
+                helpers.bulk(client, docs, chunk_size=500)
+                client.indices.refresh(index=f"{PREFIX}_raw")
+
+            bulk.append(timed(run))
+        print(f"end to end {rows} rows in {rows // per_commit} commits, 1 worker x 8 threads: "
+              f"{summary(e2e)}  {rows / min(e2e):,.0f} docs/s")
+        print(f"helpers.bulk of the same documents + refresh: {summary(bulk)}  "
+              f"{rows / min(bulk):,.0f} docs/s")
+        print(f"RATIO e2e_dramatiq/helpers.bulk = {min(bulk) / min(e2e):.2f}x (goal >= 0.6)")
+        client.indices.delete(index=f"{PREFIX}*", ignore_unavailable=True)
+        broker.client.delete(f"dramatiq:{QUEUE}", f"dramatiq:{QUEUE}.msgs")
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS bench_plain, bench_synced, sync_events"))
+
+
+def wait_completed(engine: Any, expected: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    query = select(func.count()).where(sync_events.c.state == "completed")
+    while True:
+        with engine.connect() as conn:
+            done = conn.execute(query).scalar_one()
+        if done >= expected:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out: {done}/{expected} completed")
+        time.sleep(0.02)
+
+
+if __name__ == "__main__":
+    main()
