@@ -172,13 +172,21 @@ def main() -> None:
             commits(synced_maker, Synced, 1, 1, 10_000_000)
             wait_completed(engine, 1)
             rows, per_commit = args.e2e_rows, 1000
-            e2e = []
+            e2e, drain = [], []
             for r in range(args.rounds):
                 start = (r + 1) * 1_000_000
+                with engine.connect() as conn:
+                    first_id = conn.execute(select(func.max(sync_events.c.id))).scalar_one()
                 began = time.perf_counter()
                 commits(synced_maker, Synced, rows // per_commit, per_commit, start)
                 wait_completed(engine, 1 + (r + 1) * rows)
                 e2e.append(time.perf_counter() - began)
+                with engine.connect() as conn:
+                    low, high = conn.execute(
+                        select(func.min(sync_events.c.processing_at),
+                               func.max(sync_events.c.completed_at))
+                        .where(sync_events.c.id > first_id)).one()
+                drain.append((high - low).total_seconds())
         finally:
             worker.terminate()
             worker.wait(60)
@@ -197,9 +205,12 @@ def main() -> None:
             bulk.append(timed(run))
         print(f"end to end {rows} rows in {rows // per_commit} commits, 1 worker x 8 threads: "
               f"{summary(e2e)}  {rows / min(e2e):,.0f} docs/s")
+        print(f"worker drain (first claim to last completed, from sync_events): "
+              f"{summary(drain)}  {rows / min(drain):,.0f} docs/s")
         print(f"helpers.bulk of the same documents + refresh: {summary(bulk)}  "
               f"{rows / min(bulk):,.0f} docs/s")
         print(f"RATIO e2e_dramatiq/helpers.bulk = {min(bulk) / min(e2e):.2f}x (goal >= 0.6)")
+        print(f"RATIO worker_drain/helpers.bulk = {min(bulk) / min(drain):.2f}x")
         client.indices.delete(index=f"{PREFIX}*", ignore_unavailable=True)
         broker.client.delete(f"dramatiq:{QUEUE}", f"dramatiq:{QUEUE}.msgs")
         with engine.begin() as conn:
