@@ -13,7 +13,16 @@ from scrypath_sa.config import Config, set_session_mode, sync_mode
 from scrypath_sa.listeners import configure, current_config, last_outcome, unconfigure
 from scrypath_sa.mixin import Searchable
 from scrypath_sa.modes.manual import ConfirmReport
-from scrypath_sa.ops import SweepReport, confirm, sweep
+from scrypath_sa.ops import (
+    FailedReport,
+    StatusReport,
+    SweepReport,
+    confirm,
+    failed,
+    retry,
+    status,
+    sweep,
+)
 from scrypath_sa.outbox import State, metadata, sync_events
 from scrypath_sa.outcome import Failure, Outcome
 
@@ -22,19 +31,24 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "Config",
     "ConfirmReport",
+    "FailedReport",
     "Failure",
     "Outcome",
     "Searchable",
     "State",
+    "StatusReport",
     "SweepReport",
     "__version__",
     "configure",
     "confirm",
     "current_config",
     "errors",
+    "failed",
     "last_outcome",
     "metadata",
+    "retry",
     "set_session_mode",
+    "status",
     "sweep",
     "sync_events",
     "sync_mode",

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from scrypath_sa.backends.base import Backend, BulkOp, IndexPosture, ItemResult, ItemStatus
+from scrypath_sa.backends.base import (
+    Backend,
+    BulkOp,
+    IndexPosture,
+    ItemResult,
+    ItemStatus,
+    PhysicalIndex,
+)
 
 if TYPE_CHECKING:
     from scrypath_sa.backends.opensearch import OpenSearchBackend
 
-__all__ = ["Backend", "BulkOp", "IndexPosture", "ItemResult", "ItemStatus", "OpenSearchBackend"]
+__all__ = ["Backend", "BulkOp", "IndexPosture", "ItemResult", "ItemStatus", "OpenSearchBackend",
+           "PhysicalIndex"]
 
 
 def __getattr__(name: str) -> Any:

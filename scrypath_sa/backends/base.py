@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,17 @@ class ItemResult:
     status: ItemStatus
     error_kind: str | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class PhysicalIndex:
+    """One physical index built for an alias (``<alias>_<suffix>``)."""
+
+    name: str
+    docs: int
+    aliased: bool
+    contract_hash: str | None
+    created_at: str | None
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,38 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def posture(self, alias: str) -> IndexPosture | None:
         """Where ``alias`` points, or None when nothing by that name exists."""
+
+    # --------------------------------------------------------- operator's needs
+
+    @abc.abstractmethod
+    def count(self, index: str) -> int:
+        """Documents in ``index`` (an alias or a physical index), after a refresh."""
+
+    @abc.abstractmethod
+    def scan_ids(self, index: str, page_size: int = 1000) -> Iterator[list[tuple[str, int]]]:
+        """Every (document id, version) in ``index``, a page at a time, in no order."""
+
+    @abc.abstractmethod
+    def physical_indices(self, alias: str) -> list[PhysicalIndex]:
+        """The physical indices built for ``alias`` (aliased or not), oldest first."""
+
+    @abc.abstractmethod
+    def create_index(self, name: str, contract: Contract, model: str,
+                     alias: str | None = None, alias_for: str | None = None) -> None:
+        """Create physical index ``name`` from ``contract`` for alias ``alias_for``
+        (and put it behind ``alias`` at once when given)."""
+
+    @abc.abstractmethod
+    def swap_alias(self, alias: str, new_index: str) -> list[str]:
+        """Point ``alias`` at ``new_index`` alone, atomically; returns the indices it left."""
+
+    @abc.abstractmethod
+    def delete_index(self, name: str) -> None:
+        """Delete physical index ``name``."""
+
+    @abc.abstractmethod
+    def set_refresh_interval(self, index: str, interval: str | None) -> None:
+        """Set ``index.refresh_interval`` (None restores the default)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from scrypath_sa.backends.base import Backend, BulkOp, IndexPosture, ItemResult, ItemStatus
+from scrypath_sa.backends.base import (
+    Backend,
+    BulkOp,
+    IndexPosture,
+    ItemResult,
+    ItemStatus,
+    PhysicalIndex,
+)
 from scrypath_sa.errors import BackendError, IndexContractError, MissingExtraError
 from scrypath_sa.redaction import redact
 from scrypath_sa.registry import Contract
@@ -68,12 +75,14 @@ class OpenSearchBackend(Backend):
         self._ensured.add(alias)
 
     def create_index(self, name: str, contract: Contract, model: str,
-                     alias: str | None = None) -> None:
-        """Create physical index ``name`` from ``contract`` (optionally with ``alias``)."""
+                     alias: str | None = None, alias_for: str | None = None) -> None:
+        """Create physical index ``name`` from ``contract`` for alias ``alias_for`` (and
+        put it behind ``alias`` at once when given)."""
+        alias_for = alias_for or alias
         mappings = dict(contract.mappings)
         mappings["_meta"] = {
             **dict(mappings.get("_meta", {})),
-            META_KEY: {"contract_hash": contract.hash, "model": model,
+            META_KEY: {"contract_hash": contract.hash, "model": model, "alias": alias_for,
                        "created_at": dt.datetime.now(dt.timezone.utc).isoformat()},
         }
         body: dict[str, Any] = {"settings": dict(contract.settings), "mappings": mappings}
@@ -199,6 +208,80 @@ class OpenSearchBackend(Backend):
             raise BackendError(f"could not read documents from {alias!r}: {redact(exc)}") from None
         return {str(doc["_id"]): (int(doc["_version"]) if doc.get("found") else None)
                 for doc in response["docs"]}
+
+    # --------------------------------------------------------- operator's needs
+
+    def count(self, index: str) -> int:
+        try:
+            self.client.indices.refresh(index=index)
+            return int(self.client.count(index=index)["count"])
+        except os_exc.TransportError as exc:
+            raise BackendError(f"could not count {index!r}: {redact(exc)}") from None
+
+    def scan_ids(self, index: str, page_size: int = 1000) -> Iterator[list[tuple[str, int]]]:
+        body = {"query": {"match_all": {}}, "_source": False, "version": True,
+                "sort": ["_doc"], "size": page_size}
+        try:
+            page = self.client.search(index=index, body=body, params={"scroll": "2m"})
+            scroll_id = page.get("_scroll_id")
+            try:
+                while page["hits"]["hits"]:
+                    yield [(str(h["_id"]), int(h.get("_version", 0))) for h in page["hits"]["hits"]]
+                    page = self.client.scroll(body={"scroll_id": scroll_id, "scroll": "2m"})
+                    scroll_id = page.get("_scroll_id", scroll_id)
+            finally:
+                if scroll_id:
+                    self.client.clear_scroll(body={"scroll_id": scroll_id}, ignore=404)
+        except os_exc.TransportError as exc:
+            raise BackendError(f"could not scan {index!r}: {redact(exc)}") from None
+
+    def physical_indices(self, alias: str) -> list[PhysicalIndex]:
+        try:
+            found = self.client.indices.get(index=f"{alias}_*", ignore=404)
+            stats = self.client.indices.stats(index=f"{alias}_*", metric="docs", ignore=404)
+        except os_exc.TransportError as exc:
+            raise BackendError(f"could not list indices of {alias!r}: {redact(exc)}") from None
+        if "status" in found:
+            return []
+        out = []
+        for name, info in found.items():
+            meta = info.get("mappings", {}).get("_meta", {}).get(META_KEY, {})
+            if meta.get("alias") != alias:
+                continue  # not built for this alias (e.g. another alias sharing the prefix)
+            docs = stats.get("indices", {}).get(name, {}).get("primaries", {})
+            out.append(PhysicalIndex(
+                name=name, docs=int(docs.get("docs", {}).get("count", 0)),
+                aliased=alias in info.get("aliases", {}),
+                contract_hash=meta.get("contract_hash"), created_at=meta.get("created_at")))
+        return sorted(out, key=lambda p: (p.created_at or "", p.name))
+
+    def swap_alias(self, alias: str, new_index: str) -> list[str]:
+        posture = self.posture(alias)
+        old = [i for i in (posture.indices if posture and posture.is_alias else ())
+               if i != new_index]
+        actions: list[dict[str, Any]] = [{"remove": {"index": i, "alias": alias}} for i in old]
+        actions.append({"add": {"index": new_index, "alias": alias, "is_write_index": True}})
+        try:
+            self.client.indices.update_aliases(body={"actions": actions})
+        except os_exc.TransportError as exc:
+            raise BackendError(f"could not move alias {alias!r} to {new_index!r}: "
+                               f"{redact(exc)}") from None
+        self._ensured.discard(alias)
+        return old
+
+    def delete_index(self, name: str) -> None:
+        try:
+            self.client.indices.delete(index=name, ignore=404)
+        except os_exc.TransportError as exc:
+            raise BackendError(f"could not delete index {name!r}: {redact(exc)}") from None
+
+    def set_refresh_interval(self, index: str, interval: str | None) -> None:
+        try:
+            self.client.indices.put_settings(
+                index=index, body={"index": {"refresh_interval": interval}})
+        except os_exc.TransportError as exc:
+            raise BackendError(f"could not set refresh_interval on {index!r}: "
+                               f"{redact(exc)}") from None
 
     def close(self) -> None:
         self.client.close()

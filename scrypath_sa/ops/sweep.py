@@ -1,4 +1,4 @@
-"""Operator API: report first, act only when asked."""
+"""sweep() and confirm(): push work that fell behind; close the loop on manual mode."""
 
 from __future__ import annotations
 
@@ -9,18 +9,11 @@ from typing import Any
 
 from scrypath_sa import outbox
 from scrypath_sa.config import Config
-from scrypath_sa.errors import NotConfiguredError
-from scrypath_sa.listeners import current_config, dispatch
+from scrypath_sa.listeners import dispatch
 from scrypath_sa.modes.manual import ConfirmReport
 from scrypath_sa.modes.manual import confirm as _confirm
+from scrypath_sa.ops.common import config_or_current
 from scrypath_sa.outcome import Outcome
-
-
-def _config(config: Config | None) -> Config:
-    config = config or current_config()
-    if config is None:
-        raise NotConfiguredError("call scrypath_sa.configure(...) first, or pass config=")
-    return config
 
 
 @dataclass
@@ -52,7 +45,7 @@ def sweep(config: Config | None = None, *, older_than: dt.timedelta = dt.timedel
     Safe on a schedule and from several processes at once: the processor claims events
     before working on them, so each is worked by one caller at a time.
     """
-    config = _config(config)
+    config = config_or_current(config)
     engine = config.require_bind()
     with engine.begin() as conn:
         expired = outbox.expire_claims(conn, stale_after)
@@ -73,4 +66,4 @@ def confirm(event_ids: Sequence[int] | None = None, *, config: Config | None = N
             limit: int = 10_000) -> ConfirmReport:
     """Close the loop on ``manual`` mode: refresh, verify documents at their versions,
     and mark the verified events ``completed``; report the rest as missing."""
-    return _confirm(_config(config), event_ids, limit)
+    return _confirm(config_or_current(config), event_ids, limit)

@@ -1,0 +1,235 @@
+"""status(), failed(), retry(): what the outbox and the index say, and one explicit retry."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+
+from scrypath_sa import outbox
+from scrypath_sa.backends.base import PhysicalIndex
+from scrypath_sa.config import Config, check_mode_name
+from scrypath_sa.errors import EventError, ScrypathError
+from scrypath_sa.listeners import dispatch
+from scrypath_sa.ops.common import config_or_current, jsonable, resolve_models
+from scrypath_sa.outbox import State, sync_events
+from scrypath_sa.outcome import Outcome
+from scrypath_sa.redaction import redact
+
+
+@dataclass
+class ModelStatus:
+    """One model's sync posture. Counts are events per lifecycle state."""
+
+    model: str
+    index: str
+    counts: dict[str, int]
+    oldest_unfinished_at: dt.datetime | None
+    oldest_unfinished_age_seconds: float | None
+    stuck: int
+    retrying: int
+    next_attempt_at: dt.datetime | None
+    discarded: int
+    alias_points_to: list[str]
+    documents: int | None
+    physical_indices: list[PhysicalIndex]
+    rebuild_in_progress: str | None
+    contract_hash: str
+    live_contract_hash: str | None
+    contract_matches: bool | None
+    backend_error: str | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        out = []
+        if self.backend_error:
+            out.append(f"backend: {self.backend_error}")
+        if self.stuck:
+            out.append(f"{self.stuck} events unfinished for too long")
+        if self.retrying:
+            out.append(f"{self.retrying} events retrying")
+        if self.discarded:
+            out.append(f"{self.discarded} events discarded")
+        if self.contract_matches is False:
+            out.append("the live index was built for another contract: reindex")
+        return out
+
+
+@dataclass
+class StatusReport:
+    models: list[ModelStatus]
+    generated_at: dt.datetime = field(default_factory=outbox.utcnow)
+
+    @property
+    def needs_attention(self) -> bool:
+        return any(m.problems for m in self.models)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = jsonable(self)
+        for entry, model in zip(data["models"], self.models, strict=True):
+            entry["problems"] = model.problems
+        data["needs_attention"] = self.needs_attention
+        return data
+
+
+def status(models: Iterable[type | str] | None = None, *, config: Config | None = None,
+           stuck_after: dt.timedelta = dt.timedelta(minutes=5)) -> StatusReport:
+    """Per model: events by state, the oldest unfinished one, retrying (and when next),
+    discarded, where the alias points, document count, a rebuild in progress, and
+    whether the live index was built for the model's current contract."""
+    config = config_or_current(config)
+    engine = config.require_bind()
+    infos = resolve_models(models)
+    t = sync_events
+    now = outbox.utcnow()
+    unfinished = [s.value for s in outbox.UNFINISHED]
+    indices = [m.index for m in infos]
+    with engine.connect() as conn:
+        counts: dict[str, dict[str, int]] = {}
+        for index, state, n in conn.execute(
+                select(t.c.index_name, t.c.state, func.count())
+                .where(t.c.index_name.in_(indices)).group_by(t.c.index_name, t.c.state)):
+            counts.setdefault(index, {})[state] = n
+        oldest = dict(conn.execute(
+            select(t.c.index_name, func.min(t.c.requested_at))
+            .where(t.c.index_name.in_(indices), t.c.state.in_(unfinished))
+            .group_by(t.c.index_name)).all())
+        stuck: dict[str, int] = dict(conn.execute(
+            select(t.c.index_name, func.count())
+            .where(t.c.index_name.in_(indices), t.c.state.in_(unfinished),
+                   t.c.state != State.RETRYING.value, t.c.updated_at <= now - stuck_after)
+            .group_by(t.c.index_name)).all())
+        next_attempt = dict(conn.execute(
+            select(t.c.index_name, func.min(t.c.next_attempt_at))
+            .where(t.c.index_name.in_(indices), t.c.state == State.RETRYING.value)
+            .group_by(t.c.index_name)).all())
+    report = StatusReport(models=[])
+    for info in infos:
+        by_state = {s.value: counts.get(info.index, {}).get(s.value, 0) for s in State}
+        started = oldest.get(info.index)
+        if started is not None and started.tzinfo is None:
+            started = started.replace(tzinfo=dt.timezone.utc)
+        entry = ModelStatus(
+            model=info.name, index=info.index, counts=by_state,
+            oldest_unfinished_at=started,
+            oldest_unfinished_age_seconds=(now - started).total_seconds() if started else None,
+            stuck=stuck.get(info.index, 0), retrying=by_state[State.RETRYING.value],
+            next_attempt_at=next_attempt.get(info.index),
+            discarded=by_state[State.DISCARDED.value], alias_points_to=[], documents=None,
+            physical_indices=[], rebuild_in_progress=None, contract_hash=info.contract.hash,
+            live_contract_hash=None, contract_matches=None)
+        try:
+            posture = config.backend.posture(info.index)
+            entry.physical_indices = config.backend.physical_indices(info.index)
+            if posture is not None:
+                entry.alias_points_to = list(posture.indices)
+                entry.live_contract_hash = posture.contract_hash
+                entry.contract_matches = posture.contract_hash == info.contract.hash
+                entry.documents = config.backend.count(info.index)
+            live = set(entry.alias_points_to)
+            newest_live = max((p.created_at or "" for p in entry.physical_indices
+                               if p.name in live), default="")
+            building = [p.name for p in entry.physical_indices
+                        if p.name not in live and (p.created_at or "") > newest_live]
+            entry.rebuild_in_progress = building[-1] if building else None
+        except ScrypathError as exc:
+            entry.backend_error = redact(exc)
+        report.models.append(entry)
+    return report
+
+
+@dataclass
+class FailedEvent:
+    id: int
+    model: str
+    index: str
+    document_id: str
+    operation: str
+    state: str
+    attempts: int
+    failure_class: str
+    error_kind: str | None
+    last_error: str | None
+    requested_at: dt.datetime
+    updated_at: dt.datetime
+    next_attempt_at: dt.datetime | None
+    discarded_at: dt.datetime | None
+
+
+@dataclass
+class FailedReport:
+    events: list[FailedEvent]
+    next_after_id: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = jsonable(self)
+        return data
+
+
+def _failure_class(state: str, error_kind: str | None) -> str:
+    if state == State.RETRYING.value:
+        return "retryable"
+    if error_kind in {"retries_exhausted"}:
+        return "retries_exhausted"
+    return "permanent"
+
+
+def failed(models: Iterable[type | str] | None = None, *, config: Config | None = None,
+           states: Sequence[str] = ("retrying", "discarded"), error_kind: str | None = None,
+           limit: int = 50, after_id: int | None = None) -> FailedReport:
+    """Retrying and discarded events, oldest first, ``limit`` at a time. Pass the
+    report's ``next_after_id`` as ``after_id`` for the next page."""
+    config = config_or_current(config)
+    t = sync_events
+    query = select(t).where(t.c.state.in_(list(states))).order_by(t.c.id).limit(limit + 1)
+    if models is not None:
+        query = query.where(t.c.index_name.in_([m.index for m in resolve_models(models)]))
+    if error_kind is not None:
+        query = query.where(t.c.error_kind == error_kind)
+    if after_id is not None:
+        query = query.where(t.c.id > after_id)
+    with config.require_bind().connect() as conn:
+        rows = conn.execute(query).all()
+    events = [FailedEvent(
+        id=r.id, model=r.model, index=r.index_name, document_id=r.document_id,
+        operation=r.operation, state=r.state, attempts=r.attempts,
+        failure_class=_failure_class(r.state, r.error_kind), error_kind=r.error_kind,
+        last_error=r.last_error, requested_at=r.requested_at, updated_at=r.updated_at,
+        next_attempt_at=r.next_attempt_at, discarded_at=r.discarded_at) for r in rows[:limit]]
+    return FailedReport(events, events[-1].id if len(rows) > limit else None)
+
+
+_RETRYABLE_FROM = (State.REQUESTED, State.ENQUEUED, State.RETRYING, State.DISCARDED)
+
+
+def retry(event_id: int, *, mode: str | None = None, config: Config | None = None) -> Outcome:
+    """Send exactly one event again, through its original mode unless ``mode`` says
+    otherwise. Its attempts start over (an explicit retry is a new series)."""
+    config = config_or_current(config)
+    engine = config.require_bind()
+    t = sync_events
+    with engine.begin() as conn:
+        row = conn.execute(select(t).where(t.c.id == event_id)).one_or_none()
+        if row is None:
+            raise EventError(f"there is no sync event with id {event_id}")
+        if row.state == State.COMPLETED.value:
+            raise EventError(
+                f"event {event_id} is completed: there is nothing to retry. If the index "
+                "still looks wrong, run reconcile to find the drift.")
+        if row.state == State.PROCESSING.value:
+            raise EventError(
+                f"event {event_id} is being processed since {row.processing_at} by "
+                f"{row.claimed_by or 'a worker'}; if that worker died, sweep with a "
+                "stale_after expires its claim")
+        if row.state == State.BACKEND_ACCEPTED.value:
+            raise EventError(
+                f"event {event_id} was accepted by the backend; confirm() verifies it and "
+                "marks it completed")
+        outbox.mark(conn, [event_id], State.REQUESTED,
+                    only_from=_RETRYABLE_FROM, attempts=0, next_attempt_at=None)
+    chosen = check_mode_name(mode) if mode else (row.mode if row.mode in config.modes
+                                                 else config.default_mode)
+    return dispatch(config, chosen, [event_id], engine)

@@ -1,0 +1,161 @@
+"""The operator API and CLI, proven by drift made behind the library's back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import servicekit
+from sqlalchemy import Engine, select, text
+
+import scrypath_sa
+from scrypath_sa import outbox, sync_events
+from scrypath_sa.errors import EventError
+from tests.models import World, make_world
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def world(engine: Engine, index_prefix: str, backend: Any) -> World:
+    w = make_world(engine, index_prefix)
+    scrypath_sa.configure(w.Session, backend=backend)
+    return w
+
+
+def add_articles(world: World, *specs: tuple[int, str, str]) -> None:
+    with world.Session() as session:
+        session.add_all([world.Article(id=i, title=t, views=v) for i, t, v in specs])
+        session.commit()
+
+
+def event_of(world: World, doc_id: str) -> Any:
+    with world.engine.connect() as conn:
+        return conn.execute(select(sync_events).where(sync_events.c.document_id == doc_id)
+                            .order_by(sync_events.c.id.desc())).first()
+
+
+def test_status_counts_posture_and_problems(world: World) -> None:
+    add_articles(world, (1, "a", "1"), (2, "b", "oops"), (3, "c", "3"))
+    (entry,) = scrypath_sa.status([world.Article]).models
+    assert entry.counts["completed"] == 2 and entry.counts["discarded"] == 1
+    assert entry.discarded == 1 and entry.retrying == 0 and entry.stuck == 0
+    assert entry.documents == 2
+    assert len(entry.alias_points_to) == 1 and entry.alias_points_to[0] != entry.index
+    assert entry.contract_matches is True and entry.rebuild_in_progress is None
+    assert entry.problems == ["1 events discarded"]
+    data = scrypath_sa.status([world.Article]).to_dict()
+    assert data["needs_attention"] is True
+    assert json.loads(json.dumps(data))["models"][0]["counts"]["discarded"] == 1
+
+
+def test_status_reports_contract_drift(engine: Engine, index_prefix: str, backend: Any) -> None:
+    w = make_world(engine, index_prefix)
+    scrypath_sa.configure(w.Session, backend=backend)
+    add_articles(w, (1, "a", "1"))
+    changed = {"mappings": {"properties": {"title": {"type": "keyword"}}}}
+    w2 = make_world(engine, index_prefix, contract=changed)  # the code moved on
+    (entry,) = scrypath_sa.status([w2.Article]).models
+    assert entry.contract_matches is False
+    assert entry.live_contract_hash != entry.contract_hash
+    assert "reindex" in " ".join(entry.problems)
+
+
+def test_status_finds_stuck_processing_left_by_a_dead_worker(world: World, backend: Any) -> None:
+    from tests.test_modes import Hold
+
+    scrypath_sa.configure(world.Session, backend=backend, mode="hold", modes={"hold": Hold()})
+    add_articles(world, (1, "a", "1"), (2, "b", "2"))
+    with world.engine.begin() as conn:  # a worker claims them, then dies
+        ids = list(conn.execute(select(sync_events.c.id)).scalars())
+        outbox.claim(conn, ids, "dramatiq", worker="dead-host:1:1")
+    (entry,) = scrypath_sa.status([world.Article], stuck_after=dt.timedelta(0)).models
+    assert entry.counts["processing"] == 2 and entry.stuck == 2
+    assert entry.oldest_unfinished_at is not None
+
+
+def test_failed_lists_and_pages(world: World) -> None:
+    add_articles(world, (1, "a", "x1"), (2, "b", "x2"), (3, "c", "3"))
+    first = scrypath_sa.failed([world.Article], limit=1)
+    assert [e.document_id for e in first.events] == ["1"]
+    assert first.events[0].failure_class == "permanent"
+    assert first.events[0].error_kind == "mapper_parsing_exception"
+    second = scrypath_sa.failed([world.Article], limit=1, after_id=first.next_after_id)
+    assert [e.document_id for e in second.events] == ["2"]
+    assert second.next_after_id is None
+
+
+def test_retry_one_event_after_fixing_the_row(world: World, os_client: Any) -> None:
+    add_articles(world, (1, "fixable", "not a number"))
+    bad = event_of(world, "1")
+    assert bad.state == "discarded"
+    with world.engine.begin() as conn:  # the fix, done outside the ORM
+        conn.execute(text("UPDATE articles SET views = '7' WHERE id = 1"))
+    outcome = scrypath_sa.retry(bad.id)
+    assert outcome.state == "completed"
+    assert event_of(world, "1").state == "completed"
+    got = os_client.get(index=f"{world.prefix}_articles", id="1")["_source"]
+    assert got["views"] == "7"
+    with pytest.raises(EventError, match="is completed"):
+        scrypath_sa.retry(bad.id)
+    with pytest.raises(EventError, match="no sync event with id 999999"):
+        scrypath_sa.retry(999999)
+
+
+def run_cli(world: World, opensearch_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SCRYPATH_TEST_PREFIX": world.prefix,
+           "SCRYPATH_TEST_DATABASE_URL": world.engine.url.render_as_string(hide_password=False),
+           "SCRYPATH_TEST_OPENSEARCH_URL": opensearch_url,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}
+    return subprocess.run([sys.executable, "-m", "scrypath_sa.cli", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_status_failed_retry_and_exit_codes(world: World, opensearch_url: str) -> None:
+    add_articles(world, (1, "a", "1"))
+    ok = run_cli(world, opensearch_url, "--app", "tests.cli_app:config", "status", "--json",
+                 "--model", f"{world.prefix}_articles")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["models"][0]["counts"]["completed"] == 1
+
+    add_articles(world, (2, "b", "bad"))
+    bad = run_cli(world, opensearch_url, "--app", "tests.cli_app:config", "failed", "--json")
+    assert bad.returncode == 2
+    (event,) = json.loads(bad.stdout)["events"]
+    assert event["document_id"] == "2"
+
+    with world.engine.begin() as conn:
+        conn.execute(text("UPDATE articles SET views = '2' WHERE id = 2"))
+    fixed = run_cli(world, opensearch_url, "--app", "tests.cli_app:config", "retry",
+                    str(event["id"]))
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "state=completed" in fixed.stdout
+    text_status = run_cli(world, opensearch_url, "--app", "tests.cli_app:config", "status",
+                          "--model", f"{world.prefix}_articles")
+    assert text_status.returncode == 0 and "events: completed=2\n" in text_status.stdout
+
+    unknown = run_cli(world, opensearch_url, "--app", "tests.cli_app:config", "retry", "424242")
+    assert unknown.returncode == 1 and "no sync event with id 424242" in unknown.stderr
+
+
+def test_cli_never_prints_a_secret(world: World) -> None:
+    secret = "cli-s3cr3t-9876"
+    dead = f"http://admin:{secret}@127.0.0.1:{servicekit.free_port()}"
+    result = run_cli(world, dead, "--app", "tests.cli_app:config", "status",
+                     "--model", f"{world.prefix}_articles")
+    assert result.returncode == 2  # the backend is unreachable: needs attention
+    assert "backend" in result.stdout
+    assert secret not in result.stdout + result.stderr
+
+
+def test_cli_help_on_each_command() -> None:
+    for command in ["status", "failed", "retry", "sweep", "confirm"]:
+        result = subprocess.run([sys.executable, "-m", "scrypath_sa.cli", command, "--help"],
+                                capture_output=True, text=True, check=True, cwd=ROOT)
+        assert "--json" in result.stdout
