@@ -138,6 +138,103 @@ def cmd_confirm(config: Config, args: argparse.Namespace) -> int:
     return OK if report.ok else ATTENTION
 
 
+def _progress_bar(progress: Any) -> None:
+    eta = f"{progress.eta_seconds:.0f}s" if progress.eta_seconds is not None else "?"
+    width = 30
+    filled = int(width * progress.done / progress.total) if progress.total else width
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {progress.done}/{progress.total} "
+          f"{progress.rate:,.0f} rows/s ETA {eta}", end="", file=sys.stderr, flush=True)
+
+
+def cmd_reconcile(config: Config, args: argparse.Namespace) -> int:
+    report = scrypath_sa.reconcile(args.model or None, action=args.action, config=config)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        for m in report.models:
+            print(f"{m.model} -> {m.index}: {m.rows} rows ({m.indexable_rows} indexable), "
+                  f"{m.documents} documents")
+            print(f"  missing from index: {m.missing_from_index}; orphaned in index: "
+                  f"{m.orphaned_in_index}; behind newest completed write: "
+                  f"{m.behind_completed_version}")
+            print(f"  stuck: {m.stuck}; retrying: {m.retrying}; discarded: {m.discarded}")
+            print(f"  recommendation: {m.recommendation}")
+            for reason in m.reasons:
+                print(f"    - {reason}")
+            for kind, ids in m.samples.items():
+                print(f"  e.g. {kind}: {', '.join(ids[:5])}")
+        for taken in report.actions_taken:
+            print(f"did {taken['action']} on {taken['model']}")
+    if report.action is not None:
+        return OK
+    return ATTENTION if report.needs_attention else OK
+
+
+def cmd_backfill(config: Config, args: argparse.Namespace) -> int:
+    report = scrypath_sa.backfill(
+        args.model, batch_size=args.batch_size, resume=not args.restart,
+        remove_orphans=args.remove_orphans, config=config,
+        progress=None if args.json else _progress_bar)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(file=sys.stderr)
+        resumed = f" (resumed after {report.resumed_from})" if report.resumed_from else ""
+        print(f"{report.model}: {report.rows_seen} rows in {report.seconds:.1f}s{resumed}: "
+              f"{report.indexed} indexed, {report.deleted} deleted, {report.orphans_removed} "
+              f"orphans removed, {len(report.failures)} failed")
+        for failure in report.failures[:20]:
+            print(f"  ! {failure['document_id']}: {failure['error']}")
+    return OK if report.ok else ATTENTION
+
+
+def _print_reindex(report: Any, args: argparse.Namespace) -> int:
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(f"{report.model}: built {report.new_index} ({report.documents} documents, "
+              f"{report.expected_documents} expected, {report.replayed} replayed)")
+        if report.cut_over:
+            print(f"  alias {report.alias} -> {report.new_index}; previous kept for rollback: "
+                  f"{', '.join(report.previous_indices) or '(none)'}")
+        else:
+            print(f"  alias {report.alias} unchanged; cut over with: scrypath-sa cutover "
+                  f"{report.model} {report.new_index}")
+        for problem in report.problems:
+            print(f"  ! {problem}")
+    return OK if report.ok else ATTENTION
+
+
+def cmd_reindex(config: Config, args: argparse.Namespace) -> int:
+    report = scrypath_sa.reindex(args.model, cutover=args.cutover, batch_size=args.batch_size,
+                                 config=config, progress=None if args.json else _progress_bar)
+    if not args.json:
+        print(file=sys.stderr)
+    return _print_reindex(report, args)
+
+
+def cmd_cutover(config: Config, args: argparse.Namespace) -> int:
+    report = scrypath_sa.cutover(args.model, args.index, force=args.force, config=config)
+    return _print_reindex(report, args)
+
+
+def cmd_prune(config: Config, args: argparse.Namespace) -> int:
+    report = scrypath_sa.prune(
+        args.model or None, config=config,
+        completed_older_than=dt.timedelta(days=args.completed_older_than_days),
+        keep_previous_indices=args.keep_indices, include_failed=args.include_failed,
+        failed_older_than=dt.timedelta(days=args.failed_older_than_days),
+        dry_run=args.dry_run)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        verb = "would delete" if report.dry_run else "deleted"
+        print(f"{verb} {report.events_deleted} completed events, "
+              f"{report.failed_events_deleted} discarded events, indices: "
+              f"{', '.join(report.indices_deleted) or '(none)'}")
+    return OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scrypath-sa", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -169,6 +266,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stale-after", default="900", help="seconds (default 900)")
     p = command("confirm", cmd_confirm, "verify backend_accepted events and complete them")
     p.add_argument("event_ids", type=int, nargs="*")
+    p = command("reconcile", cmd_reconcile,
+                "compare database and index both ways; recommend (or do) a repair")
+    p.add_argument("--model", action="append")
+    p.add_argument("--action", choices=["retry", "backfill", "reindex"],
+                   help="perform this repair where the report recommends one")
+    p = command("backfill", cmd_backfill, "write every row of a model into its index")
+    p.add_argument("model", help="model class name or index alias")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--remove-orphans", action="store_true")
+    p.add_argument("--restart", action="store_true", help="ignore a saved position")
+    p = command("reindex", cmd_reindex, "rebuild a model's index behind its alias")
+    p.add_argument("model")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--cutover", action=argparse.BooleanOptionalAction, default=True,
+                   help="move the alias when the new index checks out (default: yes)")
+    p = command("cutover", cmd_cutover, "move a model's alias to an index reindex built")
+    p.add_argument("model")
+    p.add_argument("index")
+    p.add_argument("--force", action="store_true", help="even if the counts differ")
+    p = command("prune", cmd_prune, "delete old completed events and old physical indices")
+    p.add_argument("--model", action="append")
+    p.add_argument("--completed-older-than-days", type=float, default=7)
+    p.add_argument("--keep-indices", type=int, default=1)
+    p.add_argument("--include-failed", action="store_true")
+    p.add_argument("--failed-older-than-days", type=float, default=30)
+    p.add_argument("--dry-run", action="store_true")
     return parser
 
 

@@ -127,6 +127,21 @@ sync_events = Table(
 )
 
 
+sync_checkpoints = Table(
+    "sync_checkpoints",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("index_name", String(255), nullable=False),
+    Column("position", JSON, nullable=True),
+    Column("version", BigInteger, nullable=False),
+    Column("processed", BigInteger, nullable=False, server_default="0"),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime(), nullable=True),
+)
+"""Progress of long operator runs (backfill), so an interrupted run resumes."""
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -342,6 +357,11 @@ def expire_claims(conn: Connection, older_than: dt.timedelta) -> list[tuple[int,
                                "the worker holding it died or hangs")
             .returning(t.c.id, t.c.mode))
     return [(row[0], row[1]) for row in conn.execute(stmt)]
+
+
+def high_water_mark(conn: Connection) -> int:
+    """The newest event id so far (0 when there is none)."""
+    return int(conn.execute(select(func.max(sync_events.c.id))).scalar() or 0)
 
 
 def rerequest(conn: Connection, ids: Sequence[int]) -> None:

@@ -173,10 +173,10 @@ def _load_rows(engine: Engine, info: ModelInfo, docs: list[_Doc]) -> dict[tuple[
             for obj in session.scalars(query):
                 rows[tuple(primary_key(obj))] = obj
         # Documents are built while the session is open, so lazy loads still work.
-        return {key: _build(obj) for key, obj in rows.items()}
+        return {key: build_document(obj) for key, obj in rows.items()}
 
 
-def _build(obj: Any) -> tuple[str, Any]:
+def build_document(obj: Any) -> tuple[str, Any]:
     """('upsert', document) | ('delete', None) | ('error', message) for one row."""
     name = type(obj).__name__
     try:

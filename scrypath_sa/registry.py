@@ -192,6 +192,51 @@ def pk_document_id(pk: list[Any] | tuple[Any, ...]) -> str:
     return ":".join(_escape(json_safe(v)) for v in pk)
 
 
+def _unescape(part: str) -> str:
+    return part.replace("%3A", ":").replace("%25", "%")
+
+
+def uses_default_ids(cls: type) -> bool:
+    from scrypath_sa.mixin import Searchable
+
+    return getattr(cls, "search_document_id", None) is Searchable.search_document_id
+
+
+def uses_default_should_index(cls: type) -> bool:
+    from scrypath_sa.mixin import Searchable
+
+    return getattr(cls, "should_index", None) is Searchable.should_index
+
+
+def parse_document_id(info: ModelInfo, document_id: str) -> tuple[Any, ...] | None:
+    """Document id -> primary key values typed for the columns, for default ids.
+    None when the id cannot be a key of this model."""
+    columns = list(info.mapper.primary_key)
+    parts = [document_id] if len(columns) == 1 else [
+        _unescape(p) for p in document_id.split(":")]
+    return typed_key(info, parts)
+
+
+def typed_key(info: ModelInfo, parts: list[Any]) -> tuple[Any, ...] | None:
+    """JSON-safe key values -> values typed for the primary key columns (None if not)."""
+    columns = list(info.mapper.primary_key)
+    if len(parts) != len(columns):
+        return None
+    values = []
+    for column, part in zip(columns, parts, strict=True):
+        try:
+            kind = column.type.python_type
+        except NotImplementedError:
+            kind = str
+        try:
+            values.append(kind(part) if kind in (int, str, uuid.UUID, float) else part)
+            if kind in (dt.date, dt.datetime) and isinstance(part, str):
+                values[-1] = kind.fromisoformat(part)
+        except (TypeError, ValueError):
+            return None
+    return tuple(values)
+
+
 def primary_key(obj: object) -> list[Any]:
     """The primary key of a persistent or just-deleted object, as a JSON-safe list."""
     state = inspect(obj)

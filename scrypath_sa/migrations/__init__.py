@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 BRANCH = "scrypath_sa"
 HERE = Path(__file__).resolve().parent
-OUR_TABLES = frozenset({"sync_events"})
+OUR_TABLES = frozenset({"sync_events", "sync_checkpoints"})
 
 
 def versions_path() -> str:

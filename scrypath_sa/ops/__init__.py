@@ -3,6 +3,16 @@ report that also serialises to JSON (``report.to_dict()``)."""
 
 from __future__ import annotations
 
+from scrypath_sa.ops.prune import PruneReport, prune
+from scrypath_sa.ops.rebuild import (
+    BackfillReport,
+    Progress,
+    ReindexReport,
+    backfill,
+    cutover,
+    reindex,
+)
+from scrypath_sa.ops.reconcile import ModelDrift, ReconcileReport, reconcile
 from scrypath_sa.ops.status import (
     FailedEvent,
     FailedReport,
@@ -15,13 +25,24 @@ from scrypath_sa.ops.status import (
 from scrypath_sa.ops.sweep import SweepReport, confirm, sweep
 
 __all__ = [
+    "BackfillReport",
     "FailedEvent",
     "FailedReport",
+    "ModelDrift",
     "ModelStatus",
+    "Progress",
+    "PruneReport",
+    "ReconcileReport",
+    "ReindexReport",
     "StatusReport",
     "SweepReport",
+    "backfill",
     "confirm",
+    "cutover",
     "failed",
+    "prune",
+    "reconcile",
+    "reindex",
     "retry",
     "status",
     "sweep",

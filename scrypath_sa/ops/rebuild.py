@@ -1,0 +1,320 @@
+"""backfill(), reindex() and cutover(): write the database's current state into an index.
+
+Every write carries an external version: a backfill writes at the newest event id when
+it started (the *high-water mark*), so a change committed during the run (a higher
+event id) always wins over the backfill's copy, whichever lands first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, select, update
+
+from scrypath_sa import outbox, registry
+from scrypath_sa.backends.base import BulkOp, ItemStatus
+from scrypath_sa.config import Config
+from scrypath_sa.errors import BackendError, IndexContractError
+from scrypath_sa.ops.common import config_or_current, jsonable, resolve_models
+from scrypath_sa.ops.scan import existing_keys, orphan_pages, row_pages
+from scrypath_sa.outbox import sync_checkpoints, sync_events
+from scrypath_sa.processor import build_document
+from scrypath_sa.registry import ModelInfo
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Handed to a backfill's ``progress`` callback after every page."""
+
+    done: int
+    total: int
+    elapsed: float
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        return (self.total - self.done) / self.rate if self.rate > 0 else None
+
+
+@dataclass
+class BackfillReport:
+    model: str
+    index: str
+    version: int
+    rows_seen: int = 0
+    indexed: int = 0
+    deleted: int = 0
+    orphans_removed: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: list[Any] | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = jsonable(self)
+        data["ok"] = self.ok
+        return data
+
+
+def _model(model: type | str) -> ModelInfo:
+    (info,) = resolve_models([model])
+    return info
+
+
+def _checkpoint(engine: Engine, name: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(sync_checkpoints).where(sync_checkpoints.c.name == name)
+                            ).one_or_none()
+
+
+def _save_checkpoint(engine: Engine, name: str, index: str, position: list[Any] | None,
+                     version: int, processed: int, finished: bool = False) -> None:
+    now = outbox.utcnow()
+    values = {"index_name": index, "position": position, "version": version,
+              "processed": processed, "updated_at": now,
+              "finished_at": now if finished else None}
+    with engine.begin() as conn:
+        t = sync_checkpoints
+        if conn.execute(update(t).where(t.c.name == name).values(values)).rowcount == 0:
+            conn.execute(insert(t).values(name=name, started_at=now, **values))
+
+
+def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
+             into: str | None = None, progress: Callable[[Progress], None] | None = None,
+             resume: bool = True, remove_orphans: bool = False,
+             config: Config | None = None) -> BackfillReport:
+    """Write every row of ``model`` (optionally only ``where``) into its index.
+
+    Rows are read by keyset pagination over the primary key and written with ``_bulk``;
+    rows whose ``should_index`` is False are deleted from the index. The position is
+    checkpointed after every acknowledged page: a run that stops (a crash, an outage)
+    resumes there when called again. ``into`` writes into a physical index instead of
+    the alias. ``remove_orphans`` also deletes documents whose row is gone.
+    A document the backend rejects is reported in ``failures``; the rest still land.
+    """
+    config = config_or_current(config)
+    engine = config.require_bind()
+    info = _model(model)
+    target = into or info.index
+    if into is None:
+        config.backend.ensure_index(info.index, info.contract, info.name)
+    name = f"backfill:{target}"
+    began = time.monotonic()
+    saved = _checkpoint(engine, name) if resume else None
+    after: list[Any] | None = None
+    if saved is not None and saved.finished_at is None and saved.position is not None:
+        after = list(registry.typed_key(info, list(saved.position)) or saved.position)
+        version, done = int(saved.version), int(saved.processed)
+    else:
+        with engine.connect() as conn:
+            version = max(outbox.high_water_mark(conn), 1)
+        done = 0
+    report = BackfillReport(info.name, target, version, resumed_from=after)
+    with engine.connect() as conn:
+        count_query = select(func.count()).select_from(info.cls)
+        total = conn.execute(count_query.where(where) if where is not None
+                             else count_query).scalar_one()
+    _save_checkpoint(engine, name, target, after, version, done)
+    known_ids: set[str] | None = (set() if remove_orphans
+                                  and not registry.uses_default_ids(info.cls) else None)
+    for page in row_pages(engine, info, where=where, after=after, page_size=batch_size):
+        ops: list[BulkOp] = []
+        for obj in page:
+            action, payload = build_document(obj)
+            doc_id = str(obj.search_document_id())
+            if action == "error":
+                report.failures.append({"document_id": doc_id, "error": payload})
+                continue
+            if known_ids is not None and action == "upsert":
+                known_ids.add(doc_id)
+            ops.append(BulkOp(target, doc_id, version, payload))
+        results = config.backend.bulk(ops, wait_for_visibility=False)
+        retryable = [r for r in results if r.status is ItemStatus.RETRYABLE]
+        if retryable:
+            raise BackendError(
+                f"backfill of {info.name} stopped after {done} rows: {retryable[0].error}. "
+                "Its position is saved: run it again to resume.")
+        for op, result in zip(ops, results, strict=True):
+            if result.status is ItemStatus.PERMANENT:
+                report.failures.append({"document_id": op.id, "error": result.error})
+            elif op.is_delete:
+                report.deleted += 1
+            else:
+                report.indexed += 1
+        done += len(page)
+        report.rows_seen += len(page)
+        position = registry.primary_key(page[-1])
+        _save_checkpoint(engine, name, target, position, version, done)
+        if progress is not None:
+            progress(Progress(done, total, time.monotonic() - began))
+    config.backend.refresh(target)
+    if remove_orphans:
+        for orphans in orphan_pages(engine, config.backend, info, target,
+                                    page_size=batch_size, known_ids=known_ids):
+            results = config.backend.bulk(
+                [BulkOp(target, doc_id, version, None) for doc_id, _ in orphans],
+                wait_for_visibility=False)
+            report.orphans_removed += sum(r.status in (ItemStatus.OK, ItemStatus.CONFLICT)
+                                          for r in results)
+        config.backend.refresh(target)
+    _save_checkpoint(engine, name, target, None, version, done, finished=True)
+    report.seconds = time.monotonic() - began
+    return report
+
+
+@dataclass
+class ReindexReport:
+    model: str
+    alias: str
+    new_index: str
+    since_event: int
+    backfill: BackfillReport
+    replayed: int = 0
+    expected_documents: int = 0
+    documents: int = 0
+    cut_over: bool = False
+    previous_indices: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = jsonable(self)
+        data["ok"] = self.ok
+        return data
+
+
+def _replay(config: Config, info: ModelInfo, into: str, since_event: int) -> tuple[int, int]:
+    """Write the current state of every document with events after ``since_event``
+    into ``into`` (at its newest event id). Returns (documents written, newest id)."""
+    engine = config.require_bind()
+    t = sync_events
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(t.c.document_id, func.max(t.c.id), func.min(t.c.id))
+            .where(t.c.index_name == info.index, t.c.id > since_event)
+            .group_by(t.c.document_id)).all()
+        pks = dict(conn.execute(select(t.c.id, t.c.pk).where(
+            t.c.id.in_([r[2] for r in rows]))).all()) if rows else {}
+        newest = outbox.high_water_mark(conn)
+    written = 0
+    for start in range(0, len(rows), 1000):
+        chunk = rows[start:start + 1000]
+        keys = {r[0]: registry.typed_key(info, list(pks[r[2]])) for r in chunk}
+        found = existing_keys(engine, info, [k for k in keys.values() if k is not None])
+        ops = []
+        for doc_id, version, _ in chunk:
+            key = keys[doc_id]
+            obj = found.get(key) if key is not None else None
+            action, payload = build_document(obj) if obj is not None else ("delete", None)
+            if action != "error":
+                ops.append(BulkOp(into, doc_id, int(version), payload))
+        results = config.backend.bulk(ops, wait_for_visibility=False)
+        written += sum(r.status in (ItemStatus.OK, ItemStatus.CONFLICT) for r in results)
+    return written, max(newest, since_event)
+
+
+def _expected_documents(engine: Engine, info: ModelInfo) -> int:
+    if registry.uses_default_should_index(info.cls):
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(info.cls)).scalar_one())
+    return sum(1 for page in row_pages(engine, info, load_options=False)
+               for obj in page if obj.should_index())
+
+
+def reindex(model: type | str, *, cutover: bool = True, batch_size: int = 1000,
+            progress: Callable[[Progress], None] | None = None,
+            config: Config | None = None) -> ReindexReport:
+    """Build a new physical index ``<alias>_<timestamp>`` from the current contract.
+
+    Refresh is off while loading. Changes committed during the rebuild reach the new
+    index: their events (ids above the start) are replayed into it before the switch,
+    and once more right after it. Counts are verified before the alias moves
+    (atomically); the previous index is kept for rollback until ``prune``.
+    """
+    config = config_or_current(config)
+    engine = config.require_bind()
+    info = _model(model)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S%f")
+    new_index = f"{info.index}_{stamp}"
+    with engine.connect() as conn:
+        since = outbox.high_water_mark(conn)
+    config.backend.create_index(new_index, info.contract, info.name, alias_for=info.index)
+    config.backend.set_refresh_interval(new_index, "-1")
+    try:
+        filled = backfill(info.cls, batch_size=batch_size, into=new_index, progress=progress,
+                          resume=False, config=config)
+    finally:
+        config.backend.set_refresh_interval(new_index, None)
+    replayed, since_replay = _replay(config, info, new_index, since)
+    report = ReindexReport(info.name, info.index, new_index, since, filled, replayed)
+    report.problems += [f"document {f['document_id']}: {f['error']}" for f in filled.failures]
+    if cutover:
+        _cutover(config, info, report, since_replay)
+    else:
+        _verify(config, engine, info, report)
+    return report
+
+
+def _verify(config: Config, engine: Engine, info: ModelInfo, report: ReindexReport) -> None:
+    config.backend.refresh(report.new_index)
+    report.expected_documents = _expected_documents(engine, info)
+    report.documents = config.backend.count(report.new_index)
+    if report.documents != report.expected_documents:
+        report.problems.append(
+            f"{report.new_index} holds {report.documents} documents, the database has "
+            f"{report.expected_documents} indexable rows")
+
+
+def _cutover(config: Config, info: ModelInfo, report: ReindexReport, since: int,
+             force: bool = False) -> None:
+    engine = config.require_bind()
+    _verify(config, engine, info, report)
+    if report.problems and not force:
+        return
+    report.previous_indices = config.backend.swap_alias(info.index, report.new_index)
+    report.cut_over = True
+    # Writes processed between the replay and the switch went to the old index.
+    more, _ = _replay(config, info, report.new_index, since)
+    report.replayed += more
+    config.backend.refresh(info.index)
+
+
+def cutover(model: type | str, index: str, *, force: bool = False,
+            config: Config | None = None) -> ReindexReport:
+    """Move ``model``'s alias to ``index`` (built by ``reindex(cutover=False)``),
+    replaying the changes committed since that build started."""
+    config = config_or_current(config)
+    info = _model(model)
+    built = {p.name: p for p in config.backend.physical_indices(info.index)}
+    if index not in built:
+        raise IndexContractError(
+            f"{index!r} is not an index built for {info.index!r}; known: {sorted(built)}")
+    since = _built_since(config, index)
+    replayed, since_replay = _replay(config, info, index, since)
+    empty = BackfillReport(info.name, index, since)
+    report = ReindexReport(info.name, info.index, index, since, empty, replayed)
+    _cutover(config, info, report, since_replay, force=force)
+    return report
+
+
+def _built_since(config: Config, index: str) -> int:
+    """The high-water mark a rebuild of ``index`` started from (its backfill version)."""
+    engine = config.require_bind()
+    saved = _checkpoint(engine, f"backfill:{index}")
+    if saved is None:
+        raise IndexContractError(f"no backfill of {index!r} is recorded; reindex it first")
+    return int(saved.version)
+

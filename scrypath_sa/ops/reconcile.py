@@ -1,0 +1,210 @@
+"""reconcile(): compare database and index in both directions; recommend, act if asked."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+
+from scrypath_sa import outbox, registry
+from scrypath_sa.config import Config
+from scrypath_sa.errors import ConfigurationError, ScrypathError
+from scrypath_sa.listeners import dispatch
+from scrypath_sa.ops.common import config_or_current, jsonable, resolve_models
+from scrypath_sa.ops.rebuild import backfill, reindex
+from scrypath_sa.ops.scan import orphan_pages, row_pages
+from scrypath_sa.outbox import State, sync_events
+from scrypath_sa.processor import build_document
+from scrypath_sa.redaction import redact
+from scrypath_sa.registry import ModelInfo
+
+ACTIONS = ("retry", "backfill", "reindex")
+SAMPLE = 20
+
+
+@dataclass
+class ModelDrift:
+    """What differs between one model's table and its index, and what to do about it."""
+
+    model: str
+    index: str
+    rows: int = 0
+    indexable_rows: int = 0
+    documents: int = 0
+    missing_from_index: int = 0
+    orphaned_in_index: int = 0
+    behind_completed_version: int = 0
+    stuck: int = 0
+    retrying: int = 0
+    discarded: int = 0
+    contract_matches: bool | None = None
+    samples: dict[str, list[str]] = field(default_factory=dict)
+    recommendation: str = "nothing"
+    reasons: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def _sample(self, kind: str, ids: Iterable[str]) -> None:
+        bucket = self.samples.setdefault(kind, [])
+        bucket.extend(list(ids)[: SAMPLE - len(bucket)])
+
+
+@dataclass
+class ReconcileReport:
+    models: list[ModelDrift]
+    action: str | None = None
+    actions_taken: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def needs_attention(self) -> bool:
+        return any(m.recommendation != "nothing" for m in self.models)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = jsonable(self)
+        data["needs_attention"] = self.needs_attention
+        return data
+
+
+def reconcile(models: Iterable[type | str] | None = None, *, action: str | None = None,
+              config: Config | None = None, page_size: int = 1000,
+              stuck_after: dt.timedelta = dt.timedelta(minutes=5)) -> ReconcileReport:
+    """Compare each model's rows and index documents in both directions, page by page:
+    rows missing from the index, documents whose row is gone (or must not be indexed),
+    documents older than their newest completed write, stuck and failed work, and
+    contract drift. Recommends one of nothing / retry / backfill / reindex with reasons.
+    Acts only when ``action`` names the repair to perform."""
+    if action is not None and action not in ACTIONS:
+        raise ConfigurationError(f"unknown reconcile action {action!r}: choose one of {ACTIONS}")
+    config = config_or_current(config)
+    report = ReconcileReport(models=[], action=action)
+    for info in resolve_models(models):
+        drift = ModelDrift(info.name, info.index)
+        try:
+            _compare(config, info, drift, page_size, stuck_after)
+        except ScrypathError as exc:
+            drift.error = redact(exc)
+            drift.recommendation = "nothing"
+            drift.reasons.append(f"could not compare: {drift.error}")
+        else:
+            _recommend(drift)
+        report.models.append(drift)
+        if action is not None and drift.error is None and drift.recommendation != "nothing":
+            report.actions_taken.append(_act(config, info, action, stuck_after))
+    return report
+
+
+def _compare(config: Config, info: ModelInfo, drift: ModelDrift, page_size: int,
+             stuck_after: dt.timedelta) -> None:
+    engine = config.require_bind()
+    backend = config.backend
+    posture = backend.posture(info.index)
+    if posture is None:
+        drift.contract_matches = None
+    else:
+        drift.contract_matches = posture.contract_hash == info.contract.hash
+        drift.documents = backend.count(info.index)
+    custom_ids = not registry.uses_default_ids(info.cls)
+    known_ids: set[str] | None = set() if custom_ids else None
+    t = sync_events
+    for page in row_pages(engine, info, page_size=page_size, load_options=False):
+        wanted: dict[str, bool] = {}
+        for obj in page:
+            action, _ = build_document(obj) if not registry.uses_default_should_index(
+                info.cls) else ("upsert", None)
+            wanted[str(obj.search_document_id())] = action == "upsert"
+        drift.rows += len(page)
+        drift.indexable_rows += sum(wanted.values())
+        if known_ids is not None:
+            known_ids.update(i for i, keep in wanted.items() if keep)
+        stored = backend.versions(info.index, list(wanted)) if posture is not None else {}
+        missing = [i for i, keep in wanted.items() if keep and stored.get(i) is None]
+        drift.missing_from_index += len(missing)
+        drift._sample("missing_from_index", missing)
+        with engine.connect() as conn:
+            newest = dict(conn.execute(
+                select(t.c.document_id, func.max(t.c.version_sent))
+                .where(t.c.index_name == info.index, t.c.state == State.COMPLETED.value,
+                       t.c.document_id.in_(list(wanted)))
+                .group_by(t.c.document_id)).all())
+        behind = [i for i, keep in wanted.items()
+                  if keep and stored.get(i) is not None and newest.get(i) is not None
+                  and stored[i] < newest[i]]
+        drift.behind_completed_version += len(behind)
+        drift._sample("behind_completed_version", behind)
+    if posture is not None:
+        for orphans in orphan_pages(engine, backend, info, info.index, page_size=page_size,
+                                    known_ids=known_ids):
+            drift.orphaned_in_index += len(orphans)
+            drift._sample("orphaned_in_index", [doc_id for doc_id, _ in orphans])
+    now = outbox.utcnow()
+    with engine.connect() as conn:
+        by_state: dict[str, int] = dict(conn.execute(
+            select(t.c.state, func.count()).where(t.c.index_name == info.index)
+            .group_by(t.c.state)).all())
+        drift.stuck = int(conn.execute(
+            select(func.count()).where(
+                t.c.index_name == info.index,
+                t.c.state.in_([State.REQUESTED.value, State.ENQUEUED.value,
+                               State.PROCESSING.value]),
+                t.c.updated_at <= now - stuck_after)).scalar_one())
+    drift.retrying = int(by_state.get(State.RETRYING.value, 0))
+    drift.discarded = int(by_state.get(State.DISCARDED.value, 0))
+
+
+def _recommend(drift: ModelDrift) -> None:
+    reasons = drift.reasons
+    if drift.contract_matches is False:
+        reasons.append("the live index was built for another contract")
+    if drift.contract_matches is None:
+        reasons.append("the alias does not exist yet")
+    drifted = (drift.missing_from_index + drift.orphaned_in_index
+               + drift.behind_completed_version)
+    if drift.missing_from_index:
+        reasons.append(f"{drift.missing_from_index} rows are missing from the index")
+    if drift.orphaned_in_index:
+        reasons.append(f"{drift.orphaned_in_index} documents have no (indexable) row")
+    if drift.behind_completed_version:
+        reasons.append(f"{drift.behind_completed_version} documents are older than their "
+                       "newest completed write")
+    if drift.stuck:
+        reasons.append(f"{drift.stuck} events are stuck (requested, enqueued or processing)")
+    if drift.retrying or drift.discarded:
+        reasons.append(f"{drift.retrying} events retrying, {drift.discarded} discarded")
+    if drift.contract_matches is False or (
+            drift.indexable_rows and drifted > drift.indexable_rows // 2):
+        drift.recommendation = "reindex"
+    elif drifted or drift.contract_matches is None:
+        drift.recommendation = "backfill"
+    elif drift.stuck or drift.retrying or drift.discarded:
+        drift.recommendation = "retry"
+    else:
+        drift.recommendation = "nothing"
+
+
+def _act(config: Config, info: ModelInfo, action: str,
+         stuck_after: dt.timedelta) -> dict[str, Any]:
+    if action == "backfill":
+        done = backfill(info.cls, remove_orphans=True, resume=False, config=config)
+        return {"model": info.name, "action": action, "result": done.to_dict()}
+    if action == "reindex":
+        rebuilt = reindex(info.cls, config=config)
+        return {"model": info.name, "action": action, "result": rebuilt.to_dict()}
+    engine = config.require_bind()
+    t = sync_events
+    with engine.begin() as conn:
+        outbox.expire_claims(conn, stuck_after)
+        rows = conn.execute(select(t.c.id, t.c.mode).where(
+            t.c.index_name == info.index,
+            t.c.state.in_([State.REQUESTED.value, State.ENQUEUED.value,
+                           State.RETRYING.value, State.DISCARDED.value]))).all()
+        ids = [r[0] for r in rows]
+        outbox.mark(conn, ids, State.REQUESTED, only_from=[
+            State.ENQUEUED, State.RETRYING, State.DISCARDED], attempts=0)
+    by_mode: dict[str, list[int]] = {}
+    for event_id, mode in rows:
+        by_mode.setdefault(mode if mode in config.modes else config.default_mode,
+                           []).append(event_id)
+    outcomes = [dispatch(config, mode, ids, engine).to_dict() for mode, ids in by_mode.items()]
+    return {"model": info.name, "action": action, "result": outcomes}

@@ -1,0 +1,88 @@
+"""Streaming both sides in bounded memory: database rows by keyset, index ids by scroll."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Engine, select, tuple_
+from sqlalchemy.orm import Session
+
+from scrypath_sa import outbox, registry
+from scrypath_sa.backends.base import Backend
+from scrypath_sa.registry import ModelInfo
+
+
+def row_pages(engine: Engine, info: ModelInfo, *, where: Any = None,
+              after: list[Any] | None = None, page_size: int = 1000,
+              load_options: bool = True) -> Iterator[list[Any]]:
+    """Rows of ``info``'s model in primary-key order, ``page_size`` at a time.
+
+    Keyset pagination: each page is one short query (``WHERE pk > last``), so nothing
+    holds a long transaction open and an interrupted run resumes from the last key.
+    Documents must be built before the next page is requested (the page's session
+    closes then).
+    """
+    pk = list(info.mapper.primary_key)
+    last = list(after) if after is not None else None
+    while True:
+        query = select(info.cls).order_by(*pk).limit(page_size)
+        if load_options:
+            query = query.options(*info.cls.search_load_options())
+        if where is not None:
+            query = query.where(where)
+        if last is not None:
+            query = query.where(tuple_(*pk) > tuple(last) if len(pk) > 1 else pk[0] > last[0])
+        with Session(engine, expire_on_commit=False) as session:
+            page = list(session.scalars(query))
+            if not page:
+                return
+            yield page
+        last = [getattr(page[-1], info.mapper.get_property_by_column(c).key) for c in pk]
+
+
+def existing_keys(engine: Engine, info: ModelInfo,
+                  keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], Any]:
+    """Which of ``keys`` exist, with their rows (for ``should_index``)."""
+    pk = list(info.mapper.primary_key)
+    found: dict[tuple[Any, ...], Any] = {}
+    if not keys:
+        return found
+    with Session(engine, expire_on_commit=False) as session:
+        conn = session.connection()
+        if len(pk) == 1:
+            where = outbox.id_filter(conn, pk[0], [k[0] for k in keys])
+        else:
+            where = tuple_(*pk).in_(keys)
+        for obj in session.scalars(select(info.cls).where(where)):
+            found[tuple(getattr(obj, info.mapper.get_property_by_column(c).key) for c in pk)] = obj
+    return found
+
+
+def orphan_pages(engine: Engine, backend: Backend, info: ModelInfo, index: str, *,
+                 page_size: int = 1000,
+                 known_ids: set[str] | None = None) -> Iterator[list[tuple[str, int]]]:
+    """Pages of (document id, version) in ``index`` whose row is gone or must not be
+    indexed (``should_index`` is False).
+
+    With default document ids each page of the index is checked against the database by
+    primary key. A model with custom ids cannot be mapped back to keys: pass
+    ``known_ids`` (the ids the database produces) instead.
+    """
+    default_ids = registry.uses_default_ids(info.cls)
+    check_should_index = not registry.uses_default_should_index(info.cls)
+    for page in backend.scan_ids(index, page_size):
+        if known_ids is not None or not default_ids:
+            known = known_ids or set()
+            orphans = [(doc_id, v) for doc_id, v in page if doc_id not in known]
+        else:
+            parsed = {doc_id: registry.parse_document_id(info, doc_id) for doc_id, _ in page}
+            rows = existing_keys(engine, info, [k for k in parsed.values() if k is not None])
+            orphans = []
+            for doc_id, version in page:
+                key = parsed[doc_id]
+                row = rows.get(key) if key is not None else None
+                if row is None or (check_should_index and not row.should_index()):
+                    orphans.append((doc_id, version))
+        if orphans:
+            yield orphans
