@@ -142,6 +142,24 @@ sync_checkpoints = Table(
 """Progress of long operator runs (backfill), so an interrupted run resumes."""
 
 
+VERSION_SCALE = 1024
+"""External versions are event ids times this. The gap between two events' versions
+leaves room for writes made behind the library's back (a delete in OpenSearch bumps a
+document's version by one) without ever reaching the next event's version."""
+
+
+def version_of(event_id: int) -> int:
+    """The external version a write covering events up to ``event_id`` carries."""
+    return event_id * VERSION_SCALE
+
+
+def backfill_version(high_water_mark: int) -> int:
+    """A backfill that started after event ``high_water_mark`` writes just below the
+    next event's version: above every earlier write (and out-of-band bumps of them),
+    below every write of a change committed during the backfill."""
+    return (high_water_mark + 1) * VERSION_SCALE - 1
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -284,7 +302,7 @@ def apply(conn: Connection, transitions: Sequence[Transition]) -> None:
     """Record outcomes with as few statements as the outcomes allow.
 
     Transitions that share everything but the event id (the common case: a whole batch
-    accepted, each event at its own id as version) become one UPDATE per chunk; the
+    accepted, each event at its own version) become one UPDATE per chunk; the
     rest (events coalesced under a newer version) go through one executemany.
     """
     if not transitions:
@@ -294,7 +312,7 @@ def apply(conn: Connection, transitions: Sequence[Transition]) -> None:
     groups: dict[tuple[Any, ...], list[int]] = {}
     singles: list[Transition] = []
     for tr in transitions:
-        if tr.version_sent is not None and tr.version_sent != tr.event_id:
+        if tr.version_sent is not None and tr.version_sent != version_of(tr.event_id):
             singles.append(tr)
             continue
         key = (tr.state, tr.operation, tr.error_kind, tr.error, tr.next_attempt_at,
@@ -306,7 +324,7 @@ def apply(conn: Connection, transitions: Sequence[Transition]) -> None:
         if operation is not None:
             values["operation"] = operation
         if versioned:
-            values["version_sent"] = t.c.id
+            values["version_sent"] = t.c.id * VERSION_SCALE
         if state in _STAMP:
             values[_STAMP[state]] = now
         for chunk in _chunks(ids, CHUNK):

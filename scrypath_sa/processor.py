@@ -46,7 +46,7 @@ class _Doc:
 
     @property
     def version(self) -> int:
-        return max(e.id for e in self.events)
+        return outbox.version_of(max(e.id for e in self.events))
 
     @property
     def attempts(self) -> int:

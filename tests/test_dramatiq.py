@@ -243,6 +243,7 @@ def test_redelivery_and_two_workers_never_double_process(setup: Any, os_client: 
     assert len(index_state(os_client, world)) == 60
 
 
+@pytest.mark.filterwarnings("ignore:DELETE statement on table:sqlalchemy.exc.SAWarning")
 def test_concurrent_writers_and_two_workers_converge(setup: Any, os_client: Any) -> None:
     world, workers, _ = setup
     workers.start(threads=4)

@@ -155,7 +155,25 @@ def test_cli_never_prints_a_secret(world: World) -> None:
 
 
 def test_cli_help_on_each_command() -> None:
-    for command in ["status", "failed", "retry", "sweep", "confirm"]:
+    for command in ["status", "failed", "retry", "sweep", "confirm", "reconcile", "backfill",
+                    "reindex", "cutover", "prune"]:
         result = subprocess.run([sys.executable, "-m", "scrypath_sa.cli", command, "--help"],
                                 capture_output=True, text=True, check=True, cwd=ROOT)
         assert "--json" in result.stdout
+
+
+def test_cli_reconcile_and_backfill(world: World, opensearch_url: str, os_client: Any) -> None:
+    add_articles(world, (1, "a", "1"), (2, "b", "2"))
+    os_client.delete(index=f"{world.prefix}_articles", id="2", refresh=True)
+    app = ["--app", "tests.cli_app:config"]
+    report = run_cli(world, opensearch_url, *app, "reconcile", "--json", "--model",
+                     f"{world.prefix}_articles")
+    assert report.returncode == 2
+    (model,) = json.loads(report.stdout)["models"]
+    assert model["missing_from_index"] == 1 and model["recommendation"] == "backfill"
+    filled = run_cli(world, opensearch_url, *app, "backfill", f"{world.prefix}_articles")
+    assert filled.returncode == 0, filled.stderr
+    assert "2 rows" in filled.stdout and "rows/s" in filled.stderr  # the progress bar
+    clean = run_cli(world, opensearch_url, *app, "reconcile", "--model",
+                    f"{world.prefix}_articles")
+    assert clean.returncode == 0 and "recommendation: nothing" in clean.stdout

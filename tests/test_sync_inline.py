@@ -39,7 +39,7 @@ def test_inline_commit_is_completed_and_visible(world: World, os_client: Any) ->
     rows = events(world)
     assert [(r.state, r.operation, r.mode, r.attempts) for r in rows] == [
         ("completed", "upsert", "inline", 1)]
-    assert rows[0].version_sent == rows[0].id
+    assert rows[0].version_sent == scrypath_sa.outbox.version_of(rows[0].id)
     assert rows[0].completed_at is not None and rows[0].accepted_at is None
     # visible: a search right after commit finds it without an explicit refresh
     hits = os_client.search(index=f"{world.prefix}_articles",

@@ -88,6 +88,10 @@ class Backend(abc.ABC):
         """The stored external version of each id (None when the document is absent)."""
 
     @abc.abstractmethod
+    def documents(self, alias: str, ids: Sequence[str]) -> dict[str, tuple[int, Any] | None]:
+        """Each id's (version, source), or None when the document is absent."""
+
+    @abc.abstractmethod
     def posture(self, alias: str) -> IndexPosture | None:
         """Where ``alias`` points, or None when nothing by that name exists."""
 

@@ -283,5 +283,16 @@ class OpenSearchBackend(Backend):
             raise BackendError(f"could not set refresh_interval on {index!r}: "
                                f"{redact(exc)}") from None
 
+    def documents(self, alias: str, ids: Sequence[str]) -> dict[str, tuple[int, Any] | None]:
+        if not ids:
+            return {}
+        try:
+            response = self.client.mget(index=alias, body={"ids": list(ids)})
+        except os_exc.TransportError as exc:
+            raise BackendError(f"could not read documents from {alias!r}: {redact(exc)}") from None
+        return {str(doc["_id"]): ((int(doc["_version"]), doc.get("_source"))
+                                  if doc.get("found") else None)
+                for doc in response["docs"]}
+
     def close(self) -> None:
         self.client.close()

@@ -1,8 +1,9 @@
 """backfill(), reindex() and cutover(): write the database's current state into an index.
 
-Every write carries an external version: a backfill writes at the newest event id when
-it started (the *high-water mark*), so a change committed during the run (a higher
-event id) always wins over the backfill's copy, whichever lands first.
+Every write carries an external version: a backfill writes just below the version of
+the first event after it started (see :func:`scrypath_sa.outbox.backfill_version`), so
+a change committed during the run always wins over the backfill's copy, whichever lands
+first, and the backfill's copy wins over everything older.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
         version, done = int(saved.version), int(saved.processed)
     else:
         with engine.connect() as conn:
-            version = max(outbox.high_water_mark(conn), 1)
+            version = outbox.backfill_version(outbox.high_water_mark(conn))
         done = 0
     report = BackfillReport(info.name, target, version, resumed_from=after)
     with engine.connect() as conn:
@@ -220,7 +221,7 @@ def _replay(config: Config, info: ModelInfo, into: str, since_event: int) -> tup
             obj = found.get(key) if key is not None else None
             action, payload = build_document(obj) if obj is not None else ("delete", None)
             if action != "error":
-                ops.append(BulkOp(into, doc_id, int(version), payload))
+                ops.append(BulkOp(into, doc_id, outbox.version_of(int(version)), payload))
         results = config.backend.bulk(ops, wait_for_visibility=False)
         written += sum(r.status in (ItemStatus.OK, ItemStatus.CONFLICT) for r in results)
     return written, max(newest, since_event)
@@ -264,24 +265,38 @@ def reindex(model: type | str, *, cutover: bool = True, batch_size: int = 1000,
     if cutover:
         _cutover(config, info, report, since_replay)
     else:
-        _verify(config, engine, info, report)
+        _verify(config, engine, info, report, since_replay)
     return report
 
 
-def _verify(config: Config, engine: Engine, info: ModelInfo, report: ReindexReport) -> None:
-    config.backend.refresh(report.new_index)
+def _verify(config: Config, engine: Engine, info: ModelInfo, report: ReindexReport,
+            since: int) -> int:
+    """Compare the new index's count with the database's indexable rows. Writes keep
+    landing while we look, so a difference is accepted only up to the number of events
+    recorded for this model after the database was counted. Returns the newest event id
+    the new index has caught up with."""
+    with engine.connect() as conn:
+        counted_at = outbox.high_water_mark(conn)
     report.expected_documents = _expected_documents(engine, info)
+    replayed, since = _replay(config, info, report.new_index, since)
+    report.replayed += replayed
+    config.backend.refresh(report.new_index)
     report.documents = config.backend.count(report.new_index)
-    if report.documents != report.expected_documents:
+    t = sync_events
+    with engine.connect() as conn:
+        moving = int(conn.execute(select(func.count()).where(
+            t.c.index_name == info.index, t.c.id > counted_at)).scalar_one())
+    if abs(report.documents - report.expected_documents) > moving:
         report.problems.append(
             f"{report.new_index} holds {report.documents} documents, the database has "
-            f"{report.expected_documents} indexable rows")
+            f"{report.expected_documents} indexable rows ({moving} changes since counted)")
+    return since
 
 
 def _cutover(config: Config, info: ModelInfo, report: ReindexReport, since: int,
              force: bool = False) -> None:
     engine = config.require_bind()
-    _verify(config, engine, info, report)
+    since = _verify(config, engine, info, report, since)
     if report.problems and not force:
         return
     report.previous_indices = config.backend.swap_alias(info.index, report.new_index)
@@ -311,10 +326,10 @@ def cutover(model: type | str, index: str, *, force: bool = False,
 
 
 def _built_since(config: Config, index: str) -> int:
-    """The high-water mark a rebuild of ``index`` started from (its backfill version)."""
+    """The high-water mark a rebuild of ``index`` started from (from its backfill)."""
     engine = config.require_bind()
     saved = _checkpoint(engine, f"backfill:{index}")
     if saved is None:
         raise IndexContractError(f"no backfill of {index!r} is recorded; reindex it first")
-    return int(saved.version)
+    return int(saved.version) // outbox.VERSION_SCALE
 

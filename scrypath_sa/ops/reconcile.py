@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ class ModelDrift:
     missing_from_index: int = 0
     orphaned_in_index: int = 0
     behind_completed_version: int = 0
+    content_differs: int = 0
     stuck: int = 0
     retrying: int = 0
     discarded: int = 0
@@ -108,17 +110,24 @@ def _compare(config: Config, info: ModelInfo, drift: ModelDrift, page_size: int,
     custom_ids = not registry.uses_default_ids(info.cls)
     known_ids: set[str] | None = set() if custom_ids else None
     t = sync_events
-    for page in row_pages(engine, info, page_size=page_size, load_options=False):
+    for page in row_pages(engine, info, page_size=page_size):
         wanted: dict[str, bool] = {}
+        built: dict[str, Any] = {}
         for obj in page:
-            action, _ = build_document(obj) if not registry.uses_default_should_index(
-                info.cls) else ("upsert", None)
-            wanted[str(obj.search_document_id())] = action == "upsert"
+            action, document = build_document(obj)
+            doc_id = str(obj.search_document_id())
+            wanted[doc_id] = action == "upsert"
+            built[doc_id] = document
         drift.rows += len(page)
         drift.indexable_rows += sum(wanted.values())
         if known_ids is not None:
             known_ids.update(i for i, keep in wanted.items() if keep)
-        stored = backend.versions(info.index, list(wanted)) if posture is not None else {}
+        found = backend.documents(info.index, list(wanted)) if posture is not None else {}
+        stored = {i: (hit[0] if hit is not None else None) for i, hit in found.items()}
+        differs = [i for i, keep in wanted.items() if keep and found.get(i) is not None
+                   and _normal(found[i][1]) != _normal(built[i])]  # type: ignore[index]
+        drift.content_differs += len(differs)
+        drift._sample("content_differs", differs)
         missing = [i for i, keep in wanted.items() if keep and stored.get(i) is None]
         drift.missing_from_index += len(missing)
         drift._sample("missing_from_index", missing)
@@ -153,6 +162,11 @@ def _compare(config: Config, info: ModelInfo, drift: ModelDrift, page_size: int,
     drift.discarded = int(by_state.get(State.DISCARDED.value, 0))
 
 
+def _normal(document: Any) -> str:
+    """Compare documents as JSON would store them (key order, tuples, floats)."""
+    return json.dumps(document, sort_keys=True, default=str)
+
+
 def _recommend(drift: ModelDrift) -> None:
     reasons = drift.reasons
     if drift.contract_matches is False:
@@ -160,7 +174,7 @@ def _recommend(drift: ModelDrift) -> None:
     if drift.contract_matches is None:
         reasons.append("the alias does not exist yet")
     drifted = (drift.missing_from_index + drift.orphaned_in_index
-               + drift.behind_completed_version)
+               + drift.behind_completed_version + drift.content_differs)
     if drift.missing_from_index:
         reasons.append(f"{drift.missing_from_index} rows are missing from the index")
     if drift.orphaned_in_index:
@@ -168,6 +182,9 @@ def _recommend(drift: ModelDrift) -> None:
     if drift.behind_completed_version:
         reasons.append(f"{drift.behind_completed_version} documents are older than their "
                        "newest completed write")
+    if drift.content_differs:
+        reasons.append(f"{drift.content_differs} documents differ from what their row "
+                       "builds (a change the library did not see, e.g. raw SQL)")
     if drift.stuck:
         reasons.append(f"{drift.stuck} events are stuck (requested, enqueued or processing)")
     if drift.retrying or drift.discarded:

@@ -1,0 +1,210 @@
+"""reconcile, backfill, reindex, cutover and prune against drift made behind our back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select, text
+
+import scrypath_sa
+from scrypath_sa import outbox, sync_events
+from scrypath_sa.backends import ItemResult, ItemStatus, OpenSearchBackend
+from scrypath_sa.errors import BackendError
+from tests.models import World, make_world
+
+
+@pytest.fixture
+def world(engine: Engine, index_prefix: str, backend: Any) -> World:
+    w = make_world(engine, index_prefix)
+    scrypath_sa.configure(w.Session, backend=backend)
+    with w.Session() as session:
+        session.add_all([w.Article(id=i, title=f"article {i}", views=str(i))
+                         for i in range(1, 31)])
+        session.commit()
+    return w
+
+
+def drift_of(world: World, **kwargs: Any) -> Any:
+    (drift,) = scrypath_sa.reconcile([world.Article], page_size=7, **kwargs).models
+    return drift
+
+
+def test_in_sync_reports_nothing(world: World) -> None:
+    drift = drift_of(world)
+    assert drift.rows == drift.indexable_rows == drift.documents == 30
+    assert (drift.missing_from_index, drift.orphaned_in_index, drift.content_differs,
+            drift.behind_completed_version) == (0, 0, 0, 0)
+    assert drift.recommendation == "nothing" and drift.reasons == []
+
+
+def test_drift_made_behind_our_back_is_found_both_ways(world: World, backend: Any,
+                                                      os_client: Any) -> None:
+    alias = f"{world.prefix}_articles"
+    with world.Session() as session:
+        session.get(world.Article, 9).title = "newer"
+        session.commit()
+    # Someone restores an old copy of the index: document 9 comes back as it was, at an
+    # old version, below the write the outbox recorded as completed.
+    info = scrypath_sa.registry.info_for(world.Article)
+    restored = f"{alias}_restored"
+    backend.create_index(restored, info.contract, info.name, alias_for=alias)
+    for hit in os_client.search(index=alias, body={"size": 100, "version": True})["hits"]["hits"]:
+        body, version = hit["_source"], hit["_version"]
+        if hit["_id"] == "9":
+            body, version = {**body, "title": "article 9"}, 2
+        os_client.index(index=restored, id=hit["_id"], body=body, version=version,
+                        version_type="external")
+    backend.swap_alias(alias, restored)
+    os_client.indices.refresh(index=alias)
+
+    os_client.delete(index=alias, id="3", refresh=True)           # document deleted directly
+    with world.engine.begin() as conn:
+        conn.execute(text("DELETE FROM articles WHERE id IN (5, 6)"))       # rows gone
+        conn.execute(text("UPDATE articles SET title = 'raw' WHERE id = 7"))  # content changed
+        conn.execute(text("UPDATE articles SET published = false WHERE id = 8"))
+
+    drift = drift_of(world)
+    assert drift.missing_from_index == 1 and drift.samples["missing_from_index"] == ["3"]
+    assert sorted(drift.samples["orphaned_in_index"]) == ["5", "6", "8"]
+    assert drift.orphaned_in_index == 3
+    assert "7" in drift.samples["content_differs"]
+    assert drift.behind_completed_version == 1
+    assert drift.samples["behind_completed_version"] == ["9"]
+    assert drift.recommendation == "backfill"
+
+    report = scrypath_sa.reconcile([world.Article], action="backfill")
+    assert report.actions_taken[0]["action"] == "backfill"
+    after = drift_of(world)
+    assert after.recommendation == "nothing", after.reasons
+    assert os_client.get(index=alias, id="7")["_source"]["title"] == "raw"
+    assert os_client.get(index=alias, id="9")["_source"]["title"] == "newer"
+
+
+def test_stuck_and_failed_work_recommends_retry(world: World) -> None:
+    with world.Session() as session:
+        session.add(world.Article(id=100, title="bad", views="not a number"))
+        session.commit()
+    with world.engine.begin() as conn:  # a worker took these and died
+        session_ids = list(conn.execute(select(sync_events.c.id).where(
+            sync_events.c.document_id.in_(["1", "2"]))).scalars())
+        conn.execute(sync_events.update().where(sync_events.c.id.in_(session_ids))
+                     .values(state="requested"))
+        outbox.claim(conn, session_ids, "dramatiq", worker="dead:1:1")
+    drift = drift_of(world, stuck_after=dt.timedelta(0))
+    assert drift.stuck == 2 and drift.discarded == 1
+    assert drift.recommendation == "backfill"  # row 100 is also missing from the index
+    with world.engine.begin() as conn:
+        conn.execute(text("UPDATE articles SET views = '100' WHERE id = 100"))
+    scrypath_sa.reconcile([world.Article], action="retry", stuck_after=dt.timedelta(0))
+    with world.engine.connect() as conn:
+        states = set(conn.execute(select(sync_events.c.state)).scalars())
+    assert states == {"completed"}
+    assert drift_of(world).recommendation == "nothing"
+
+
+def test_contract_drift_recommends_reindex_and_reindex_fixes_it(engine: Engine,
+                                                                 index_prefix: str,
+                                                                 backend: Any,
+                                                                 os_client: Any) -> None:
+    w = make_world(engine, index_prefix)
+    scrypath_sa.configure(w.Session, backend=backend)
+    with w.Session() as session:
+        session.add_all([w.Article(id=i, title=f"t{i}") for i in range(1, 11)])
+        session.commit()
+    old_physical = list(os_client.indices.get_alias(name=f"{index_prefix}_articles"))
+    changed = {"mappings": {"properties": {"title": {"type": "keyword"}}},
+               "settings": {"number_of_shards": 1, "number_of_replicas": 0}}
+    w2 = make_world(engine, index_prefix, contract=changed)
+    scrypath_sa.configure(w2.Session, backend=backend)
+    (drift,) = scrypath_sa.reconcile([w2.Article]).models
+    assert drift.recommendation == "reindex"
+    report = scrypath_sa.reconcile([w2.Article], action="reindex")
+    result = report.actions_taken[0]["result"]
+    assert result["cut_over"] is True and result["documents"] == 10
+    assert result["previous_indices"] == old_physical
+    mapping = os_client.indices.get_mapping(index=f"{index_prefix}_articles")
+    (physical,) = mapping
+    assert mapping[physical]["mappings"]["properties"]["title"]["type"] == "keyword"
+    assert scrypath_sa.status([w2.Article]).models[0].contract_matches is True
+    # the previous index is kept for rollback until pruned
+    assert os_client.indices.exists(index=old_physical[0])
+    pruned = scrypath_sa.prune([w2.Article], keep_previous_indices=0)
+    assert pruned.indices_deleted == old_physical
+    assert not os_client.indices.exists(index=old_physical[0])
+
+
+def test_reindex_while_a_writer_keeps_committing_loses_nothing(world: World,
+                                                               os_client: Any) -> None:
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        n = 1000
+        try:
+            while not stop.is_set():
+                n += 1
+                with world.Session() as session:
+                    session.add(world.Article(id=n, title=f"during {n}"))
+                    if n % 3 == 0:
+                        session.get(world.Article, (n % 30) + 1).title = f"edited {n}"
+                    session.commit()
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        report = scrypath_sa.reindex(world.Article, batch_size=5)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not errors
+    assert report.cut_over, report.problems
+    drift = drift_of(world)
+    assert drift.recommendation == "nothing", drift.reasons
+    assert drift.documents == drift.indexable_rows > 30
+
+
+def test_backfill_resumes_after_interruption(world: World, opensearch_url: str,
+                                             os_client: Any) -> None:
+    alias = f"{world.prefix}_articles"
+    os_client.indices.delete(index=f"{alias}_*")  # the index is lost entirely
+
+    class Flaky(OpenSearchBackend):
+        calls = 0
+
+        def bulk(self, ops: Any, *, wait_for_visibility: bool) -> Any:
+            Flaky.calls += 1
+            if Flaky.calls == 3:  # the third page meets an outage
+                return [ItemResult(ItemStatus.RETRYABLE, "connection_error", "down")] * len(ops)
+            return super().bulk(ops, wait_for_visibility=wait_for_visibility)
+
+    flaky = Flaky(opensearch_url)
+    config = scrypath_sa.configure(world.Session, backend=flaky)
+    seen: list[int] = []
+    with pytest.raises(BackendError, match="run it again to resume"):
+        scrypath_sa.backfill(world.Article, batch_size=7, config=config,
+                             progress=lambda p: seen.append(p.done))
+    assert seen == [7, 14]
+    resumed = scrypath_sa.backfill(world.Article, batch_size=7, config=config)
+    assert resumed.resumed_from == [14]
+    assert resumed.rows_seen == 16  # only the rest, not all 30 again
+    assert os_client.count(index=alias)["count"] == 30
+    again = scrypath_sa.backfill(world.Article, batch_size=7, config=config)
+    assert again.resumed_from is None and again.rows_seen == 30  # a finished run restarts
+
+
+def test_prune_keeps_failed_work_unless_asked(world: World) -> None:
+    with world.Session() as session:
+        session.add(world.Article(id=200, title="bad", views="nope"))
+        session.commit()
+    report = scrypath_sa.prune([world.Article], completed_older_than=dt.timedelta(0))
+    assert report.events_deleted == 30 and report.failed_events_deleted == 0
+    with world.engine.connect() as conn:
+        assert list(conn.execute(select(sync_events.c.state)).scalars()) == ["discarded"]
+    report = scrypath_sa.prune([world.Article], completed_older_than=dt.timedelta(0),
+                               include_failed=True, failed_older_than=dt.timedelta(0))
+    assert report.failed_events_deleted == 1
