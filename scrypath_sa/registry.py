@@ -202,6 +202,20 @@ def uses_default_ids(cls: type) -> bool:
     return getattr(cls, "search_document_id", None) is Searchable.search_document_id
 
 
+def uses_default_documents(cls: type) -> bool:
+    """True when documents, ids and ``should_index`` are all the defaults, so a document
+    can be built from the row's columns alone (no ORM object needed)."""
+    from scrypath_sa.mixin import Searchable
+
+    return (getattr(cls, "search_document", None) is Searchable.search_document
+            and uses_default_ids(cls) and uses_default_should_index(cls)
+            and not list(cls.search_load_options()))  # type: ignore[attr-defined]
+
+
+def column_keys(cls: type) -> tuple[str, ...]:
+    return _column_keys(cls)
+
+
 def uses_default_should_index(cls: type) -> bool:
     from scrypath_sa.mixin import Searchable
 

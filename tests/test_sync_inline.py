@@ -341,3 +341,26 @@ def test_eager_load_hook_avoids_n_plus_one(engine: Engine, index_prefix: str, ba
     assert len(comment_selects) == 1  # one selectin load for 30 articles, not 30
     got = os_client.get(index=f"{index_prefix}_articles", id="7")["_source"]
     assert got == {"title": "a7", "comments": ["c7-0", "c7-1"]}
+
+
+def test_deleted_index_is_never_recreated_with_guessed_mappings(world: World,
+                                                               os_client: Any) -> None:
+    import datetime as dt
+
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="before"))
+        session.commit()
+    alias = f"{world.prefix}_articles"
+    os_client.indices.delete(index=f"{alias}_*")  # someone drops the index
+    with world.Session() as session:
+        session.add(world.Article(id=2, title="after"))
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert outcome.state == "retrying"
+    assert outcome.failures[0].error_kind == "index_unavailable"
+    assert not os_client.indices.exists(index=alias)  # no concrete index under its name
+    scrypath_sa.sweep(older_than=dt.timedelta(seconds=-3600))
+    (physical,) = os_client.indices.get_alias(name=alias)
+    mapping = os_client.indices.get_mapping(index=physical)[physical]["mappings"]
+    assert mapping["properties"]["title"]["analyzer"] == "english"  # built from the contract
+    assert get(os_client, world, "2")["title"] == "after"

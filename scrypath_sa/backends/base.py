@@ -71,8 +71,10 @@ class Backend(abc.ABC):
     name: str = "backend"
 
     @abc.abstractmethod
-    def ensure_index(self, alias: str, contract: Contract, model: str) -> None:
-        """Make sure ``alias`` points at a physical index (create it from ``contract``)."""
+    def ensure_index(self, alias: str, contract: Contract, model: str,
+                     fresh: bool = False) -> None:
+        """Make sure ``alias`` points at a physical index (create it from ``contract``).
+        Backends may remember that they did; ``fresh`` checks again."""
 
     @abc.abstractmethod
     def bulk(self, ops: Sequence[BulkOp], *, wait_for_visibility: bool) -> list[ItemResult]:

@@ -59,8 +59,9 @@ class OpenSearchBackend(Backend):
 
     # ------------------------------------------------------------------ index layout
 
-    def ensure_index(self, alias: str, contract: Contract, model: str) -> None:
-        if alias in self._ensured:
+    def ensure_index(self, alias: str, contract: Contract, model: str,
+                     fresh: bool = False) -> None:
+        if alias in self._ensured and not fresh:
             return
         posture = self.posture(alias)
         if posture is None:
@@ -132,8 +133,12 @@ class OpenSearchBackend(Backend):
         requests: list[tuple[list[int], list[str]]] = []
         size = self.max_request_bytes + 1
         for position, op in enumerate(ops):
-            meta = {"_index": op.index, "_id": op.id, "version": op.version,
-                    "version_type": "external_gte"}
+            meta: dict[str, Any] = {"_index": op.index, "_id": op.id, "version": op.version,
+                                    "version_type": "external_gte"}
+            if op.index in self._ensured:
+                # If the alias vanished, fail instead of auto-creating a concrete index
+                # with guessed mappings under its name.
+                meta["require_alias"] = True
             if op.document is None:
                 entry = _dumps({"delete": meta}) + "\n"
             else:
@@ -172,7 +177,11 @@ class OpenSearchBackend(Backend):
                         + self.bulk(ops[len(ops) // 2:], wait_for_visibility=wait_for_visibility))
             kind = ItemStatus.RETRYABLE if status in _RETRYABLE_STATUS else ItemStatus.PERMANENT
             return [ItemResult(kind, f"http_{status}", redact(exc))] * len(ops)
-        return [self._item(op, item) for op, item in zip(ops, response["items"], strict=True)]
+        results = [self._item(op, item) for op, item in zip(ops, response["items"], strict=True)]
+        for op, result in zip(ops, results, strict=True):
+            if result.error_kind == "index_unavailable":
+                self._ensured.discard(op.index)  # ensure it again on the next attempt
+        return results
 
     @staticmethod
     def _item(op: BulkOp, item: dict[str, Any]) -> ItemResult:
@@ -184,6 +193,9 @@ class OpenSearchBackend(Backend):
         kind = str(error.get("type", f"http_{status}")) if isinstance(error, dict) else "error"
         if status == 409:
             return ItemResult(ItemStatus.CONFLICT, kind)
+        if kind == "index_not_found_exception":
+            return ItemResult(ItemStatus.RETRYABLE, "index_unavailable",
+                              redact(f"{op.index} is gone: {error.get('reason', '')}"))
         reason = error.get("reason", "") if isinstance(error, dict) else str(error)
         caused = error.get("caused_by", {}) if isinstance(error, dict) else {}
         if caused:

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, update
 
 from scrypath_sa import outbox, registry
-from scrypath_sa.backends.base import BulkOp, ItemStatus
+from scrypath_sa.backends.base import BulkOp, ItemResult, ItemStatus
 from scrypath_sa.config import Config
 from scrypath_sa.errors import BackendError, IndexContractError
 from scrypath_sa.ops.common import config_or_current, jsonable, resolve_models
-from scrypath_sa.ops.scan import existing_keys, orphan_pages, row_pages
+from scrypath_sa.ops.scan import column_pages, existing_keys, orphan_pages, row_pages
 from scrypath_sa.outbox import sync_checkpoints, sync_events
 from scrypath_sa.processor import build_document
 from scrypath_sa.registry import ModelInfo
@@ -108,7 +109,7 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
     info = _model(model)
     target = into or info.index
     if into is None:
-        config.backend.ensure_index(info.index, info.contract, info.name)
+        config.backend.ensure_index(info.index, info.contract, info.name, fresh=True)
     name = f"backfill:{target}"
     began = time.monotonic()
     saved = _checkpoint(engine, name) if resume else None
@@ -128,18 +129,10 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
     _save_checkpoint(engine, name, target, after, version, done)
     known_ids: set[str] | None = (set() if remove_orphans
                                   and not registry.uses_default_ids(info.cls) else None)
-    for page in row_pages(engine, info, where=where, after=after, page_size=batch_size):
-        ops: list[BulkOp] = []
-        for obj in page:
-            action, payload = build_document(obj)
-            doc_id = str(obj.search_document_id())
-            if action == "error":
-                report.failures.append({"document_id": doc_id, "error": payload})
-                continue
-            if known_ids is not None and action == "upsert":
-                known_ids.add(doc_id)
-            ops.append(BulkOp(target, doc_id, version, payload))
-        results = config.backend.bulk(ops, wait_for_visibility=False)
+    def settle(pending: tuple[list[BulkOp], int, list[Any], Future[list[ItemResult]]]) -> None:
+        nonlocal done
+        ops, rows, position, future = pending
+        results = future.result()
         retryable = [r for r in results if r.status is ItemStatus.RETRYABLE]
         if retryable:
             raise BackendError(
@@ -152,12 +145,31 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
                 report.deleted += 1
             else:
                 report.indexed += 1
-        done += len(page)
-        report.rows_seen += len(page)
-        position = registry.primary_key(page[-1])
+        done += rows
+        report.rows_seen += rows
         _save_checkpoint(engine, name, target, position, version, done)
         if progress is not None:
             progress(Progress(done, total, time.monotonic() - began))
+
+    # Page N+1 is read and built while page N is in flight; a page's position is saved
+    # only once the backend acknowledged it.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scrypath-backfill") as sender:
+        in_flight = None
+        for page in _document_pages(engine, info, where, after, batch_size):
+            ops: list[BulkOp] = []
+            for doc_id, action, payload in page:
+                if action == "error":
+                    report.failures.append({"document_id": doc_id, "error": payload})
+                    continue
+                if known_ids is not None and action == "upsert":
+                    known_ids.add(doc_id)
+                ops.append(BulkOp(target, doc_id, version, payload))
+            if in_flight is not None:
+                settle(in_flight)
+            in_flight = (ops, len(page), page.position,
+                         sender.submit(config.backend.bulk, ops, wait_for_visibility=False))
+        if in_flight is not None:
+            settle(in_flight)
     config.backend.refresh(target)
     if remove_orphans:
         for orphans in orphan_pages(engine, config.backend, info, target,
@@ -171,6 +183,27 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
     _save_checkpoint(engine, name, target, None, version, done, finished=True)
     report.seconds = time.monotonic() - began
     return report
+
+
+class _Page(list[tuple[str, str, Any]]):
+    """(document id, action, payload) for one page, and the page's last primary key."""
+
+    position: list[Any]
+
+
+def _document_pages(engine: Engine, info: ModelInfo, where: Any, after: list[Any] | None,
+                    page_size: int) -> Iterator[_Page]:
+    if registry.uses_default_documents(info.cls):
+        for rows in column_pages(engine, info, where=where, after=after, page_size=page_size):
+            page = _Page((registry.pk_document_id([registry.json_safe(v) for v in key]),
+                          "upsert", doc) for key, doc in rows)
+            page.position = [registry.json_safe(v) for v in rows[-1][0]]
+            yield page
+        return
+    for objs in row_pages(engine, info, where=where, after=after, page_size=page_size):
+        page = _Page((str(obj.search_document_id()), *build_document(obj)) for obj in objs)
+        page.position = registry.primary_key(objs[-1])
+        yield page
 
 
 @dataclass

@@ -41,6 +41,32 @@ def row_pages(engine: Engine, info: ModelInfo, *, where: Any = None,
         last = [getattr(page[-1], info.mapper.get_property_by_column(c).key) for c in pk]
 
 
+def column_pages(engine: Engine, info: ModelInfo, *, where: Any = None,
+                 after: list[Any] | None = None,
+                 page_size: int = 1000) -> Iterator[list[tuple[list[Any], dict[str, Any]]]]:
+    """Like :func:`row_pages` for models with default documents: (primary key, document)
+    pairs read with a plain column query, without building ORM objects."""
+    mapper = info.mapper
+    pk = list(mapper.primary_key)
+    keys = registry.column_keys(info.cls)
+    columns = [mapper.get_property(k).columns[0].label(k) for k in keys]
+    pk_keys = [mapper.get_property_by_column(c).key for c in pk]
+    last = list(after) if after is not None else None
+    while True:
+        query = select(*columns).order_by(*pk).limit(page_size)
+        if where is not None:
+            query = query.where(where)
+        if last is not None:
+            query = query.where(tuple_(*pk) > tuple(last) if len(pk) > 1 else pk[0] > last[0])
+        with engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        if not rows:
+            return
+        safe = registry.json_safe
+        yield [([row[k] for k in pk_keys], {k: safe(row[k]) for k in keys}) for row in rows]
+        last = [rows[-1][k] for k in pk_keys]
+
+
 def existing_keys(engine: Engine, info: ModelInfo,
                   keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], Any]:
     """Which of ``keys`` exist, with their rows (for ``should_index``)."""
