@@ -25,7 +25,14 @@ from scrypath_sa.errors import BackendError
 from scrypath_sa.outbox import Event, State, Transition
 from scrypath_sa.outcome import Failure, Outcome
 from scrypath_sa.redaction import redact
-from scrypath_sa.registry import ModelInfo, info_for_index, primary_key
+from scrypath_sa.registry import (
+    ModelInfo,
+    column_query_parts,
+    info_for_index,
+    json_safe,
+    primary_key,
+    uses_default_documents,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -159,6 +166,9 @@ def _coalesce(events: list[Event]) -> tuple[dict[str, list[_Doc]], list[Transiti
 
 
 def _load_rows(engine: Engine, info: ModelInfo, docs: list[_Doc]) -> dict[tuple[Any, ...], Any]:
+    """Primary key -> built document for the batch's rows that still exist."""
+    if uses_default_documents(info.cls):
+        return _load_columns(engine, info, docs)
     mapper = info.mapper
     pk_cols = list(mapper.primary_key)
     rows: dict[tuple[Any, ...], Any] = {}
@@ -174,6 +184,24 @@ def _load_rows(engine: Engine, info: ModelInfo, docs: list[_Doc]) -> dict[tuple[
                 rows[tuple(primary_key(obj))] = obj
         # Documents are built while the session is open, so lazy loads still work.
         return {key: build_document(obj) for key, obj in rows.items()}
+
+
+def _load_columns(engine: Engine, info: ModelInfo,
+                  docs: list[_Doc]) -> dict[tuple[Any, ...], Any]:
+    """The same documents for models with default documents, from a plain column query
+    (no ORM objects to build)."""
+    pk_cols = list(info.mapper.primary_key)
+    columns, keys, pk_keys = column_query_parts(info)
+    built: dict[tuple[Any, ...], Any] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(docs), 1000):
+            chunk = [d.pk for d in docs[start:start + 1000]]
+            where = (outbox.id_filter(conn, pk_cols[0], [k[0] for k in chunk])
+                     if len(pk_cols) == 1 else tuple_(*pk_cols).in_([tuple(k) for k in chunk]))
+            for row in conn.execute(select(*columns).where(where)).mappings():
+                key = tuple(json_safe(row[k]) for k in pk_keys)
+                built[key] = ("upsert", {k: json_safe(row[k]) for k in keys})
+    return built
 
 
 def build_document(obj: Any) -> tuple[str, Any]:

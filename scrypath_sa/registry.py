@@ -212,8 +212,14 @@ def uses_default_documents(cls: type) -> bool:
             and not list(cls.search_load_options()))  # type: ignore[attr-defined]
 
 
-def column_keys(cls: type) -> tuple[str, ...]:
-    return _column_keys(cls)
+def column_query_parts(info: ModelInfo) -> tuple[list[Any], tuple[str, ...], list[str]]:
+    """(labelled columns, document keys, primary-key keys) to read default documents with
+    a plain column query."""
+    mapper = info.mapper
+    keys = _column_keys(info.cls)
+    columns = [mapper.get_property(k).columns[0].label(k) for k in keys]
+    pk_keys = [mapper.get_property_by_column(c).key for c in mapper.primary_key]
+    return columns, keys, pk_keys
 
 
 def uses_default_should_index(cls: type) -> bool:

@@ -364,3 +364,21 @@ def test_deleted_index_is_never_recreated_with_guessed_mappings(world: World,
     mapping = os_client.indices.get_mapping(index=physical)[physical]["mappings"]
     assert mapping["properties"]["title"]["analyzer"] == "english"  # built from the contract
     assert get(os_client, world, "2")["title"] == "after"
+
+
+def test_column_fast_path_builds_the_same_documents_as_the_orm(world: World) -> None:
+    import datetime as dt
+    import decimal
+
+    from scrypath_sa import processor, registry
+    from tests.models import Colour
+
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="t", price=decimal.Decimal("9.50"),
+                                  created=dt.datetime(2026, 1, 2, 3, 4, 5),
+                                  colour=Colour.BLUE))
+        session.commit()
+        orm_doc = registry.column_document(session.get(world.Article, 1))
+    info = registry.info_for(world.Article)
+    docs = [processor._Doc(info, "1", [1])]
+    assert processor._load_columns(world.engine, info, docs) == {(1,): ("upsert", orm_doc)}

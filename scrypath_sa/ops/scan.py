@@ -46,11 +46,8 @@ def column_pages(engine: Engine, info: ModelInfo, *, where: Any = None,
                  page_size: int = 1000) -> Iterator[list[tuple[list[Any], dict[str, Any]]]]:
     """Like :func:`row_pages` for models with default documents: (primary key, document)
     pairs read with a plain column query, without building ORM objects."""
-    mapper = info.mapper
-    pk = list(mapper.primary_key)
-    keys = registry.column_keys(info.cls)
-    columns = [mapper.get_property(k).columns[0].label(k) for k in keys]
-    pk_keys = [mapper.get_property_by_column(c).key for c in pk]
+    pk = list(info.mapper.primary_key)
+    columns, keys, pk_keys = registry.column_query_parts(info)
     last = list(after) if after is not None else None
     while True:
         query = select(*columns).order_by(*pk).limit(page_size)
