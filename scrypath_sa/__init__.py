@@ -34,6 +34,7 @@ from scrypath_sa.ops import (
 )
 from scrypath_sa.outbox import State, metadata, sync_events
 from scrypath_sa.outcome import Failure, Outcome
+from scrypath_sa.search import SearchResult, search
 
 __version__ = "0.1.0.dev0"
 
@@ -47,6 +48,7 @@ __all__ = [
     "PruneReport",
     "ReconcileReport",
     "ReindexReport",
+    "SearchResult",
     "Searchable",
     "State",
     "StatusReport",
@@ -65,6 +67,7 @@ __all__ = [
     "reconcile",
     "reindex",
     "retry",
+    "search",
     "set_session_mode",
     "status",
     "sweep",

@@ -11,13 +11,15 @@ from scrypath_sa.backends.base import (
     ItemResult,
     ItemStatus,
     PhysicalIndex,
+    SearchHits,
 )
+from scrypath_sa.backends.embedded import EmbeddedBackend
 
 if TYPE_CHECKING:
     from scrypath_sa.backends.opensearch import OpenSearchBackend
 
-__all__ = ["Backend", "BulkOp", "IndexPosture", "ItemResult", "ItemStatus", "OpenSearchBackend",
-           "PhysicalIndex"]
+__all__ = ["Backend", "BulkOp", "EmbeddedBackend", "IndexPosture", "ItemResult", "ItemStatus",
+           "OpenSearchBackend", "PhysicalIndex", "SearchHits"]
 
 
 def __getattr__(name: str) -> Any:

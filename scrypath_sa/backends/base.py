@@ -40,6 +40,14 @@ class ItemResult:
 
 
 @dataclass(frozen=True)
+class SearchHits:
+    """Matching document ids in rank order, and how many match in all."""
+
+    total: int
+    ids: list[str]
+
+
+@dataclass(frozen=True)
 class PhysicalIndex:
     """One physical index built for an alias (``<alias>_<suffix>``)."""
 
@@ -96,6 +104,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def posture(self, alias: str) -> IndexPosture | None:
         """Where ``alias`` points, or None when nothing by that name exists."""
+
+    @abc.abstractmethod
+    def search(self, index: str, query: str | dict[str, Any], *, offset: int = 0,
+               limit: int = 20, fields: Sequence[str] | None = None) -> SearchHits:
+        """Run ``query``: a text (matched across ``fields``, default all) or a query
+        body of the backend's own language."""
 
     # --------------------------------------------------------- operator's needs
 

@@ -14,6 +14,7 @@ from scrypath_sa.backends.base import (
     ItemResult,
     ItemStatus,
     PhysicalIndex,
+    SearchHits,
 )
 from scrypath_sa.errors import BackendError, IndexContractError, MissingExtraError
 from scrypath_sa.redaction import redact
@@ -305,6 +306,23 @@ class OpenSearchBackend(Backend):
         return {str(doc["_id"]): ((int(doc["_version"]), doc.get("_source"))
                                   if doc.get("found") else None)
                 for doc in response["docs"]}
+
+    def search(self, index: str, query: str | dict[str, Any], *, offset: int = 0,
+               limit: int = 20, fields: Sequence[str] | None = None) -> SearchHits:
+        if isinstance(query, str):
+            body: dict[str, Any] = {"query": {"multi_match": {
+                "query": query, "fields": list(fields or ["*"]), "lenient": True}}}
+        else:
+            body = dict(query) if "query" in query else {"query": query}
+        body.update({"from": offset, "size": limit, "_source": False,
+                     "track_total_hits": True})
+        try:
+            response = self.client.search(index=index, body=body)
+        except os_exc.TransportError as exc:
+            raise BackendError(f"search on {index!r} failed: {redact(exc)}") from None
+        hits = response["hits"]
+        return SearchHits(total=int(hits["total"]["value"]),
+                          ids=[str(h["_id"]) for h in hits["hits"]])
 
     def close(self) -> None:
         self.client.close()

@@ -1,0 +1,78 @@
+"""search(): run a query on a model's alias and hydrate the hits as ORM objects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from scrypath_sa import registry
+from scrypath_sa.config import Config
+from scrypath_sa.errors import ConfigurationError
+from scrypath_sa.ops.common import config_or_current
+
+T = TypeVar("T")
+
+
+@dataclass
+class SearchResult(Generic[T]):
+    """The page of ``items`` in hit order, the ``total`` number of hits, and
+    ``missing_ids``: documents the index returned whose row the database no longer has
+    (drift that ``reconcile`` will also report)."""
+
+    items: list[T]
+    total: int
+    page: int
+    per_page: int
+    missing_ids: list[str] = field(default_factory=list)
+
+    @property
+    def pages(self) -> int:
+        return (self.total + self.per_page - 1) // self.per_page
+
+
+def search(session: Session, model: type[T], query: str | dict[str, Any], *, page: int = 1,
+           per_page: int = 20, fields: Sequence[str] | None = None,
+           config: Config | None = None) -> SearchResult[T]:
+    """Search ``model``'s index and load the hits in one query, in hit order.
+
+    ``query`` is a text (matched across ``fields``, default every field) or an
+    OpenSearch query body (``{"match": {...}}`` or ``{"query": ..., "sort": ...}``); the
+    embedded backend takes the text form.
+    """
+    if page < 1 or per_page < 1:
+        raise ConfigurationError("page and per_page start at 1")
+    config = config_or_current(config)
+    info = registry.info_for(model)
+    if info is None:
+        raise ConfigurationError(f"{model.__name__} is not a Searchable model")
+    if not registry.uses_default_ids(model):
+        raise ConfigurationError(
+            f"{model.__name__} has custom document ids: search() hydrates by primary key, "
+            "so it needs the default ids (search the backend directly instead)")
+    hits = config.backend.search(info.index, query, offset=(page - 1) * per_page,
+                                 limit=per_page, fields=fields)
+    keys = {doc_id: registry.parse_document_id(info, doc_id) for doc_id in hits.ids}
+    pk = list(info.mapper.primary_key)
+    wanted = [k for k in keys.values() if k is not None]
+    found: dict[tuple[Any, ...], Any] = {}
+    if wanted:
+        where = (pk[0].in_([k[0] for k in wanted]) if len(pk) == 1
+                 else tuple_(*pk).in_(wanted))
+        props = [info.mapper.get_property_by_column(c).key for c in pk]
+        for obj in session.scalars(select(model).where(where)
+                                   .options(*info.cls.search_load_options())):
+            found[tuple(getattr(obj, p) for p in props)] = obj
+    items: list[T] = []
+    missing: list[str] = []
+    for doc_id in hits.ids:
+        key = keys[doc_id]
+        hit = found.get(key) if key is not None else None
+        if hit is None:
+            missing.append(doc_id)
+        else:
+            items.append(hit)
+    return SearchResult(items, hits.total, page, per_page, missing)
