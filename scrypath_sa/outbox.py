@@ -12,9 +12,10 @@ Only this module writes state transitions, so the rules live in one place.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Dialect,
+    Engine,
     Index,
     Integer,
     MetaData,
@@ -158,6 +160,31 @@ def backfill_version(high_water_mark: int) -> int:
     next event's version: above every earlier write (and out-of-band bumps of them),
     below every write of a change committed during the backfill."""
     return (high_water_mark + 1) * VERSION_SCALE - 1
+
+
+Bind = Engine | Connection
+"""Where outbox work runs: an engine (a transaction of its own each time) or a
+connection already inside a transaction (e.g. a test wrapped in one), where each unit
+becomes a savepoint."""
+
+
+@contextlib.contextmanager
+def begin(bind: Bind) -> Iterator[Connection]:
+    if isinstance(bind, Connection):
+        with bind.begin_nested():
+            yield bind
+    else:
+        with bind.begin() as conn:
+            yield conn
+
+
+@contextlib.contextmanager
+def connect(bind: Bind) -> Iterator[Connection]:
+    if isinstance(bind, Connection):
+        yield bind
+    else:
+        with bind.connect() as conn:
+            yield conn
 
 
 def utcnow() -> dt.datetime:

@@ -35,9 +35,9 @@ from scrypath_sa.registry import (
 )
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
 
     from scrypath_sa.config import Config
+    from scrypath_sa.outbox import Bind
 
 log = logging.getLogger("scrypath_sa")
 
@@ -61,7 +61,7 @@ class _Doc:
 
 
 def process(config: Config, event_ids: Sequence[int], *, mode: str,
-            wait_for_visibility: bool, engine: Engine | None = None,
+            wait_for_visibility: bool, engine: Bind | None = None,
             worker: str | None = None, shared_refresh: bool = False) -> Outcome:
     """Claim ``event_ids``, write their documents, and record every outcome.
 
@@ -98,7 +98,7 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
                 writer.submit(group)
     finally:
         transitions = writer.finish()
-        with engine.begin() as conn:
+        with outbox.begin(engine) as conn:
             outbox.apply(conn, transitions)
 
     outcome.skipped = [i for i in ids if i not in claimed]
@@ -114,7 +114,7 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
     return outcome
 
 
-def _claim(engine: Engine, ids: list[int], mode: str,
+def _claim(engine: Bind, ids: list[int], mode: str,
            worker: str | None) -> tuple[list[Event], list[int]]:
     """Claim ``ids``; returns (claimed events, ids still locked by someone else).
 
@@ -122,18 +122,18 @@ def _claim(engine: Engine, ids: list[int], mode: str,
     sweep) holds for a moment. Such ids are still claimable: try them again briefly,
     then give them back as locked so the caller can redeliver them later.
     """
-    with engine.begin() as conn:
+    with outbox.begin(engine) as conn:
         events = outbox.claim(conn, ids, mode, worker)
     missing = sorted(set(ids) - {e.id for e in events})
     delay = 0.01
     while missing:
-        with engine.connect() as conn:
+        with outbox.connect(engine) as conn:
             missing = outbox.claimable(conn, missing)
         if not missing or delay > 0.5:
             break
         time.sleep(delay)
         delay *= 2
-        with engine.begin() as conn:
+        with outbox.begin(engine) as conn:
             more = outbox.claim(conn, missing, mode, worker)
         events.extend(more)
         missing = sorted(set(missing) - {e.id for e in more})
@@ -165,7 +165,7 @@ def _coalesce(events: list[Event]) -> tuple[dict[str, list[_Doc]], list[Transiti
     return groups, unknown
 
 
-def _load_rows(engine: Engine, info: ModelInfo, docs: list[_Doc]) -> dict[tuple[Any, ...], Any]:
+def _load_rows(engine: Bind, info: ModelInfo, docs: list[_Doc]) -> dict[tuple[Any, ...], Any]:
     """Primary key -> built document for the batch's rows that still exist."""
     if uses_default_documents(info.cls):
         return _load_columns(engine, info, docs)
@@ -186,14 +186,14 @@ def _load_rows(engine: Engine, info: ModelInfo, docs: list[_Doc]) -> dict[tuple[
         return {key: build_document(obj) for key, obj in rows.items()}
 
 
-def _load_columns(engine: Engine, info: ModelInfo,
+def _load_columns(engine: Bind, info: ModelInfo,
                   docs: list[_Doc]) -> dict[tuple[Any, ...], Any]:
     """The same documents for models with default documents, from a plain column query
     (no ORM objects to build)."""
     pk_cols = list(info.mapper.primary_key)
     columns, keys, pk_keys = column_query_parts(info)
     built: dict[tuple[Any, ...], Any] = {}
-    with engine.connect() as conn:
+    with outbox.connect(engine) as conn:
         for start in range(0, len(docs), 1000):
             chunk = [d.pk for d in docs[start:start + 1000]]
             where = (outbox.id_filter(conn, pk_cols[0], [k[0] for k in chunk])
@@ -270,7 +270,7 @@ class _Writer:
     """Builds batches in the caller's thread and sends them from one sender thread, so
     reading rows overlaps with the backend's indexing. Collects every transition."""
 
-    def __init__(self, config: Config, engine: Engine, wait_for_visibility: bool,
+    def __init__(self, config: Config, engine: Bind, wait_for_visibility: bool,
                  per_request_wait: bool) -> None:
         self.config, self.engine = config, engine
         self.wait_for_visibility = wait_for_visibility
@@ -349,7 +349,7 @@ class _Prepared:
     failed: list[Transition] = field(default_factory=list)
 
 
-def _prepare(engine: Engine, info: ModelInfo, batch: list[_Doc]) -> _Prepared:
+def _prepare(engine: Bind, info: ModelInfo, batch: list[_Doc]) -> _Prepared:
     """Read the batch's rows and build its operations (documents that cannot be built
     are discarded here, with the reason)."""
     prepared = _Prepared()
