@@ -5,7 +5,7 @@ from __future__ import annotations
 import nox
 
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.sessions = ["tests", "lint", "typing", "docs"]
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 
 
@@ -35,3 +35,10 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[opensearch,dramatiq]")
     session.install(*nox.project.dependency_groups(PYPROJECT, "tests"))
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    session.install("-e", ".")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "docs"))
+    session.run("mkdocs", "build", "--strict")

@@ -49,6 +49,9 @@ class ModelDrift:
     error: str | None = None
 
     def _sample(self, kind: str, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        if not ids:
+            return
         bucket = self.samples.setdefault(kind, [])
         bucket.extend(list(ids)[: SAMPLE - len(bucket)])
 
@@ -189,8 +192,9 @@ def _recommend(drift: ModelDrift) -> None:
         reasons.append(f"{drift.stuck} events are stuck (requested, enqueued or processing)")
     if drift.retrying or drift.discarded:
         reasons.append(f"{drift.retrying} events retrying, {drift.discarded} discarded")
-    if drift.contract_matches is False or (
-            drift.indexable_rows and drifted > drift.indexable_rows // 2):
+    if drift.contract_matches is False or drifted > max(drift.indexable_rows // 2, 10_000):
+        # Most of a large index is wrong: rebuilding behind the alias is safer and
+        # faster than patching it in place.
         drift.recommendation = "reindex"
     elif drifted or drift.contract_matches is None:
         drift.recommendation = "backfill"
