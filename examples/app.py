@@ -1,7 +1,9 @@
-"""The example app: one model, SQLite, the embedded search backend, Dramatiq's stub broker.
+"""The example app: one model, SQLite, the embedded search backend, and Dramatiq.
 
-Files live in ``$SCRYPATH_EXAMPLE_DIR`` (default: the current directory). The CLI finds
-the configuration here: ``scrypath-sa --app examples.app:config status``.
+Files live in ``$SCRYPATH_EXAMPLE_DIR`` (default: the current directory). Dramatiq uses
+Redis at ``$SCRYPATH_EXAMPLE_REDIS_URL`` when set (run ``dramatiq examples.worker``),
+else its in-process stub broker. The CLI finds the configuration here:
+``scrypath-sa --app examples.app:config status``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import os
 from pathlib import Path
 
 import dramatiq
+from dramatiq.broker import Broker
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import String, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -41,9 +45,13 @@ class Article(Searchable, Base):
 
 engine = create_engine(f"sqlite:///{DIR / 'app.sqlite3'}")
 Session = sessionmaker(engine)
-broker = StubBroker()
-broker.emit_after("process_boot")
+broker: Broker
+if os.environ.get("SCRYPATH_EXAMPLE_REDIS_URL"):
+    broker = RedisBroker(url=os.environ["SCRYPATH_EXAMPLE_REDIS_URL"])
+else:
+    broker = StubBroker()
+    broker.emit_after("process_boot")
 dramatiq.set_broker(broker)
 config = scrypath_sa.configure(Session, backend=EmbeddedBackend(DIR / "search.sqlite3"),
-                               mode="inline", bind=engine,
-                               modes={"dramatiq": DramatiqMode(broker)})
+                               mode=os.environ.get("SCRYPATH_EXAMPLE_MODE", "inline"),
+                               bind=engine, modes={"dramatiq": DramatiqMode(broker)})

@@ -23,3 +23,103 @@ def test_quickstart_runs_with_no_servers(tmp_path: Path) -> None:
     assert "reconcile recommends: backfill" in out
     assert "after reconcile(action='backfill'): nothing" in out
     assert (tmp_path / "search.sqlite3").exists()
+
+
+def run_python(code: str, env: dict[str, str], cwd: Path = ROOT) -> dict:  # type: ignore[type-arg]
+    import json
+    import os
+
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+FASTAPI_CALLS = """
+import json, sys
+sys.path.insert(0, "examples")
+from fastapi.testclient import TestClient
+from fastapi_app import app
+client = TestClient(app)
+saved = client.post("/articles", json={"id": 1, "title": "Running foxes"}).json()
+found = client.get("/search", params={"q": "run"}).json()
+print(json.dumps({"saved": saved, "found": found}))
+"""
+
+
+def test_fastapi_example_reports_the_sync_honestly(tmp_path: Path) -> None:
+    out = run_python(FASTAPI_CALLS, {"SCRYPATH_EXAMPLE_DIR": str(tmp_path)})
+    assert out["saved"] == {"saved": True, "search": {"mode": "inline", "state": "completed",
+                                                      "visible": True}}
+    assert out["found"]["ids"] == [1]
+
+
+def test_flask_example_on_db_session(tmp_path: Path) -> None:
+    code = """
+import json
+from examples.flask_app import create_app
+client = create_app().test_client()
+saved = client.post("/notes", json={"id": 7, "body": "jumping cats"}).get_json()
+found = client.get("/search", query_string={"q": "jump"}).get_json()
+print(json.dumps({"saved": saved, "found": found}))
+"""
+    out = run_python(code, {"SCRYPATH_EXAMPLE_DIR": str(tmp_path)})
+    assert out["saved"] == {"saved": True, "search": {"mode": "inline", "state": "completed"}}
+    assert out["found"] == {"total": 1, "ids": [7]}
+
+
+def test_fastapi_in_dramatiq_mode_with_the_example_worker(tmp_path: Path, redis_url: str) -> None:
+    import os
+    import time
+
+    queue_env = {"SCRYPATH_EXAMPLE_DIR": str(tmp_path), "SCRYPATH_EXAMPLE_MODE": "dramatiq",
+                 "SCRYPATH_EXAMPLE_REDIS_URL": redis_url}
+    out = run_python(FASTAPI_CALLS, queue_env)
+    # Only a message was sent: the endpoint says so, and the search does not find it yet.
+    assert out["saved"] == {"saved": True, "search": {"mode": "dramatiq", "state": "enqueued",
+                                                      "visible": False}}
+    assert out["found"]["ids"] == []
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "examples.worker", "--processes", "1",
+         "--threads", "1", "--queues", "scrypath_sa"],
+        cwd=ROOT, env={**os.environ, **queue_env}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        status_code = "import json, examples.app as a, scrypath_sa as s; " \
+                      "print(json.dumps(s.status([a.Article]).models[0].counts))"
+        deadline = time.monotonic() + 90
+        while run_python(status_code, queue_env)["completed"] != 1:
+            assert time.monotonic() < deadline, "the example worker did not complete the event"
+            time.sleep(0.2)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    search = "import json, examples.app as a, scrypath_sa as s; " \
+             "print(json.dumps([x.id for x in s.search(a.Session(), a.Article, 'run').items]))"
+    assert run_python(search, queue_env) == [1]
+
+
+def test_cli_on_the_example_app(tmp_path: Path) -> None:
+    env = {"SCRYPATH_EXAMPLE_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "examples/quickstart.py", "--dir", str(tmp_path)], cwd=ROOT,
+                   check=True, capture_output=True, timeout=120)
+    import os
+
+    for command in (["status"], ["reconcile"], ["failed"], ["prune", "--dry-run"]):
+        result = subprocess.run([sys.executable, "-m", "scrypath_sa.cli", "--app",
+                                 "examples.app:config", *command], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120,
+                                env={**os.environ, **env})
+        assert result.returncode == 0, (command, result.stdout, result.stderr)
+
+
+def test_alembic_example_upgrades_app_and_library_heads(tmp_path: Path) -> None:
+    import os
+    import sqlite3
+
+    env = {**os.environ, "SCRYPATH_EXAMPLE_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "examples/migrate.py", "upgrade", "heads"], cwd=ROOT,
+                   env=env, check=True, capture_output=True, timeout=120)
+    tables = {r[0] for r in sqlite3.connect(tmp_path / "app.sqlite3").execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"articles", "sync_events", "sync_checkpoints", "alembic_version"} <= tables
