@@ -27,7 +27,7 @@ from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction,
 from scrypath_sa import outbox, registry
 from scrypath_sa.backends.base import Backend
 from scrypath_sa.config import Config, build_modes, check_mode_name, resolve_mode
-from scrypath_sa.errors import ConfigurationError, ScrypathError, SyncIncompleteError
+from scrypath_sa.errors import ConfigurationError, SyncIncompleteError
 from scrypath_sa.mixin import Searchable
 from scrypath_sa.modes.base import Mode
 from scrypath_sa.outbox import NewEvent, Operation
@@ -191,7 +191,7 @@ def dispatch(config: Config, mode_name: str, ids: list[int], engine: Engine | No
     """Hand committed ids to a mode. Never raises: a failure is logged and reported."""
     try:
         return config.mode(mode_name).dispatch(config, ids, engine=engine)
-    except (ScrypathError, Exception) as exc:  # noqa: BLE001 - the commit already happened
+    except Exception as exc:  # noqa: BLE001 - the commit already happened: report, never raise
         message = redact(f"{type(exc).__name__}: {exc}")
         log.error("scrypath_sa: dispatch of %d committed events in mode %s failed; they stay "
                   "in sync_events for sweep(): %s", len(ids), mode_name, message)

@@ -35,7 +35,6 @@ from scrypath_sa.registry import (
 )
 
 if TYPE_CHECKING:
-
     from scrypath_sa.config import Config
     from scrypath_sa.outbox import Bind
 
@@ -83,7 +82,8 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
     # One request per model carries refresh=wait_for when everything fits in one chunk
     # (the common inline commit); larger runs get one explicit refresh per index at the end.
     single = len(ids) <= config.batch_size and not shared_refresh
-    writer = _Writer(config, engine, wait_for_visibility, per_request_wait=single)
+    writer = _Writer(config, engine, wait_for_visibility, per_request_wait=single,
+                     pipelined=len(ids) > config.batch_size)
     claimed: set[int] = set()
     docs_total = 0
     try:
@@ -267,24 +267,24 @@ _refreshes = _SharedRefresh()
 
 
 class _Writer:
-    """Builds batches in the caller's thread and sends them from one sender thread, so
-    reading rows overlaps with the backend's indexing. Collects every transition."""
+    """Builds batches in the caller's thread and, for runs of several batches, sends
+    them from one sender thread, so reading rows overlaps with the backend's indexing.
+    Collects every transition."""
 
     def __init__(self, config: Config, engine: Bind, wait_for_visibility: bool,
-                 per_request_wait: bool) -> None:
+                 per_request_wait: bool, pipelined: bool) -> None:
         self.config, self.engine = config, engine
         self.wait_for_visibility = wait_for_visibility
         self.per_request_wait = wait_for_visibility and per_request_wait
+        self.pipelined = pipelined
         self.transitions: list[Transition] = []
         self.where: dict[int, tuple[str, str]] = {}
         self.index_errors: dict[str, str | None] = {}
-        self.infos: dict[str, ModelInfo] = {}
         self._sender: ThreadPoolExecutor | None = None
         self._in_flight: tuple[_Prepared, Future[list[ItemResult]]] | None = None
 
     def submit(self, group: list[_Doc]) -> None:
         info = group[0].info
-        self.infos[info.index] = info
         if info.index not in self.index_errors:
             try:
                 self.config.backend.ensure_index(info.index, info.contract, info.name)
@@ -296,6 +296,12 @@ class _Writer:
                 self.where[event.id] = (info.index, doc.document_id)
         prepared = _prepare(self.engine, info, group)
         self.transitions.extend(prepared.failed)
+        if not self.pipelined:  # one small batch (a commit): no thread to start
+            results = _send(self.config, prepared.ops, self.per_request_wait,
+                            self.index_errors[info.index])
+            self.transitions.extend(_settle(self.config, prepared, results,
+                                            self.per_request_wait))
+            return
         if self._sender is None:
             self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scrypath-bulk")
         self._settle_in_flight()
