@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from scrypath_sa.outbox import Bind
 
 log = logging.getLogger("scrypath_sa")
+CLAIM_CHUNK = 2000
 
 
 @dataclass
@@ -68,8 +69,9 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
     without it, ``backend_accepted``. Ids that are not claimable (unknown, rolled back,
     already done, claimed by someone else) are reported as ``skipped`` and left alone.
 
-    Work streams in chunks of ``config.batch_size`` events: while one ``_bulk`` request
-    is in flight, the next chunk is claimed, its rows read and its documents built.
+    Work streams: events are claimed a few thousand at a time and written in batches of
+    ``config.batch_size``; while one ``_bulk`` request is in flight, the next batch's
+    rows are read and its documents built.
 
     Visibility comes from ``refresh=wait_for`` on the request when everything fits in
     one request (cheap for the cluster; the inline commit), otherwise from an explicit
@@ -86,16 +88,20 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
                      pipelined=len(ids) > config.batch_size)
     claimed: set[int] = set()
     docs_total = 0
+    # Claims go in larger chunks than batches: one claim statement per few thousand
+    # events costs far less than one per batch.
+    claim_size = max(config.batch_size, CLAIM_CHUNK)
     try:
-        for start in range(0, len(ids), config.batch_size):
-            events, locked = _claim(engine, ids[start:start + config.batch_size], mode, worker)
+        for start in range(0, len(ids), claim_size):
+            events, locked = _claim(engine, ids[start:start + claim_size], mode, worker)
             outcome.locked.extend(locked)
             claimed.update(e.id for e in events)
             groups, unknown = _coalesce(events)
             writer.transitions.extend(unknown)
             for group in groups.values():
                 docs_total += len(group)
-                writer.submit(group)
+                for first in range(0, len(group), config.batch_size):
+                    writer.submit(group[first:first + config.batch_size])
     finally:
         transitions = writer.finish()
         with outbox.begin(engine) as conn:
