@@ -42,6 +42,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    tuple_,
     update,
 )
 
@@ -255,6 +256,18 @@ def id_filter(conn: Connection, column: Any, ids: Sequence[Any]) -> Any:
     if conn.dialect.name == "postgresql":
         return column == any_(bindparam(None, list(ids), type_=ARRAY(column.type)))
     return column.in_(list(ids))
+
+
+def key_filter(conn: Connection, columns: Sequence[Any], keys: Sequence[Sequence[Any]]) -> Any:
+    """``(columns) IN keys`` for primary keys of one or several columns."""
+    if len(columns) == 1:
+        return id_filter(conn, columns[0], [k[0] for k in keys])
+    return tuple_(*columns).in_([tuple(k) for k in keys])
+
+
+def after_key(columns: Sequence[Any], last: Sequence[Any]) -> Any:
+    """``(columns) > last``: the keyset condition for the page after ``last``."""
+    return tuple_(*columns) > tuple(last) if len(columns) > 1 else columns[0] > last[0]
 
 
 CHUNK = 5000

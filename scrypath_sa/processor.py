@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from scrypath_sa import outbox
@@ -181,10 +181,7 @@ def _load_rows(engine: Bind, info: ModelInfo, docs: list[_Doc]) -> dict[tuple[An
     with Session(engine, expire_on_commit=False) as session:
         for start in range(0, len(docs), 1000):
             keys = [d.pk for d in docs[start:start + 1000]]
-            if len(pk_cols) == 1:
-                where = outbox.id_filter(session.connection(), pk_cols[0], [k[0] for k in keys])
-            else:
-                where = tuple_(*pk_cols).in_([tuple(k) for k in keys])
+            where = outbox.key_filter(session.connection(), pk_cols, keys)
             query = select(info.cls).where(where).options(*info.cls.search_load_options())
             for obj in session.scalars(query):
                 rows[tuple(primary_key(obj))] = obj
@@ -202,8 +199,7 @@ def _load_columns(engine: Bind, info: ModelInfo,
     with outbox.connect(engine) as conn:
         for start in range(0, len(docs), 1000):
             chunk = [d.pk for d in docs[start:start + 1000]]
-            where = (outbox.id_filter(conn, pk_cols[0], [k[0] for k in chunk])
-                     if len(pk_cols) == 1 else tuple_(*pk_cols).in_([tuple(k) for k in chunk]))
+            where = outbox.key_filter(conn, pk_cols, chunk)
             for row in conn.execute(select(*columns).where(where)).mappings():
                 key = tuple(json_safe(row[k]) for k in pk_keys)
                 built[key] = ("upsert", {k: json_safe(row[k]) for k in keys})

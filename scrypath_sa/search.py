@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from scrypath_sa import registry
+from scrypath_sa import outbox, registry
 from scrypath_sa.config import Config
 from scrypath_sa.errors import ConfigurationError
 from scrypath_sa.ops.common import config_or_current
@@ -60,8 +60,7 @@ def search(session: Session, model: type[T], query: str | dict[str, Any], *, pag
     wanted = [k for k in keys.values() if k is not None]
     found: dict[tuple[Any, ...], Any] = {}
     if wanted:
-        where = (pk[0].in_([k[0] for k in wanted]) if len(pk) == 1
-                 else tuple_(*pk).in_(wanted))
+        where = outbox.key_filter(session.connection(), pk, wanted)
         props = [info.mapper.get_property_by_column(c).key for c in pk]
         for obj in session.scalars(select(model).where(where)
                                    .options(*info.cls.search_load_options())):

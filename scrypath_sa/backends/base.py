@@ -115,7 +115,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def count(self, index: str) -> int:
-        """Documents in ``index`` (an alias or a physical index), after a refresh."""
+        """Searchable documents in ``index`` (an alias or a physical index) now; call
+        :meth:`refresh` first to count every acknowledged write."""
 
     @abc.abstractmethod
     def scan_ids(self, index: str, page_size: int = 1000) -> Iterator[list[tuple[str, int]]]:

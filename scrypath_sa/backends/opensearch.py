@@ -237,7 +237,6 @@ class OpenSearchBackend(Backend):
 
     def count(self, index: str) -> int:
         try:
-            self.client.indices.refresh(index=index)
             return int(self.client.count(index=index)["count"])
         except os_exc.TransportError as exc:
             raise BackendError(f"could not count {index!r}: {redact(exc)}") from None

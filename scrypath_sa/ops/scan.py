@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Engine, select, tuple_
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from scrypath_sa import outbox, registry
@@ -32,7 +32,7 @@ def row_pages(engine: Engine, info: ModelInfo, *, where: Any = None,
         if where is not None:
             query = query.where(where)
         if last is not None:
-            query = query.where(tuple_(*pk) > tuple(last) if len(pk) > 1 else pk[0] > last[0])
+            query = query.where(outbox.after_key(pk, last))
         with Session(engine, expire_on_commit=False) as session:
             page = list(session.scalars(query))
             if not page:
@@ -54,7 +54,7 @@ def column_pages(engine: Engine, info: ModelInfo, *, where: Any = None,
         if where is not None:
             query = query.where(where)
         if last is not None:
-            query = query.where(tuple_(*pk) > tuple(last) if len(pk) > 1 else pk[0] > last[0])
+            query = query.where(outbox.after_key(pk, last))
         with engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
         if not rows:
@@ -73,10 +73,7 @@ def existing_keys(engine: Engine, info: ModelInfo,
         return found
     with Session(engine, expire_on_commit=False) as session:
         conn = session.connection()
-        if len(pk) == 1:
-            where = outbox.id_filter(conn, pk[0], [k[0] for k in keys])
-        else:
-            where = tuple_(*pk).in_(keys)
+        where = outbox.key_filter(conn, pk, keys)
         for obj in session.scalars(select(info.cls).where(where)):
             found[tuple(getattr(obj, info.mapper.get_property_by_column(c).key) for c in pk)] = obj
     return found
