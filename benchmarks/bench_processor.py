@@ -22,12 +22,12 @@ import uuid
 from typing import Any
 
 from opensearchpy import OpenSearch, helpers
-from sqlalchemy import String, create_engine, select, text, update
+from sqlalchemy import String, create_engine, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import scrypath_sa
 from benchmarks._support import services, summary, timed
-from scrypath_sa import processor, sync_events
+from scrypath_sa import outbox, processor, sync_events
 from scrypath_sa.backends import OpenSearchBackend
 from scrypath_sa.modes import Mode
 from scrypath_sa.outcome import Outcome
@@ -87,6 +87,8 @@ def main() -> None:
         with engine.connect() as conn:
             ids = list(conn.execute(select(sync_events.c.id).order_by(sync_events.c.id))
                        .scalars())
+        event_columns = [sync_events.c[k] for k in
+                         ("model", "index_name", "document_id", "pk", "operation")]
         with Session(engine) as session:
             docs = [(a.search_document_id(), a.search_document())
                     for a in session.scalars(select(Article))]
@@ -95,10 +97,15 @@ def main() -> None:
         alias = Article.__search_index__
 
         def reset() -> None:
+            """A fresh index, and the events recorded afresh as the commits recorded them
+            (new rows in a new table, not old rows rewritten, which would fill the pages)."""
             client.indices.delete(index=f"{alias}*", ignore_unavailable=True)
             backend._ensured.clear()
             with engine.begin() as conn:
-                conn.execute(update(sync_events).values(state="requested", attempts=0))
+                events = [outbox.NewEvent(**{**e, "operation": outbox.Operation(e["operation"])})
+                          for e in conn.execute(select(*event_columns)).mappings()]
+                conn.execute(text("TRUNCATE sync_events RESTART IDENTITY"))
+                assert outbox.record(conn, events, "hold") == ids
 
         def run_processor(visible: bool) -> None:
             outcome = processor.process(config, ids, mode="inline" if visible else "manual",

@@ -151,8 +151,12 @@ def _coalesce(events: list[Event]) -> tuple[dict[str, list[_Doc]], list[Transiti
     discarded with the reason."""
     unknown: list[Transition] = []
     docs: dict[tuple[str, str], _Doc] = {}
+    infos: dict[str, ModelInfo | None] = {}
     for event in events:
-        info = info_for_index(event.index_name)
+        if event.index_name in infos:
+            info = infos[event.index_name]
+        else:
+            info = infos[event.index_name] = info_for_index(event.index_name)
         if info is None:
             unknown.append(Transition(
                 event.id, State.DISCARDED, error_kind="unknown_model",
@@ -195,15 +199,20 @@ def _load_columns(engine: Bind, info: ModelInfo,
     (no ORM objects to build)."""
     pk_cols = list(info.mapper.primary_key)
     columns, keys, pk_keys = column_query_parts(info)
+    pk_positions = [keys.index(k) for k in pk_keys]
     built: dict[tuple[Any, ...], Any] = {}
     with outbox.connect(engine) as conn:
         for start in range(0, len(docs), 1000):
             chunk = [d.pk for d in docs[start:start + 1000]]
             where = outbox.key_filter(conn, pk_cols, chunk)
-            for row in conn.execute(select(*columns).where(where)).mappings():
-                key = tuple(json_safe(row[k]) for k in pk_keys)
-                built[key] = ("upsert", {k: json_safe(row[k]) for k in keys})
+            for row in conn.execute(select(*columns).where(where)).all():
+                values = [v if type(v) in _PLAIN else json_safe(v) for v in row]
+                built[tuple(values[p] for p in pk_positions)] = (
+                    "upsert", dict(zip(keys, values, strict=True)))
     return built
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def build_document(obj: Any) -> tuple[str, Any]:

@@ -26,7 +26,7 @@ from scrypath_sa.backends.base import Backend, BulkOp, ItemResult
 from scrypath_sa.backends.embedded import EmbeddedBackend
 from scrypath_sa.config import Config
 from scrypath_sa.ops.common import config_or_current
-from scrypath_sa.outbox import CLAIMABLE, sync_events
+from scrypath_sa.outbox import CLAIMABLE, in_states, sync_events
 from scrypath_sa.outcome import Outcome
 
 
@@ -77,7 +77,7 @@ def process_pending(session: Session | None = None, *, config: Config | None = N
     bind: outbox.Bind = session.connection() if session is not None else config.require_bind()
     with outbox.connect(bind) as conn:
         ids = list(conn.execute(select(sync_events.c.id).where(
-            sync_events.c.state.in_([s.value for s in CLAIMABLE])).order_by(
+            in_states(CLAIMABLE)).order_by(
             sync_events.c.id)).scalars())
     return processor.process(config, ids, mode="inline",
                              wait_for_visibility=wait_for_visibility, engine=bind)

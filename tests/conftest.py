@@ -89,12 +89,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    """An engine on a clean database; PostgreSQL's public schema is reset afterwards."""
+    """An engine on a clean database: PostgreSQL's public schema is reset before (a
+    benchmark or an aborted run may have left tables) and after."""
     eng = create_engine(database_url)
+
+    def reset() -> None:
+        if eng.dialect.name == "postgresql":
+            with eng.begin() as conn:
+                conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+
+    reset()
     yield eng
-    if eng.dialect.name == "postgresql":
-        with eng.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    reset()
     eng.dispose()
 
 

@@ -91,7 +91,7 @@ def test_stuck_and_failed_work_recommends_retry(world: World) -> None:
         session_ids = list(conn.execute(select(sync_events.c.id).where(
             sync_events.c.document_id.in_(["1", "2"]))).scalars())
         conn.execute(sync_events.update().where(sync_events.c.id.in_(session_ids))
-                     .values(state="requested"))
+                     .values(state="requested", completed_at=None))
         outbox.claim(conn, session_ids, "dramatiq", worker="dead:1:1")
     drift = drift_of(world, stuck_after=dt.timedelta(0))
     assert drift.stuck == 2 and drift.discarded == 1

@@ -83,7 +83,7 @@ def confirm(config: Config, event_ids: Sequence[int] | None = None,
     engine = config.require_bind()
     t = sync_events
     query = (select(t.c.id, t.c.index_name, t.c.document_id, t.c.operation, t.c.version_sent)
-             .where(t.c.state == State.BACKEND_ACCEPTED.value).order_by(t.c.id).limit(limit))
+             .where(outbox.in_states([State.BACKEND_ACCEPTED])).order_by(t.c.id).limit(limit))
     if event_ids is not None:
         query = query.where(t.c.id.in_(list(event_ids)))
     with engine.connect() as conn:

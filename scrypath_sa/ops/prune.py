@@ -37,7 +37,7 @@ def _delete_events(config: Config, states: list[str], stamp: Any, older_than: dt
     deleted = 0
     while True:
         with engine.begin() as conn:
-            ids = list(conn.execute(select(t.c.id).where(t.c.state.in_(states), stamp <= cutoff)
+            ids = list(conn.execute(select(t.c.id).where(outbox.in_states(states), stamp <= cutoff)
                                     .order_by(t.c.id).limit(5000)).scalars())
             if not ids or dry_run:
                 return deleted + len(ids) if dry_run else deleted

@@ -158,8 +158,7 @@ def _compare(config: Config, info: ModelInfo, drift: ModelDrift, page_size: int,
         drift.stuck = int(conn.execute(
             select(func.count()).where(
                 t.c.index_name == info.index,
-                t.c.state.in_([State.REQUESTED.value, State.ENQUEUED.value,
-                               State.PROCESSING.value]),
+                outbox.in_states([State.REQUESTED, State.ENQUEUED, State.PROCESSING]),
                 t.c.updated_at <= now - stuck_after)).scalar_one())
     drift.retrying = int(by_state.get(State.RETRYING.value, 0))
     drift.discarded = int(by_state.get(State.DISCARDED.value, 0))
@@ -218,8 +217,8 @@ def _act(config: Config, info: ModelInfo, action: str,
         outbox.expire_claims(conn, stuck_after)
         rows = conn.execute(select(t.c.id, t.c.mode).where(
             t.c.index_name == info.index,
-            t.c.state.in_([State.REQUESTED.value, State.ENQUEUED.value,
-                           State.RETRYING.value, State.DISCARDED.value]))).all()
+            outbox.in_states([State.REQUESTED, State.ENQUEUED,
+                              State.RETRYING, State.DISCARDED]))).all()
         ids = [r[0] for r in rows]
         outbox.mark(conn, ids, State.REQUESTED, only_from=[
             State.ENQUEUED, State.RETRYING, State.DISCARDED], attempts=0)

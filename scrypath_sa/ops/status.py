@@ -85,7 +85,7 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
     infos = resolve_models(models)
     t = sync_events
     now = outbox.utcnow()
-    unfinished = [s.value for s in outbox.UNFINISHED]
+    unfinished = outbox.UNFINISHED
     indices = [m.index for m in infos]
     with engine.connect() as conn:
         counts: dict[str, dict[str, int]] = {}
@@ -95,16 +95,16 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
             counts.setdefault(index, {})[state] = n
         oldest = dict(conn.execute(
             select(t.c.index_name, func.min(t.c.requested_at))
-            .where(t.c.index_name.in_(indices), t.c.state.in_(unfinished))
+            .where(t.c.index_name.in_(indices), outbox.in_states(unfinished))
             .group_by(t.c.index_name)).all())
         stuck: dict[str, int] = dict(conn.execute(
             select(t.c.index_name, func.count())
-            .where(t.c.index_name.in_(indices), t.c.state.in_(unfinished),
+            .where(t.c.index_name.in_(indices), outbox.in_states(unfinished),
                    t.c.state != State.RETRYING.value, t.c.updated_at <= now - stuck_after)
             .group_by(t.c.index_name)).all())
         next_attempt = dict(conn.execute(
             select(t.c.index_name, func.min(t.c.next_attempt_at))
-            .where(t.c.index_name.in_(indices), t.c.state == State.RETRYING.value)
+            .where(t.c.index_name.in_(indices), outbox.in_states([State.RETRYING]))
             .group_by(t.c.index_name)).all())
     report = StatusReport(models=[])
     for info in infos:
@@ -184,7 +184,7 @@ def failed(models: Iterable[type | str] | None = None, *, config: Config | None 
     report's ``next_after_id`` as ``after_id`` for the next page."""
     config = config_or_current(config)
     t = sync_events
-    query = select(t).where(t.c.state.in_(list(states))).order_by(t.c.id).limit(limit + 1)
+    query = select(t).where(outbox.in_states(states)).order_by(t.c.id).limit(limit + 1)
     if models is not None:
         query = query.where(t.c.index_name.in_([m.index for m in resolve_models(models)]))
     if error_kind is not None:
