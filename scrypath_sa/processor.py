@@ -11,6 +11,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from scrypath_sa.registry import (
     column_query_parts,
     info_for_index,
     json_safe,
+    plain_json_type,
     primary_key,
     uses_default_documents,
 )
@@ -70,13 +72,15 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
     already done, claimed by someone else) are reported as ``skipped`` and left alone.
 
     Work streams: events are claimed a few thousand at a time and written in batches of
-    ``config.batch_size``; while one ``_bulk`` request is in flight, the next batch's
-    rows are read and its documents built.
+    ``config.batch_size``. One sender thread sends the batches back to back while this
+    thread claims, reads rows and builds the next ones, and records the outcomes that
+    are final as they come in (so an interrupted run keeps what it finished).
 
     Visibility comes from ``refresh=wait_for`` on the request when everything fits in
-    one request (cheap for the cluster; the inline commit), otherwise from an explicit
-    refresh at the end. ``shared_refresh`` (worker threads) always uses the explicit
-    refresh, shared among the threads of this process that need the same index.
+    one request (cheap for the cluster; the inline commit), otherwise from explicit
+    refreshes (one per ``REFRESH_EVERY`` documents and one at the end). ``shared_refresh``
+    (worker threads) always uses explicit refreshes, shared among the threads of this
+    process that need the same index.
     """
     engine = engine or config.require_bind()
     ids = list(dict.fromkeys(event_ids))
@@ -97,15 +101,13 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
             outcome.locked.extend(locked)
             claimed.update(e.id for e in events)
             groups, unknown = _coalesce(events)
-            writer.transitions.extend(unknown)
+            writer.record(unknown)
             for group in groups.values():
                 docs_total += len(group)
                 for first in range(0, len(group), config.batch_size):
                     writer.submit(group[first:first + config.batch_size])
     finally:
         transitions = writer.finish()
-        with outbox.begin(engine) as conn:
-            outbox.apply(conn, transitions)
 
     outcome.skipped = [i for i in ids if i not in claimed]
     outcome.documents = docs_total
@@ -200,19 +202,21 @@ def _load_columns(engine: Bind, info: ModelInfo,
     pk_cols = list(info.mapper.primary_key)
     columns, keys, pk_keys = column_query_parts(info)
     pk_positions = [keys.index(k) for k in pk_keys]
+    convert = [i for i, column in enumerate(columns) if not plain_json_type(column.type)]
     built: dict[tuple[Any, ...], Any] = {}
     with outbox.connect(engine) as conn:
         for start in range(0, len(docs), 1000):
             chunk = [d.pk for d in docs[start:start + 1000]]
             where = outbox.key_filter(conn, pk_cols, chunk)
             for row in conn.execute(select(*columns).where(where)).all():
-                values = [v if type(v) in _PLAIN else json_safe(v) for v in row]
-                built[tuple(values[p] for p in pk_positions)] = (
+                values: Any = row
+                if convert:
+                    values = list(row)
+                    for i in convert:
+                        values[i] = json_safe(values[i])
+                built[tuple([values[p] for p in pk_positions])] = (
                     "upsert", dict(zip(keys, values, strict=True)))
     return built
-
-
-_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def build_document(obj: Any) -> tuple[str, Any]:
@@ -277,22 +281,48 @@ class _SharedRefresh:
 _refreshes = _SharedRefresh()
 
 
+PIPELINE_DEPTH = 2
+"""Requests handed to the sender thread ahead of the one it is sending, so it never
+waits for this thread between two requests."""
+
+REFRESH_EVERY = 10_000
+"""In long runs that must end visible, one refresh per this many documents: their
+events can read ``completed`` while the run goes on (progress an operator can see, and
+a short tail) at the price of a few more, small refreshes."""
+
+
 class _Writer:
     """Builds batches in the caller's thread and, for runs of several batches, sends
     them from one sender thread, so reading rows overlaps with the backend's indexing.
-    Collects every transition."""
+
+    Every transition is kept for the outcome; the final ones are written to the outbox
+    as they come in. Accepted writes that must become visible wait for a refresh that
+    the sender thread runs after them, then are recorded ``completed``."""
 
     def __init__(self, config: Config, engine: Bind, wait_for_visibility: bool,
                  per_request_wait: bool, pipelined: bool) -> None:
         self.config, self.engine = config, engine
-        self.wait_for_visibility = wait_for_visibility
         self.per_request_wait = wait_for_visibility and per_request_wait
+        self.needs_refresh = wait_for_visibility and not per_request_wait
         self.pipelined = pipelined
         self.transitions: list[Transition] = []
         self.where: dict[int, tuple[str, str]] = {}
         self.index_errors: dict[str, str | None] = {}
+        self._unrecorded: list[Transition] = []
+        self._awaiting_refresh: list[int] = []  # positions in transitions
+        self._unrefreshed: set[str] = set()
+        self._sent_since_refresh = 0
         self._sender: ThreadPoolExecutor | None = None
-        self._in_flight: tuple[_Prepared, Future[list[ItemResult]]] | None = None
+        # (batch, its request) or (None, a refresh of the indices written before it)
+        self._in_flight: deque[tuple[_Prepared | None, Future[Any]]] = deque()
+
+    def record(self, transitions: list[Transition]) -> None:
+        for tr in transitions:
+            if tr.state is State.BACKEND_ACCEPTED and self.needs_refresh:
+                self._awaiting_refresh.append(len(self.transitions))
+            else:
+                self._unrecorded.append(tr)
+            self.transitions.append(tr)
 
     def submit(self, group: list[_Doc]) -> None:
         info = group[0].info
@@ -306,57 +336,82 @@ class _Writer:
             for event in doc.events:
                 self.where[event.id] = (info.index, doc.document_id)
         prepared = _prepare(self.engine, info, group)
-        self.transitions.extend(prepared.failed)
+        self.record(prepared.failed)
         if not self.pipelined:  # one small batch (a commit): no thread to start
             results = _send(self.config, prepared.ops, self.per_request_wait,
                             self.index_errors[info.index])
-            self.transitions.extend(_settle(self.config, prepared, results,
-                                            self.per_request_wait))
+            self.record(_settle(self.config, prepared, results, self.per_request_wait))
             return
         if self._sender is None:
             self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scrypath-bulk")
-        self._settle_in_flight()
-        future = self._sender.submit(_send, self.config, prepared.ops, self.per_request_wait,
-                                     self.index_errors[info.index])
-        self._in_flight = (prepared, future)
+        self._in_flight.append((prepared, self._sender.submit(
+            _send, self.config, prepared.ops, self.per_request_wait,
+            self.index_errors[info.index])))
+        if self.needs_refresh:
+            self._unrefreshed.add(info.index)
+            self._sent_since_refresh += len(prepared.ops)
+            if self._sent_since_refresh >= REFRESH_EVERY:
+                # Runs after the requests before it: it makes all of them visible.
+                self._in_flight.append((None, self._sender.submit(
+                    self._refresh_all, sorted(self._unrefreshed))))
+                self._unrefreshed, self._sent_since_refresh = set(), 0
+        while len(self._in_flight) > PIPELINE_DEPTH:
+            self._settle_oldest()
+        if len(self._unrecorded) >= CLAIM_CHUNK:  # fewer, larger UPDATEs are cheaper
+            self._write()
 
-    def _settle_in_flight(self) -> None:
-        if self._in_flight is not None:
-            prepared, future = self._in_flight
-            self._in_flight = None
-            self.transitions.extend(_settle(self.config, prepared, future.result(),
-                                            self.per_request_wait))
+    def _settle_oldest(self) -> None:
+        prepared, future = self._in_flight.popleft()
+        if prepared is None:
+            self._complete(future.result())
+        else:
+            self.record(_settle(self.config, prepared, future.result(), self.per_request_wait))
+
+    def _write(self) -> None:
+        if self._unrecorded:
+            with outbox.begin(self.engine) as conn:
+                outbox.apply(conn, self._unrecorded)
+            self._unrecorded = []
 
     def finish(self) -> list[Transition]:
+        """Settle what is in flight, make the remaining accepted writes visible if asked,
+        record everything not recorded yet; returns every transition."""
         try:
-            self._settle_in_flight()
+            while self._in_flight:
+                self._settle_oldest()
+            if self._awaiting_refresh:
+                indices = {self.where[self.transitions[i].event_id][0]
+                           for i in self._awaiting_refresh}
+                self._complete(self._refresh_all(sorted(indices)))
         finally:
             if self._sender is not None:
                 self._sender.shutdown(wait=True)
-        if self.wait_for_visibility and not self.per_request_wait:
-            self._refresh_and_promote()
+            self._unrecorded.extend(self.transitions[i] for i in self._awaiting_refresh)
+            self._write()
         return self.transitions
 
-    def _refresh_and_promote(self) -> None:
-        """One explicit refresh per index makes every acknowledged write visible; only
-        then are accepted writes promoted to completed. A failed refresh leaves them
+    def _complete(self, visible: dict[str, bool]) -> None:
+        """The accepted writes settled so far were followed by a refresh: those in an
+        index it reached are visible and read ``completed``; the others stay
         ``backend_accepted``, which is the truth."""
-        accepted = [i for i, tr in enumerate(self.transitions)
-                    if tr.state is State.BACKEND_ACCEPTED]
+        for i in self._awaiting_refresh:
+            tr = self.transitions[i]
+            if visible.get(self.where[tr.event_id][0], False):
+                tr = self.transitions[i] = dataclasses.replace(tr, state=State.COMPLETED)
+            self._unrecorded.append(tr)
+        self._awaiting_refresh = []
+
+    def _refresh_all(self, indices: list[str]) -> dict[str, bool]:
         visible: dict[str, bool] = {}
-        for i in accepted:
-            index = self.where[self.transitions[i].event_id][0]
-            if index not in visible:
-                try:
-                    _refreshes.refresh(self.config.backend, index)
-                    visible[index] = True
-                except BackendError as exc:
-                    log.warning("scrypath_sa: writes to %s were accepted but the refresh "
-                                "failed; they stay backend_accepted: %s", index, redact(exc))
-                    visible[index] = False
-            if visible[index]:
-                self.transitions[i] = dataclasses.replace(self.transitions[i],
-                                                          state=State.COMPLETED)
+        for index in indices:
+            try:
+                _refreshes.refresh(self.config.backend, index)
+                visible[index] = True
+            except BackendError as exc:
+                log.warning("scrypath_sa: writes to %s were accepted but the refresh "
+                            "failed; they stay backend_accepted: %s", index, redact(exc))
+                visible[index] = False
+        return visible
 
 
 @dataclass

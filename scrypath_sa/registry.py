@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect
+from sqlalchemy import types as sa_types
 from sqlalchemy.orm import Mapper
 
 from scrypath_sa.errors import ConfigurationError
@@ -163,6 +164,26 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple, set, frozenset)):
         return [json_safe(v) for v in value]
     return str(value)
+
+
+_PLAIN_TYPES = frozenset({
+    sa_types.String, sa_types.Text, sa_types.Unicode, sa_types.UnicodeText, sa_types.VARCHAR,
+    sa_types.CHAR, sa_types.NVARCHAR, sa_types.NCHAR, sa_types.TEXT, sa_types.Integer,
+    sa_types.BigInteger, sa_types.SmallInteger, sa_types.INTEGER, sa_types.BIGINT,
+    sa_types.SMALLINT, sa_types.Boolean, sa_types.BOOLEAN,
+})
+_FLOAT_TYPES = frozenset({sa_types.Float, sa_types.Double, sa_types.REAL, sa_types.FLOAT,
+                          sa_types.DOUBLE, sa_types.DOUBLE_PRECISION})
+
+
+def plain_json_type(column_type: Any) -> bool:
+    """True when every value a column of this SQLAlchemy type reads back is already
+    JSON-safe (str, int, float, bool or None), so :func:`json_safe` can be skipped.
+    Exact built-in types only: a subclass or a TypeDecorator may return anything."""
+    kind = type(column_type)
+    if kind in _FLOAT_TYPES:
+        return not column_type.asdecimal
+    return kind in _PLAIN_TYPES
 
 
 _keys_cache: weakref.WeakKeyDictionary[type, tuple[str, ...]] = weakref.WeakKeyDictionary()

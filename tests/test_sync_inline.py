@@ -275,8 +275,41 @@ def test_many_batches_are_all_completed_and_visible(engine: Engine, index_prefix
         session.commit()
         outcome = scrypath_sa.last_outcome(session)
     assert outcome.states == {"completed": 10}
-    # visible without any refresh of ours: the last request's wait_for covered all batches
+    # visible without any refresh of ours: the run's own refresh covered all batches
     assert os_client.count(index=f"{index_prefix}_articles")["count"] == 10
+
+
+def test_long_runs_refresh_as_they_go_and_a_failed_refresh_leaves_accepted(
+        engine: Engine, index_prefix: str, opensearch_url: str, os_client: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from scrypath_sa import processor
+    from scrypath_sa.backends import OpenSearchBackend
+    from scrypath_sa.errors import BackendError
+
+    class FlakyRefresh(OpenSearchBackend):
+        refreshes = 0
+
+        def refresh(self, alias: str) -> None:
+            self.refreshes += 1
+            if self.refreshes == 2:
+                raise BackendError("refresh timed out")
+            super().refresh(alias)
+
+    monkeypatch.setattr(processor, "REFRESH_EVERY", 4)
+    backend = FlakyRefresh(opensearch_url)
+    w = make_world(engine, index_prefix)
+    scrypath_sa.configure(w.Session, backend=backend, batch_size=3)
+    with w.Session() as session:
+        session.add_all([w.Article(id=i, title=f"doc {i}") for i in range(1, 11)])
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    # batches of 3, 3 | 3, 1: a refresh after the first 6 documents, one after the rest
+    assert backend.refreshes == 2
+    assert outcome.states == {"completed": 6, "backend_accepted": 4}
+    with engine.connect() as conn:
+        stored = conn.execute(select(sync_events.c.document_id, sync_events.c.state)).all()
+    assert {doc_id: state for doc_id, state in stored} == {
+        str(i): "completed" if i <= 6 else "backend_accepted" for i in range(1, 11)}
 
 
 def test_byte_cap_splits_requests_and_everything_lands(engine: Engine, index_prefix: str,

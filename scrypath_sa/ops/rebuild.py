@@ -236,13 +236,16 @@ def _replay(config: Config, info: ModelInfo, into: str, since_event: int) -> tup
     engine = config.require_bind()
     t = sync_events
     with engine.connect() as conn:
+        # The mark first: an event committed after it is replayed next time; read after
+        # the rows, an event committed in between would be skipped for good.
+        newest = outbox.high_water_mark(conn)
+        conn.commit()  # a fresh snapshot for the rows (SQLite reads in one otherwise)
         rows = conn.execute(
             select(t.c.document_id, func.max(t.c.id), func.min(t.c.id))
             .where(t.c.index_name == info.index, t.c.id > since_event)
             .group_by(t.c.document_id)).all()
         pks = dict(conn.execute(select(t.c.id, t.c.pk).where(
             t.c.id.in_([r[2] for r in rows]))).all()) if rows else {}
-        newest = outbox.high_water_mark(conn)
     written = 0
     for start in range(0, len(rows), 1000):
         chunk = rows[start:start + 1000]
