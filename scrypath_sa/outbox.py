@@ -18,7 +18,7 @@ import enum
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ARRAY,
@@ -217,9 +217,9 @@ class NewEvent:
     operation: Operation
 
 
-@dataclass(frozen=True)
-class Event:
-    """A claimed ``sync_events`` row, as the processor sees it."""
+class Event(NamedTuple):
+    """A claimed ``sync_events`` row, as the processor sees it (a tuple: claims make
+    thousands of them)."""
 
     id: int
     model: str
@@ -343,8 +343,7 @@ def claimable(conn: Connection, ids: Sequence[int]) -> list[int]:
     return sorted(conn.execute(query).scalars())
 
 
-@dataclass(frozen=True)
-class Transition:
+class Transition(NamedTuple):
     """One outcome to record for one event."""
 
     event_id: int

@@ -5,7 +5,6 @@ A mode decides *when and where* :func:`process` runs, never *what* it does.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import random
@@ -397,7 +396,7 @@ class _Writer:
         for i in self._awaiting_refresh:
             tr = self.transitions[i]
             if visible.get(self.where[tr.event_id][0], False):
-                tr = self.transitions[i] = dataclasses.replace(tr, state=State.COMPLETED)
+                tr = self.transitions[i] = tr._replace(state=State.COMPLETED)
             self._unrecorded.append(tr)
         self._awaiting_refresh = []
 
