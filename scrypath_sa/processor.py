@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from scrypath_sa import outbox
@@ -71,9 +72,11 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
     already done, claimed by someone else) are reported as ``skipped`` and left alone.
 
     Work streams: events are claimed a few thousand at a time and written in batches of
-    ``config.batch_size``. One sender thread sends the batches back to back while this
-    thread claims, reads rows and builds the next ones, and records the outcomes that
-    are final as they come in (so an interrupted run keeps what it finished).
+    ``config.batch_size``. In a run of several batches a sender thread sends them back
+    to back, a reader thread (not on SQLite, nor on a caller's connection) claims, reads
+    rows and builds documents ahead of it, and this thread records the outcomes that are
+    final as they come in (so an interrupted run keeps what it finished; events claimed
+    but not written when a run fails stay ``processing`` until their claim expires).
 
     Visibility comes from ``refresh=wait_for`` on the request when everything fits in
     one request (cheap for the cluster; the inline commit), otherwise from explicit
@@ -91,20 +94,20 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
                      pipelined=len(ids) > config.batch_size)
     claimed: set[int] = set()
     docs_total = 0
-    # Claims go in larger chunks than batches: one claim statement per few thousand
-    # events costs far less than one per batch.
-    claim_size = max(config.batch_size, CLAIM_CHUNK)
+    items = _read(config, engine, ids, mode, worker)
+    if writer.pipelined and isinstance(engine, Engine) and engine.dialect.name != "sqlite":
+        # Claims and row reads wait on the database most of the time: a reader thread
+        # does them ahead, this thread hands batches to the sender and records outcomes.
+        items = _ahead(items, PIPELINE_DEPTH)
     try:
-        for start in range(0, len(ids), claim_size):
-            events, locked = _claim(engine, ids[start:start + claim_size], mode, worker)
-            outcome.locked.extend(locked)
-            claimed.update(e.id for e in events)
-            groups, unknown = _coalesce(events)
-            writer.record(unknown)
-            for group in groups.values():
-                docs_total += len(group)
-                for first in range(0, len(group), config.batch_size):
-                    writer.submit(group[first:first + config.batch_size])
+        for item in items:
+            if isinstance(item, _Claimed):
+                outcome.locked.extend(item.locked)
+                claimed.update(e.id for e in item.events)
+                writer.record(item.unknown)
+            else:
+                docs_total += len(item.batch)
+                writer.submit(item)
     finally:
         transitions = writer.finish()
 
@@ -119,6 +122,72 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
     if outcome.failures:
         log.warning("scrypath_sa: %s", outcome.describe())
     return outcome
+
+
+@dataclass
+class _Claimed:
+    events: list[Event]
+    locked: list[int]
+    unknown: list[Transition]
+
+
+def _read(config: Config, engine: Bind, ids: list[int], mode: str,
+          worker: str | None) -> Iterator[_Claimed | _Prepared]:
+    """Claim ``ids`` a chunk at a time; for each chunk, what was claimed, then its
+    batches with rows read and documents built."""
+    # Claims go in larger chunks than batches: one claim statement per few thousand
+    # events costs far less than one per batch.
+    claim_size = max(config.batch_size, CLAIM_CHUNK)
+    for start in range(0, len(ids), claim_size):
+        events, locked = _claim(engine, ids[start:start + claim_size], mode, worker)
+        groups, unknown = _coalesce(events)
+        yield _Claimed(events, locked, unknown)
+        for group in groups.values():
+            for first in range(0, len(group), config.batch_size):
+                yield _prepare(engine, group[0].info, group[first:first + config.batch_size])
+
+
+_T = TypeVar("_T")
+
+
+def _ahead(items: Iterator[_T], depth: int) -> Iterator[_T]:
+    """Run ``items`` in a thread of its own, up to ``depth`` items ahead of the caller.
+    Its exceptions reach the caller; when the caller stops, so does the thread."""
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            put(("error", exc))
+            return
+        put(("done", None))
+
+    thread = threading.Thread(target=produce, name="scrypath-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _claim(engine: Bind, ids: list[int], mode: str,
@@ -280,9 +349,12 @@ class _SharedRefresh:
 _refreshes = _SharedRefresh()
 
 
-PIPELINE_DEPTH = 2
-"""Requests handed to the sender thread ahead of the one it is sending, so it never
-waits for this thread between two requests."""
+SENDERS = 2
+"""Requests in flight at once in a run of several batches. Two keep the cluster busy
+while one request's answer is being read and the next one written."""
+
+PIPELINE_DEPTH = SENDERS + 1
+"""Requests handed to the sender threads, so that none waits for this thread."""
 
 REFRESH_EVERY = 10_000
 """In long runs that must end visible, one refresh per this many documents: their
@@ -323,18 +395,17 @@ class _Writer:
                 self._unrecorded.append(tr)
             self.transitions.append(tr)
 
-    def submit(self, group: list[_Doc]) -> None:
-        info = group[0].info
+    def submit(self, prepared: _Prepared) -> None:
+        info = prepared.info
         if info.index not in self.index_errors:
             try:
                 self.config.backend.ensure_index(info.index, info.contract, info.name)
                 self.index_errors[info.index] = None
             except BackendError as exc:
                 self.index_errors[info.index] = redact(exc)
-        for doc in group:
+        for doc in prepared.batch:
             for event in doc.events:
                 self.where[event.id] = (info.index, doc.document_id)
-        prepared = _prepare(self.engine, info, group)
         self.record(prepared.failed)
         if not self.pipelined:  # one small batch (a commit): no thread to start
             results = _send(self.config, prepared.ops, self.per_request_wait,
@@ -342,7 +413,8 @@ class _Writer:
             self.record(_settle(self.config, prepared, results, self.per_request_wait))
             return
         if self._sender is None:
-            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scrypath-bulk")
+            self._sender = ThreadPoolExecutor(max_workers=SENDERS,
+                                              thread_name_prefix="scrypath-bulk")
         self._in_flight.append((prepared, self._sender.submit(
             _send, self.config, prepared.ops, self.per_request_wait,
             self.index_errors[info.index])))
@@ -350,9 +422,11 @@ class _Writer:
             self._unrefreshed.add(info.index)
             self._sent_since_refresh += len(prepared.ops)
             if self._sent_since_refresh >= REFRESH_EVERY:
-                # Runs after the requests before it: it makes all of them visible.
+                # Starts once the requests before it are answered: then it makes all of
+                # them visible. (They were submitted first, so they never wait for it.)
+                before = [future for _, future in self._in_flight]
                 self._in_flight.append((None, self._sender.submit(
-                    self._refresh_all, sorted(self._unrefreshed))))
+                    self._refresh_after, before, sorted(self._unrefreshed))))
                 self._unrefreshed, self._sent_since_refresh = set(), 0
         while len(self._in_flight) > PIPELINE_DEPTH:
             self._settle_oldest()
@@ -400,6 +474,11 @@ class _Writer:
             self._unrecorded.append(tr)
         self._awaiting_refresh = []
 
+    def _refresh_after(self, requests: list[Future[Any]],
+                       indices: list[str]) -> dict[str, bool]:
+        wait(requests)
+        return self._refresh_all(indices)
+
     def _refresh_all(self, indices: list[str]) -> dict[str, bool]:
         visible: dict[str, bool] = {}
         for index in indices:
@@ -415,6 +494,10 @@ class _Writer:
 
 @dataclass
 class _Prepared:
+    """One batch of one model, ready to send."""
+
+    info: ModelInfo
+    batch: list[_Doc]
     ops: list[BulkOp] = field(default_factory=list)
     sent: list[_Doc] = field(default_factory=list)
     failed: list[Transition] = field(default_factory=list)
@@ -423,7 +506,7 @@ class _Prepared:
 def _prepare(engine: Bind, info: ModelInfo, batch: list[_Doc]) -> _Prepared:
     """Read the batch's rows and build its operations (documents that cannot be built
     are discarded here, with the reason)."""
-    prepared = _Prepared()
+    prepared = _Prepared(info, batch)
     built = _load_rows(engine, info, batch)
     for doc in batch:
         action, payload = built.get(tuple(doc.pk), ("delete", None))

@@ -1,0 +1,90 @@
+"""The processor's pipeline plumbing (pure logic) and its failure path on real services."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+import scrypath_sa
+from scrypath_sa import State, sync_events
+from scrypath_sa.processor import _ahead
+from tests.models import make_world
+from tests.test_modes import Hold
+
+
+def test_ahead_yields_everything_in_order_from_another_thread() -> None:
+    threads: set[str] = set()
+
+    def items() -> Iterator[int]:
+        for i in range(50):
+            threads.add(threading.current_thread().name)
+            yield i
+
+    assert list(_ahead(items(), 3)) == list(range(50))
+    assert threads == {"scrypath-read"}
+
+
+def test_ahead_hands_the_producers_exception_to_the_caller() -> None:
+    def items() -> Iterator[int]:
+        yield 1
+        raise ValueError("the database went away")
+
+    ahead = _ahead(items(), 2)
+    assert next(ahead) == 1
+    with pytest.raises(ValueError, match="went away"):
+        next(ahead)
+
+
+def test_ahead_stops_the_producer_when_the_caller_stops() -> None:
+    produced: list[int] = []
+
+    def items() -> Iterator[int]:
+        for i in range(1_000_000):
+            produced.append(i)
+            yield i
+
+    for item in _ahead(items(), 2):
+        if item == 5:
+            break
+    # the generator was closed: its thread is gone and it stopped well short of the end
+    assert not any(t.name == "scrypath-read" for t in threading.enumerate())
+    assert len(produced) < 20
+
+
+def test_a_failure_while_reading_rows_keeps_what_was_already_written(
+        engine: Engine, index_prefix: str, backend: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that fails part way (here: reading the third batch's rows) records every
+    outcome it got; the events it claimed but never wrote stay ``processing`` for the
+    claim expiry to hand back, nothing reads ``completed`` that was not written."""
+    from scrypath_sa import processor
+
+    w = make_world(engine, index_prefix)
+    config = scrypath_sa.configure(w.Session, backend=backend, batch_size=2, mode="hold",
+                                   modes={"hold": Hold()})
+    with w.Session() as session:
+        session.add_all([w.Article(id=i, title=f"doc {i}") for i in range(1, 9)])
+        session.commit()
+    with engine.connect() as conn:
+        ids = list(conn.execute(select(sync_events.c.id).order_by(sync_events.c.id)).scalars())
+
+    real = processor._load_rows
+    calls = 0
+
+    def flaky(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("connection reset while reading rows")
+        return real(*args)
+
+    monkeypatch.setattr(processor, "_load_rows", flaky)
+    with pytest.raises(RuntimeError, match="connection reset"):
+        processor.process(config, ids, mode="manual", wait_for_visibility=False)
+    with engine.connect() as conn:
+        states = dict(conn.execute(select(sync_events.c.document_id, sync_events.c.state)).all())
+    assert [states[str(i)] for i in range(1, 9)] == (
+        [State.BACKEND_ACCEPTED.value] * 4 + [State.PROCESSING.value] * 4)
