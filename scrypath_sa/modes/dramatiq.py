@@ -23,6 +23,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -58,15 +59,23 @@ class _Relay:
 
     Items are (engine, ids, send). With ``send`` the thread hands the ids to the broker
     first; ids the broker refused stay ``requested`` for ``sweep()``. Marks are written
-    in batches, and only ever after the broker accepted the message.
+    only ever after the broker accepted the message.
+
+    The thread lingers up to ``mode.linger`` seconds after the first item for more, so
+    that a stream of small commits costs one mark UPDATE (and, for ``background``
+    sends, one message) per batch of commits rather than one each. A row reads
+    ``requested`` that much longer, which under-promises; :meth:`flush` cuts it short.
     """
 
     def __init__(self, mode: DramatiqMode) -> None:
         self.mode = mode
-        self._queue: queue.SimpleQueue[tuple[Engine, list[int], bool]] = queue.SimpleQueue()
+        # None wakes the thread up (a flush is waiting) and is otherwise ignored.
+        self._queue: queue.SimpleQueue[tuple[Engine, list[int], bool] | None] = (
+            queue.SimpleQueue())
         self._cond = threading.Condition()
         self._queued = 0
         self._done = 0
+        self._flushing = 0
         self._thread: threading.Thread | None = None
 
     def put(self, engine: Engine, ids: list[int], send: bool) -> None:
@@ -82,21 +91,50 @@ class _Relay:
     def flush(self, timeout: float | None = 30.0) -> bool:
         with self._cond:
             target = self._queued
-            return self._cond.wait_for(lambda: self._done >= target, timeout)
+            self._flushing += 1
+        self._queue.put(None)
+        try:
+            with self._cond:
+                return self._cond.wait_for(lambda: self._done >= target, timeout)
+        finally:
+            with self._cond:
+                self._flushing -= 1
+
+    def _take(self) -> list[tuple[Engine, list[int], bool]]:
+        """The next batch: what is queued now, plus what arrives within the linger."""
+        batch: list[tuple[Engine, list[int], bool]] = []
+        item = self._queue.get()
+        deadline = 0.0
+        while True:
+            if item is not None:
+                if not batch:
+                    deadline = time.monotonic() + self.mode.linger
+                batch.append(item)
+            try:
+                item = self._queue.get_nowait()
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if batch and (remaining <= 0 or self._flushing):
+                return batch
+            try:
+                item = self._queue.get(timeout=remaining if batch else None)
+            except queue.Empty:
+                return batch
 
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            while True:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            batch = self._take()
+            unsent: dict[Engine, list[int]] = {}
             accepted: dict[Engine, list[int]] = {}
             for engine, ids, send in batch:
-                if send and self.mode.send(ids) is not None:
-                    continue
-                accepted.setdefault(engine, []).extend(ids)
+                (unsent if send else accepted).setdefault(engine, []).extend(ids)
+            for engine, ids in unsent.items():
+                for start in range(0, len(ids), self.mode.chunk_size):
+                    chunk = ids[start:start + self.mode.chunk_size]
+                    if self.mode.send(chunk) is None:
+                        accepted.setdefault(engine, []).extend(chunk)
             for engine, ids in accepted.items():
                 try:
                     with engine.begin() as conn:
@@ -123,17 +161,20 @@ class DramatiqMode(Mode):
     ``enqueued`` in batches, never before the send; until then a row reads
     ``requested``, which under-promises). With ``background=True`` the send moves to
     that thread too: the commit returns sooner and its outcome says ``requested``
-    (recorded, nothing sent yet), which is all that is known then.
+    (recorded, nothing sent yet), which is all that is known then; the ids of commits
+    that arrive within ``linger`` seconds of each other then share a message.
     """
 
     name = "dramatiq"
 
     def __init__(self, broker: Broker, *, queue_name: str = "scrypath_sa",
                  actor_name: str = "scrypath_sa_process", chunk_size: int = 500,
-                 max_retries: int = 8, background: bool = False) -> None:
+                 max_retries: int = 8, background: bool = False,
+                 linger: float = 0.025) -> None:
         self.broker = broker
         self.chunk_size = chunk_size
         self.background = background
+        self.linger = linger
         self._config: Config | None = None
         self._relay = _Relay(self)
         self.exhausted_actor: dramatiq.Actor[Any, Any] = dramatiq.Actor(
