@@ -6,7 +6,7 @@ import abc
 import enum
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from scrypath_sa.registry import Contract
 
@@ -32,11 +32,16 @@ class BulkOp:
         return self.document is None
 
 
-@dataclass(frozen=True)
-class ItemResult:
+class ItemResult(NamedTuple):
+    """What the backend did with one write."""
+
     status: ItemStatus
     error_kind: str | None = None
     error: str | None = None
+
+
+OK = ItemResult(ItemStatus.OK)
+"""The result of almost every write (one shared value)."""
 
 
 @dataclass(frozen=True)

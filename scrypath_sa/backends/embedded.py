@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from scrypath_sa.backends.base import (
+    OK,
     Backend,
     BulkOp,
     IndexPosture,
@@ -207,7 +208,7 @@ class EmbeddedBackend(Backend):
                 if op.document is not None:
                     conn.execute("INSERT INTO docs_fts VALUES (?, ?, ?)",
                                  (index, op.id, _text(op.document)))
-                results.append(ItemResult(ItemStatus.OK))
+                results.append(OK)
         return results
 
     def refresh(self, alias: str) -> None:

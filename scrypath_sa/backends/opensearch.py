@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from scrypath_sa.backends.base import (
+    OK,
     Backend,
     BulkOp,
     IndexPosture,
@@ -204,7 +205,7 @@ class OpenSearchBackend(Backend):
         result = item.get("delete" if op.document is None else "index", {})
         status = int(result.get("status", 0))
         if 200 <= status < 300 or (op.document is None and status == 404):
-            return ItemResult(ItemStatus.OK)
+            return OK
         error = result.get("error") or {}
         kind = str(error.get("type", f"http_{status}")) if isinstance(error, dict) else "error"
         if status == 409:
