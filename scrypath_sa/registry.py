@@ -279,9 +279,18 @@ def typed_key(info: ModelInfo, parts: list[Any]) -> tuple[Any, ...] | None:
 
 
 def primary_key(obj: object) -> list[Any]:
-    """The primary key of a persistent or just-deleted object, as a JSON-safe list."""
+    """The primary key of a persistent, just-inserted or just-deleted object, as a
+    JSON-safe list."""
     state = inspect(obj)
     if state.identity is not None:
         return [json_safe(v) for v in state.identity]
-    mapper: Mapper[Any] = state.mapper
-    return [json_safe(v) for v in mapper.primary_key_from_instance(obj)]
+    # Just inserted (the identity is set when the flush ends): the key attributes.
+    keys = _pk_keys_cache.get(type(obj))
+    if keys is None:
+        mapper: Mapper[Any] = state.mapper
+        keys = _pk_keys_cache[type(obj)] = tuple(
+            mapper.get_property_by_column(c).key for c in mapper.primary_key)
+    return [json_safe(getattr(obj, k)) for k in keys]
+
+
+_pk_keys_cache: weakref.WeakKeyDictionary[type, tuple[str, ...]] = weakref.WeakKeyDictionary()
