@@ -363,12 +363,12 @@ a short tail) at the price of a few more, small refreshes."""
 
 
 class _Writer:
-    """Builds batches in the caller's thread and, for runs of several batches, sends
-    them from one sender thread, so reading rows overlaps with the backend's indexing.
+    """Sends prepared batches: in the caller's thread for a single batch, otherwise from
+    ``SENDERS`` sender threads, so that reading rows overlaps with the backend's indexing.
 
     Every transition is kept for the outcome; the final ones are written to the outbox
-    as they come in. Accepted writes that must become visible wait for a refresh that
-    the sender thread runs after them, then are recorded ``completed``."""
+    as they come in. Accepted writes that must become visible wait for a refresh that a
+    sender thread runs once they were answered, then are recorded ``completed``."""
 
     def __init__(self, config: Config, engine: Bind, wait_for_visibility: bool,
                  per_request_wait: bool, pipelined: bool) -> None:
