@@ -18,12 +18,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ from sqlalchemy import String, create_engine, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import scrypath_sa
-from benchmarks._support import ROOT, services, summary, timed
+from benchmarks._support import ROOT, servicekit, services, summary, timed
 from scrypath_sa import sync_events
 from scrypath_sa.backends import OpenSearchBackend
 from scrypath_sa.modes.dramatiq import DramatiqMode
@@ -107,11 +110,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=8, help="worker threads")
     parser.add_argument("--parts", default="write,e2e", help="which measurements to run")
+    parser.add_argument("--durable", action="store_true",
+                        help="a PostgreSQL of its own with fsync and synchronous commit on")
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="event ids per message (default: the library's)")
     args = parser.parse_args()
 
-    with services("postgresql", "redis", "opensearch") as urls:
+    with services("postgresql", "redis", "opensearch") as urls, \
+            durable_postgres(args.durable) as durable_url:
+        urls = {**urls, "postgresql": durable_url or urls["postgresql"]}
+        print("PostgreSQL: " + ("durable (fsync and synchronous commit on, its defaults)"
+                                if durable_url else "the test server (fsync off)"))
         engine = create_engine(urls["postgresql"])
         with engine.begin() as conn:
             conn.execute(text("DROP TABLE IF EXISTS bench_plain, bench_synced, sync_events"))
@@ -164,80 +173,101 @@ def main() -> None:
             print(f"RATIO write_overhead_{shape}_background = "
                   f"{min(background) / min(plain):.2f}x (goal <= {goal})")
 
-        # ------------------------------------------------------------ end to end
-        reset(engine)
-        broker.client.delete(f"dramatiq:{QUEUE}", f"dramatiq:{QUEUE}.msgs")
-        client = OpenSearch(urls["opensearch"], timeout=120)
-        env = {**os.environ, "SCRYPATH_BENCH_WORKER": "1", "SCRYPATH_BENCH_PREFIX": PREFIX,
-               "SCRYPATH_TEST_DATABASE_URL": urls["postgresql"],
-               "SCRYPATH_TEST_REDIS_URL": urls["redis"],
-               "SCRYPATH_TEST_OPENSEARCH_URL": urls["opensearch"],
-               "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}
-        log = Path("/tmp") / f"{PREFIX}-worker.log"
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "benchmarks.bench_dramatiq", "--processes",
-             "1", "--threads", str(args.threads), "--queues", QUEUE],
-            cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True)
-        try:
-            # Warm the worker and the index up with one tiny commit before timing.
-            commits(synced_maker, Synced, 1, 1, 10_000_000)
-            wait_completed(engine, 1)
-            rows, per_commit = args.e2e_rows, 1000
-            e2e, drain, committing = [], [], []
-            for r in range(args.rounds):
-                start = (r + 1) * 1_000_000
-                # e2e: commits and the worker run at once, first commit to last completed
-                # (bounded by how fast the app can commit: reported alongside).
-                began = time.perf_counter()
-                committing.append(timed(lambda start=start: commits(
-                    synced_maker, Synced, rows // per_commit, per_commit, start)))
-                wait_completed(engine, 1 + (2 * r + 1) * rows)
-                e2e.append(time.perf_counter() - began)
-                # drain: the same work committed while the worker is paused (SIGSTOP),
-                # then timed from SIGCONT to the last completed: the sync path's own
-                # throughput from committed work to visible documents.
-                os.killpg(worker.pid, signal.SIGSTOP)  # the CLI and its worker processes
-                try:
-                    commits(synced_maker, Synced, rows // per_commit, per_commit,
-                            start + 500_000)
-                    config.mode("dramatiq").flush()  # type: ignore[attr-defined]
-                finally:
-                    os.killpg(worker.pid, signal.SIGCONT)
-                began = time.perf_counter()
-                wait_completed(engine, 1 + (2 * r + 2) * rows)
-                drain.append(time.perf_counter() - began)
-        finally:
-            worker.terminate()
-            worker.wait(60)
-        docs = [{"_index": f"{PREFIX}_raw", "_id": str(i),
-                 "_source": {"id": i, "title": f"row {i}", "views": i}}
-                for i in range(1, rows + 1)]
-        bulk = []
-        for _ in range(args.rounds):
-            client.indices.delete(index=f"{PREFIX}_raw", ignore_unavailable=True)
-            client.indices.create(index=f"{PREFIX}_raw", body={"mappings": MAPPINGS})
-
-            def run() -> None:
-                helpers.bulk(client, docs, chunk_size=500)
-                client.indices.refresh(index=f"{PREFIX}_raw")
-
-            bulk.append(timed(run))
-        print(f"end to end {rows} rows in {rows // per_commit} commits, 1 worker x "
-              f"{args.threads} threads: {summary(e2e)}  {rows / min(e2e):,.0f} docs/s "
-              f"(the commits alone: {summary(committing)})")
-        print(f"drain of committed work (worker resumed to last completed): "
-              f"{summary(drain)}  {rows / min(drain):,.0f} docs/s")
-        print(f"helpers.bulk of the same documents + refresh: {summary(bulk)}  "
-              f"{rows / min(bulk):,.0f} docs/s")
-        print(f"RATIO commit_to_completed_drain/helpers.bulk = {min(bulk) / min(drain):.2f}x "
-              "(goal >= 0.6)")
-        print(f"RATIO e2e_with_commits/helpers.bulk = {min(bulk) / min(e2e):.2f}x "
-              f"(the dramatiq-mode commits alone: {min(bulk) / min(committing):.2f}x)")
-        client.indices.delete(index=f"{PREFIX}*", ignore_unavailable=True)
+        if "e2e" in args.parts:
+            end_to_end(args, urls, engine, synced_maker, broker, config)
+        OpenSearch(urls["opensearch"]).indices.delete(index=f"{PREFIX}*", ignore_unavailable=True)
         broker.client.delete(f"dramatiq:{QUEUE}", f"dramatiq:{QUEUE}.msgs")
         with engine.begin() as conn:
             conn.execute(text("DROP TABLE IF EXISTS bench_plain, bench_synced, sync_events"))
+
+
+def end_to_end(args: Any, urls: dict[str, str], engine: Any, synced_maker: Any,
+               broker: Any, config: Any) -> None:
+    """Commit to completed, with one worker process (see the module docstring)."""
+    reset(engine)
+    broker.client.delete(f"dramatiq:{QUEUE}", f"dramatiq:{QUEUE}.msgs")
+    client = OpenSearch(urls["opensearch"], timeout=120)
+    env = {**os.environ, "SCRYPATH_BENCH_WORKER": "1", "SCRYPATH_BENCH_PREFIX": PREFIX,
+           "SCRYPATH_TEST_DATABASE_URL": urls["postgresql"],
+           "SCRYPATH_TEST_REDIS_URL": urls["redis"],
+           "SCRYPATH_TEST_OPENSEARCH_URL": urls["opensearch"],
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}
+    log = Path("/tmp") / f"{PREFIX}-worker.log"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "benchmarks.bench_dramatiq", "--processes",
+         "1", "--threads", str(args.threads), "--queues", QUEUE],
+        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        # Warm the worker and the index up with one tiny commit before timing.
+        commits(synced_maker, Synced, 1, 1, 10_000_000)
+        wait_completed(engine, 1)
+        rows, per_commit = args.e2e_rows, 1000
+        e2e, drain, committing = [], [], []
+        for r in range(args.rounds):
+            start = (r + 1) * 1_000_000
+            # e2e: commits and the worker run at once, first commit to last completed
+            # (bounded by how fast the app can commit: reported alongside).
+            began = time.perf_counter()
+            committing.append(timed(lambda start=start: commits(
+                synced_maker, Synced, rows // per_commit, per_commit, start)))
+            wait_completed(engine, 1 + (2 * r + 1) * rows)
+            e2e.append(time.perf_counter() - began)
+            # drain: the same work committed while the worker is paused (SIGSTOP),
+            # then timed from SIGCONT to the last completed: the sync path's own
+            # throughput from committed work to visible documents.
+            os.killpg(worker.pid, signal.SIGSTOP)  # the CLI and its worker processes
+            try:
+                commits(synced_maker, Synced, rows // per_commit, per_commit,
+                        start + 500_000)
+                config.mode("dramatiq").flush()  # type: ignore[attr-defined]
+            finally:
+                os.killpg(worker.pid, signal.SIGCONT)
+            began = time.perf_counter()
+            wait_completed(engine, 1 + (2 * r + 2) * rows)
+            drain.append(time.perf_counter() - began)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    docs = [{"_index": f"{PREFIX}_raw", "_id": str(i),
+             "_source": {"id": i, "title": f"row {i}", "views": i}}
+            for i in range(1, rows + 1)]
+    bulk = []
+    for _ in range(args.rounds):
+        client.indices.delete(index=f"{PREFIX}_raw", ignore_unavailable=True)
+        client.indices.create(index=f"{PREFIX}_raw", body={"mappings": MAPPINGS})
+
+        def run() -> None:
+            helpers.bulk(client, docs, chunk_size=500)
+            client.indices.refresh(index=f"{PREFIX}_raw")
+
+        bulk.append(timed(run))
+    print(f"end to end {rows} rows in {rows // per_commit} commits, 1 worker x "
+          f"{args.threads} threads: {summary(e2e)}  {rows / min(e2e):,.0f} docs/s "
+          f"(the commits alone: {summary(committing)})")
+    print(f"drain of committed work (worker resumed to last completed): "
+          f"{summary(drain)}  {rows / min(drain):,.0f} docs/s")
+    print(f"helpers.bulk of the same documents + refresh: {summary(bulk)}  "
+          f"{rows / min(bulk):,.0f} docs/s")
+    print(f"RATIO commit_to_completed_drain/helpers.bulk = {min(bulk) / min(drain):.2f}x "
+          "(goal >= 0.6)")
+    print(f"RATIO e2e_with_commits/helpers.bulk = {min(bulk) / min(e2e):.2f}x "
+          f"(the dramatiq-mode commits alone: {min(bulk) / min(committing):.2f}x)")
+
+
+@contextlib.contextmanager
+def durable_postgres(wanted: bool) -> Iterator[str | None]:
+    """A PostgreSQL with its durability defaults, started for this run, when wanted."""
+    if not wanted:
+        yield None
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="scrypath-bench-durable-"))
+    workdir.chmod(0o755)
+    running = servicekit.start_postgres(workdir, durable=True)
+    try:
+        yield running.url
+    finally:
+        running.stop()
 
 
 def wait_completed(engine: Any, expected: int, timeout: float = 600) -> None:

@@ -144,7 +144,10 @@ def _wait_for(check: Callable[[], bool], what: str, log: Path, running: Running,
     raise ServiceFailed(f"{what} did not answer within {timeout:.0f}s. Log tail:\n{_tail(log)}")
 
 
-def start_postgres(workdir: Path, port: int | None = None) -> Running:
+def start_postgres(workdir: Path, port: int | None = None, durable: bool = False) -> Running:
+    """A throwaway PostgreSQL. Tests run it without fsync (nothing here must survive a
+    power cut); ``durable=True`` keeps PostgreSQL's own defaults (fsync, synchronous
+    commit), for benchmarks that compare against what production pays per commit."""
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     port = port or free_port()
     began = time.monotonic()
@@ -161,8 +164,9 @@ def start_postgres(workdir: Path, port: int | None = None) -> Running:
                     "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"], check=False)
     if init.returncode != 0:
         raise ServiceFailed(f"initdb failed:\n{init.stdout}\n{init.stderr}")
-    options = (f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c fsync=off "
-               "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+    options = f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    if not durable:
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     started = _run_pg([pg_ctl, "-D", str(datadir), "-o", options, "-l", str(log), "-w",
                        "-t", "60", "start"], check=False)
     if started.returncode != 0:
