@@ -32,7 +32,7 @@ from typing import Any
 
 from dramatiq.brokers.redis import RedisBroker
 from opensearchpy import OpenSearch, helpers
-from sqlalchemy import String, create_engine, func, select, text
+from sqlalchemy import String, Text, create_engine, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import scrypath_sa
@@ -55,6 +55,7 @@ class Plain(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(200))
     views: Mapped[int]
+    body: Mapped[str] = mapped_column(Text, default="")
 
 
 class Synced(scrypath_sa.Searchable, Base):
@@ -65,6 +66,10 @@ class Synced(scrypath_sa.Searchable, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(200))
     views: Mapped[int]
+    body: Mapped[str] = mapped_column(Text, default="")
+
+
+BODY = "lorem ipsum dolor sit amet " * 1000  # sliced to --body-bytes
 
 
 def configure(engine: Any, redis_url: str, opensearch_url: str,
@@ -91,13 +96,14 @@ def reset(engine: Any) -> None:
         conn.execute(text("TRUNCATE bench_plain, bench_synced, sync_events"))
 
 
-def commits(maker: Any, cls: Any, n_commits: int, rows: int, start: int) -> None:
+def commits(maker: Any, cls: Any, n_commits: int, rows: int, start: int,
+            body: str = "") -> None:
     key = start
     for _ in range(n_commits):
         with maker() as session:
             for _ in range(rows):
                 key += 1
-                session.add(cls(id=key, title=f"row {key}", views=key))
+                session.add(cls(id=key, title=f"row {key}", views=key, body=body))
             session.commit()
 
 
@@ -110,6 +116,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=8, help="worker threads")
     parser.add_argument("--parts", default="write,e2e", help="which measurements to run")
+    parser.add_argument("--body-bytes", type=int, default=0,
+                        help="a text body of this size in every document (end to end)")
     parser.add_argument("--durable", action="store_true",
                         help="a PostgreSQL of its own with fsync and synchronous commit on")
     parser.add_argument("--chunk-size", type=int, default=None,
@@ -203,6 +211,7 @@ def end_to_end(args: Any, urls: dict[str, str], engine: Any, synced_maker: Any,
         commits(synced_maker, Synced, 1, 1, 10_000_000)
         wait_completed(engine, 1)
         rows, per_commit = args.e2e_rows, 1000
+        body = BODY[:args.body_bytes]
         e2e, drain, committing = [], [], []
         for r in range(args.rounds):
             start = (r + 1) * 1_000_000
@@ -210,7 +219,7 @@ def end_to_end(args: Any, urls: dict[str, str], engine: Any, synced_maker: Any,
             # (bounded by how fast the app can commit: reported alongside).
             began = time.perf_counter()
             committing.append(timed(lambda start=start: commits(
-                synced_maker, Synced, rows // per_commit, per_commit, start)))
+                synced_maker, Synced, rows // per_commit, per_commit, start, body)))
             wait_completed(engine, 1 + (2 * r + 1) * rows)
             e2e.append(time.perf_counter() - began)
             # drain: the same work committed while the worker is paused (SIGSTOP),
@@ -219,7 +228,7 @@ def end_to_end(args: Any, urls: dict[str, str], engine: Any, synced_maker: Any,
             os.killpg(worker.pid, signal.SIGSTOP)  # the CLI and its worker processes
             try:
                 commits(synced_maker, Synced, rows // per_commit, per_commit,
-                        start + 500_000)
+                        start + 500_000, body)
                 config.mode("dramatiq").flush()  # type: ignore[attr-defined]
             finally:
                 os.killpg(worker.pid, signal.SIGCONT)
@@ -230,7 +239,7 @@ def end_to_end(args: Any, urls: dict[str, str], engine: Any, synced_maker: Any,
         worker.terminate()
         worker.wait(60)
     docs = [{"_index": f"{PREFIX}_raw", "_id": str(i),
-             "_source": {"id": i, "title": f"row {i}", "views": i}}
+             "_source": {"id": i, "title": f"row {i}", "views": i, "body": body}}
             for i in range(1, rows + 1)]
     bulk = []
     for _ in range(args.rounds):
@@ -242,6 +251,7 @@ def end_to_end(args: Any, urls: dict[str, str], engine: Any, synced_maker: Any,
             client.indices.refresh(index=f"{PREFIX}_raw")
 
         bulk.append(timed(run))
+    print(f"documents of about {len(body) + 40} bytes")
     print(f"end to end {rows} rows in {rows // per_commit} commits, 1 worker x "
           f"{args.threads} threads: {summary(e2e)}  {rows / min(e2e):,.0f} docs/s "
           f"(the commits alone: {summary(committing)})")
