@@ -384,6 +384,7 @@ class _Writer:
         self._unrefreshed: set[str] = set()
         self._sent_since_refresh = 0
         self._sender: ThreadPoolExecutor | None = None
+        self._refresher: ThreadPoolExecutor | None = None  # refreshes never hold a sender
         # (batch, its request) or (None, a refresh of the indices written before it)
         self._in_flight: deque[tuple[_Prepared | None, Future[Any]]] = deque()
 
@@ -423,9 +424,12 @@ class _Writer:
             self._sent_since_refresh += len(prepared.ops)
             if self._sent_since_refresh >= REFRESH_EVERY:
                 # Starts once the requests before it are answered: then it makes all of
-                # them visible. (They were submitted first, so they never wait for it.)
+                # them visible, while the senders go on with the next ones.
                 before = [future for _, future in self._in_flight]
-                self._in_flight.append((None, self._sender.submit(
+                if self._refresher is None:
+                    self._refresher = ThreadPoolExecutor(max_workers=1,
+                                                         thread_name_prefix="scrypath-refresh")
+                self._in_flight.append((None, self._refresher.submit(
                     self._refresh_after, before, sorted(self._unrefreshed))))
                 self._unrefreshed, self._sent_since_refresh = set(), 0
         while len(self._in_flight) > PIPELINE_DEPTH:
@@ -457,8 +461,9 @@ class _Writer:
                            for i in self._awaiting_refresh}
                 self._complete(self._refresh_all(sorted(indices)))
         finally:
-            if self._sender is not None:
-                self._sender.shutdown(wait=True)
+            for pool in (self._sender, self._refresher):
+                if pool is not None:
+                    pool.shutdown(wait=True)
             self._unrecorded.extend(self.transitions[i] for i in self._awaiting_refresh)
             self._write()
         return self.transitions
@@ -470,7 +475,7 @@ class _Writer:
         for i in self._awaiting_refresh:
             tr = self.transitions[i]
             if visible.get(self.where[tr.event_id][0], False):
-                tr = self.transitions[i] = tr._replace(state=State.COMPLETED)
+                tr = self.transitions[i] = Transition(tr.event_id, State.COMPLETED, *tr[2:])
             self._unrecorded.append(tr)
         self._awaiting_refresh = []
 
