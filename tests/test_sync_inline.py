@@ -266,14 +266,18 @@ def test_events_are_written_in_the_data_transaction(world: World) -> None:
     assert events(world) == []
 
 
-def test_many_batches_are_all_completed_and_visible(engine: Engine, index_prefix: str,
-                                                    backend: Any, os_client: Any) -> None:
+def commit_ten_in_batches_of_three(engine: Engine, index_prefix: str, backend: Any) -> Any:
     w = make_world(engine, index_prefix)
     scrypath_sa.configure(w.Session, backend=backend, batch_size=3)
     with w.Session() as session:
         session.add_all([w.Article(id=i, title=f"doc {i}") for i in range(1, 11)])
         session.commit()
-        outcome = scrypath_sa.last_outcome(session)
+        return scrypath_sa.last_outcome(session)
+
+
+def test_many_batches_are_all_completed_and_visible(engine: Engine, index_prefix: str,
+                                                    backend: Any, os_client: Any) -> None:
+    outcome = commit_ten_in_batches_of_three(engine, index_prefix, backend)
     assert outcome.states == {"completed": 10}
     # visible without any refresh of ours: the run's own refresh covered all batches
     assert os_client.count(index=f"{index_prefix}_articles")["count"] == 10
@@ -297,12 +301,7 @@ def test_long_runs_refresh_as_they_go_and_a_failed_refresh_leaves_accepted(
 
     monkeypatch.setattr(processor, "REFRESH_EVERY", 4)
     backend = FlakyRefresh(opensearch_url)
-    w = make_world(engine, index_prefix)
-    scrypath_sa.configure(w.Session, backend=backend, batch_size=3)
-    with w.Session() as session:
-        session.add_all([w.Article(id=i, title=f"doc {i}") for i in range(1, 11)])
-        session.commit()
-        outcome = scrypath_sa.last_outcome(session)
+    outcome = commit_ten_in_batches_of_three(engine, index_prefix, backend)
     # batches of 3, 3 | 3, 1: a refresh after the first 6 documents, one after the rest
     assert backend.refreshes == 2
     assert outcome.states == {"completed": 6, "backend_accepted": 4}
