@@ -91,3 +91,19 @@ def test_a_user_project_includes_our_versions(engine: Engine, tmp_path: Path) ->
         assert sorted(removed) == ["sync_checkpoints", "sync_events"]
     command.downgrade(config, "scrypath_sa@base")
     assert "sync_events" not in inspect(engine).get_table_names()
+
+
+def test_an_index_built_beforehand_is_left_alone(engine: Engine) -> None:
+    """Operators with a large table build the open-work index themselves (concurrently)
+    before upgrading; the migration then neither fails nor builds it again."""
+    from sqlalchemy import text
+
+    migrations.upgrade(engine, "sc0002_sync_checkpoints")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE INDEX ix_sync_events_not_completed ON sync_events (id) "
+                          "WHERE completed_at IS NULL"))
+    migrations.upgrade(engine)
+    indexes = {ix["name"] for ix in inspect(engine).get_indexes("sync_events")}
+    assert "ix_sync_events_not_completed" in indexes
+    assert "ix_sync_events_state_next_attempt" not in indexes
+    migrations.downgrade(engine)

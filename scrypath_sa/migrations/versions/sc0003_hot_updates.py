@@ -9,6 +9,13 @@ index entries (PostgreSQL cannot make an UPDATE "HOT" when it changes an indexed
 It is replaced by a partial index of events that are not completed, keyed by id, and
 the table keeps half of each page free (fillfactor 50; applies to pages written from now
 on) so that the claim and the other in-flight transitions stay on their page.
+
+Building the index locks writes to sync_events (and so commits that record events) while
+it runs. On a large table, build it beforehand without that lock, and this migration
+leaves it alone:
+
+    CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_sync_events_not_completed
+        ON sync_events (id) WHERE completed_at IS NULL;
 """
 
 from __future__ import annotations
@@ -23,10 +30,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.drop_index("ix_sync_events_state_next_attempt", table_name="sync_events")
+    op.drop_index("ix_sync_events_state_next_attempt", table_name="sync_events",
+                  if_exists=True)
     op.create_index("ix_sync_events_not_completed", "sync_events", ["id"],
                     postgresql_where=sa.text("completed_at IS NULL"),
-                    sqlite_where=sa.text("completed_at IS NULL"))
+                    sqlite_where=sa.text("completed_at IS NULL"), if_not_exists=True)
     if op.get_bind().dialect.name == "postgresql":
         op.execute("ALTER TABLE sync_events SET (fillfactor = 50)")
 
