@@ -23,7 +23,6 @@ import os
 import queue
 import socket
 import threading
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -69,13 +68,13 @@ class _Relay:
 
     def __init__(self, mode: DramatiqMode) -> None:
         self.mode = mode
-        # None wakes the thread up (a flush is waiting) and is otherwise ignored.
+        # None only wakes the thread up (a flush is waiting).
         self._queue: queue.SimpleQueue[tuple[Engine, list[int], bool] | None] = (
             queue.SimpleQueue())
         self._cond = threading.Condition()
         self._queued = 0
         self._done = 0
-        self._flushing = 0
+        self._flush_now = threading.Event()
         self._thread: threading.Thread | None = None
 
     def put(self, engine: Engine, ids: list[int], send: bool) -> None:
@@ -91,37 +90,30 @@ class _Relay:
     def flush(self, timeout: float | None = 30.0) -> bool:
         with self._cond:
             target = self._queued
-            self._flushing += 1
+        self._flush_now.set()
         self._queue.put(None)
-        try:
-            with self._cond:
-                return self._cond.wait_for(lambda: self._done >= target, timeout)
-        finally:
-            with self._cond:
-                self._flushing -= 1
+        with self._cond:
+            return self._cond.wait_for(lambda: self._done >= target, timeout)
 
     def _take(self) -> list[tuple[Engine, list[int], bool]]:
-        """The next batch: what is queued now, plus what arrives within the linger."""
-        batch: list[tuple[Engine, list[int], bool]] = []
+        """The next batch: the first item, then everything that arrived within the
+        linger. The thread sleeps through the linger (items arriving meanwhile do not
+        wake it: with one wake-up per commit it would compete with the committing
+        threads for the interpreter), unless a flush wakes it."""
         item = self._queue.get()
-        deadline = 0.0
+        while item is None:  # a flush with nothing left to do
+            item = self._queue.get()
+        if not self._flush_now.is_set():
+            self._flush_now.wait(self.mode.linger)
+        self._flush_now.clear()
+        batch = [item]
         while True:
-            if item is not None:
-                if not batch:
-                    deadline = time.monotonic() + self.mode.linger
-                batch.append(item)
             try:
-                item = self._queue.get_nowait()
-                continue
-            except queue.Empty:
-                pass
-            remaining = deadline - time.monotonic()
-            if batch and (remaining <= 0 or self._flushing):
-                return batch
-            try:
-                item = self._queue.get(timeout=remaining if batch else None)
+                more = self._queue.get_nowait()
             except queue.Empty:
                 return batch
+            if more is not None:
+                batch.append(more)
 
     def _run(self) -> None:
         while True:
