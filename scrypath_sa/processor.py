@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -87,8 +87,8 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
     engine = engine or config.require_bind()
     ids = list(dict.fromkeys(event_ids))
     outcome = Outcome(mode=mode, event_ids=ids)
-    # One request per model carries refresh=wait_for when everything fits in one chunk
-    # (the common inline commit); larger runs get one explicit refresh per index at the end.
+    # One request per model carries refresh=wait_for when everything fits in one batch
+    # (the common inline commit); larger runs get explicit refreshes (see _Writer).
     single = len(ids) <= config.batch_size and not shared_refresh
     writer = _Writer(config, engine, wait_for_visibility, per_request_wait=single,
                      pipelined=len(ids) > config.batch_size)
@@ -97,7 +97,7 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
     items = _read(config, engine, ids, mode, worker)
     if writer.pipelined and isinstance(engine, Engine) and engine.dialect.name != "sqlite":
         # Claims and row reads wait on the database most of the time: a reader thread
-        # does them ahead, this thread hands batches to the sender and records outcomes.
+        # does them ahead, this thread hands batches to the senders and records outcomes.
         items = _ahead(items, PIPELINE_DEPTH)
     try:
         for item in items:
@@ -109,6 +109,7 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
                 docs_total += len(item.batch)
                 writer.submit(item)
     finally:
+        items.close()  # on an error, stop the reader now, not when the traceback goes
         transitions = writer.finish()
 
     outcome.skipped = [i for i in ids if i not in claimed]
@@ -132,7 +133,7 @@ class _Claimed:
 
 
 def _read(config: Config, engine: Bind, ids: list[int], mode: str,
-          worker: str | None) -> Iterator[_Claimed | _Prepared]:
+          worker: str | None) -> Generator[_Claimed | _Prepared, None, None]:
     """Claim ``ids`` a chunk at a time; for each chunk, what was claimed, then its
     batches with rows read and documents built."""
     # Claims go in larger chunks than batches: one claim statement per few thousand
@@ -150,7 +151,7 @@ def _read(config: Config, engine: Bind, ids: list[int], mode: str,
 _T = TypeVar("_T")
 
 
-def _ahead(items: Iterator[_T], depth: int) -> Iterator[_T]:
+def _ahead(items: Iterator[_T], depth: int) -> Generator[_T, None, None]:
     """Run ``items`` in a thread of its own, up to ``depth`` items ahead of the caller.
     Its exceptions reach the caller; when the caller stops, so does the thread."""
     handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)

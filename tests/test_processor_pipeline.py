@@ -88,3 +88,35 @@ def test_a_failure_while_reading_rows_keeps_what_was_already_written(
         states = dict(conn.execute(select(sync_events.c.document_id, sync_events.c.state)).all())
     assert [states[str(i)] for i in range(1, 9)] == (
         [State.BACKEND_ACCEPTED.value] * 4 + [State.PROCESSING.value] * 4)
+
+
+def test_an_error_while_sending_stops_the_reader_thread_at_once(
+        engine: Engine, index_prefix: str, backend: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller still holds the traceback (and with it the run's frame): the reader
+    thread must be gone anyway, not parked until the traceback is dropped."""
+    from scrypath_sa import processor
+
+    w = make_world(engine, index_prefix)
+    config = scrypath_sa.configure(w.Session, backend=backend, batch_size=2, mode="hold",
+                                   modes={"hold": Hold()})
+    with w.Session() as session:
+        session.add_all([w.Article(id=i, title=f"doc {i}") for i in range(1, 21)])
+        session.commit()
+    with engine.connect() as conn:
+        ids = list(conn.execute(select(sync_events.c.id)).scalars())
+
+    real = processor._Writer.submit
+    calls = 0
+
+    def failing(self: Any, prepared: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("the backend client blew up")
+        real(self, prepared)
+
+    monkeypatch.setattr(processor._Writer, "submit", failing)
+    with pytest.raises(RuntimeError, match="blew up") as excinfo:
+        processor.process(config, ids, mode="manual", wait_for_visibility=False)
+    assert excinfo.traceback  # still referenced here
+    assert not any(t.name == "scrypath-read" and t.is_alive() for t in threading.enumerate())
