@@ -271,8 +271,7 @@ def _bulk_statement(state: ORMExecuteState, config: Config, info: registry.Model
     stmt: Any = state.statement
     params = state.parameters
     if isinstance(params, list):  # bulk UPDATE by primary key: ids are in the parameters
-        pk_keys = [mapper.get_property_by_column(c).key for c in pk_cols]
-        keys = [[p[k] for k in pk_keys] for p in params]
+        keys = [[p[k] for k in registry.pk_keys(mapper.class_)] for p in params]
         result = state.invoke_statement()
     elif _can_return(conn, state) and not getattr(stmt, "_returning", ()):
         result = state.invoke_statement(

@@ -197,6 +197,19 @@ def _column_keys(cls: type) -> tuple[str, ...]:
     return keys
 
 
+_pk_keys_cache: weakref.WeakKeyDictionary[type, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def pk_keys(cls: type) -> tuple[str, ...]:
+    """The attribute names of ``cls``'s primary-key columns, in key order."""
+    keys = _pk_keys_cache.get(cls)
+    if keys is None:
+        mapper: Mapper[Any] = inspect(cls)
+        keys = _pk_keys_cache[cls] = tuple(
+            mapper.get_property_by_column(c).key for c in mapper.primary_key)
+    return keys
+
+
 def column_document(obj: object) -> dict[str, Any]:
     """The default document: every mapped column attribute, JSON-safe."""
     return {key: json_safe(getattr(obj, key)) for key in _column_keys(type(obj))}
@@ -233,14 +246,13 @@ def uses_default_documents(cls: type) -> bool:
             and not list(cls.search_load_options()))  # type: ignore[attr-defined]
 
 
-def column_query_parts(info: ModelInfo) -> tuple[list[Any], tuple[str, ...], list[str]]:
+def column_query_parts(info: ModelInfo) -> tuple[list[Any], tuple[str, ...], tuple[str, ...]]:
     """(labelled columns, document keys, primary-key keys) to read default documents with
     a plain column query."""
     mapper = info.mapper
     keys = _column_keys(info.cls)
     columns = [mapper.get_property(k).columns[0].label(k) for k in keys]
-    pk_keys = [mapper.get_property_by_column(c).key for c in mapper.primary_key]
-    return columns, keys, pk_keys
+    return columns, keys, pk_keys(info.cls)
 
 
 def uses_default_should_index(cls: type) -> bool:
@@ -285,12 +297,4 @@ def primary_key(obj: object) -> list[Any]:
     if state.identity is not None:
         return [json_safe(v) for v in state.identity]
     # Just inserted (the identity is set when the flush ends): the key attributes.
-    keys = _pk_keys_cache.get(type(obj))
-    if keys is None:
-        mapper: Mapper[Any] = state.mapper
-        keys = _pk_keys_cache[type(obj)] = tuple(
-            mapper.get_property_by_column(c).key for c in mapper.primary_key)
-    return [json_safe(getattr(obj, k)) for k in keys]
-
-
-_pk_keys_cache: weakref.WeakKeyDictionary[type, tuple[str, ...]] = weakref.WeakKeyDictionary()
+    return [json_safe(getattr(obj, k)) for k in pk_keys(type(obj))]

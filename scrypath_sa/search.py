@@ -61,7 +61,7 @@ def search(session: Session, model: type[T], query: str | dict[str, Any], *, pag
     found: dict[tuple[Any, ...], Any] = {}
     if wanted:
         where = outbox.key_filter(session.connection(), pk, wanted)
-        props = [info.mapper.get_property_by_column(c).key for c in pk]
+        props = registry.pk_keys(info.cls)
         for obj in session.scalars(select(model).where(where)
                                    .options(*info.cls.search_load_options())):
             found[tuple(getattr(obj, p) for p in props)] = obj

@@ -55,6 +55,20 @@ def test_ahead_stops_the_producer_when_the_caller_stops() -> None:
     assert len(produced) < 20
 
 
+def held_events(engine: Engine, index_prefix: str, backend: Any,
+                n: int) -> tuple[Any, list[int]]:
+    """``n`` committed articles whose events wait in ``requested``, batches of two."""
+    w = make_world(engine, index_prefix)
+    config = scrypath_sa.configure(w.Session, backend=backend, batch_size=2, mode="hold",
+                                   modes={"hold": Hold()})
+    with w.Session() as session:
+        session.add_all([w.Article(id=i, title=f"doc {i}") for i in range(1, n + 1)])
+        session.commit()
+    with engine.connect() as conn:
+        ids = list(conn.execute(select(sync_events.c.id).order_by(sync_events.c.id)).scalars())
+    return config, ids
+
+
 def test_a_failure_while_reading_rows_keeps_what_was_already_written(
         engine: Engine, index_prefix: str, backend: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run that fails part way (here: reading the third batch's rows) records every
@@ -62,14 +76,7 @@ def test_a_failure_while_reading_rows_keeps_what_was_already_written(
     claim expiry to hand back, nothing reads ``completed`` that was not written."""
     from scrypath_sa import processor
 
-    w = make_world(engine, index_prefix)
-    config = scrypath_sa.configure(w.Session, backend=backend, batch_size=2, mode="hold",
-                                   modes={"hold": Hold()})
-    with w.Session() as session:
-        session.add_all([w.Article(id=i, title=f"doc {i}") for i in range(1, 9)])
-        session.commit()
-    with engine.connect() as conn:
-        ids = list(conn.execute(select(sync_events.c.id).order_by(sync_events.c.id)).scalars())
+    config, ids = held_events(engine, index_prefix, backend, 8)
 
     real = processor._load_rows
     calls = 0
@@ -96,14 +103,7 @@ def test_an_error_while_sending_stops_the_reader_thread_at_once(
     thread must be gone anyway, not parked until the traceback is dropped."""
     from scrypath_sa import processor
 
-    w = make_world(engine, index_prefix)
-    config = scrypath_sa.configure(w.Session, backend=backend, batch_size=2, mode="hold",
-                                   modes={"hold": Hold()})
-    with w.Session() as session:
-        session.add_all([w.Article(id=i, title=f"doc {i}") for i in range(1, 21)])
-        session.commit()
-    with engine.connect() as conn:
-        ids = list(conn.execute(select(sync_events.c.id)).scalars())
+    config, ids = held_events(engine, index_prefix, backend, 20)
 
     real = processor._Writer.submit
     calls = 0

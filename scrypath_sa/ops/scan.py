@@ -38,7 +38,7 @@ def row_pages(engine: Engine, info: ModelInfo, *, where: Any = None,
             if not page:
                 return
             yield page
-        last = [getattr(page[-1], info.mapper.get_property_by_column(c).key) for c in pk]
+        last = [getattr(page[-1], k) for k in registry.pk_keys(info.cls)]
 
 
 def column_pages(engine: Engine, info: ModelInfo, *, where: Any = None,
@@ -74,8 +74,9 @@ def existing_keys(engine: Engine, info: ModelInfo,
     with Session(engine, expire_on_commit=False) as session:
         conn = session.connection()
         where = outbox.key_filter(conn, pk, keys)
+        props = registry.pk_keys(info.cls)
         for obj in session.scalars(select(info.cls).where(where)):
-            found[tuple(getattr(obj, info.mapper.get_property_by_column(c).key) for c in pk)] = obj
+            found[tuple(getattr(obj, k) for k in props)] = obj
     return found
 
 
