@@ -2,10 +2,11 @@
 
 Per-transaction state lives in ``Session.info``:
 
-* ``before_flush`` opens a capture list; mapper events (insert/update/delete, which see
+* ``before_flush`` opens a capture list; mapper events (update/delete, which see
   cascades and orphans) and the session's modified objects fill it;
-* ``after_flush`` writes one ``sync_events`` row per (index, document id) in one INSERT
-  on the flush's connection, so a rollback removes both data and events;
+* ``after_flush`` adds the session's new objects (their keys are assigned by then) and
+  writes one ``sync_events`` row per (index, document id) in one INSERT per model on the
+  flush's connection, so a rollback removes both data and events;
 * ORM-enabled bulk ``update()``/``delete()`` are captured in ``do_orm_execute`` (with
   RETURNING where the database has it);
 * the root ``after_commit`` marks the ids as committed; once the transaction is fully
@@ -140,6 +141,13 @@ def _handlers(config: Config) -> list[tuple[str, Any]]:
 
     def after_flush(session: Session, flush_context: Any) -> None:
         capture: dict[tuple[str, str], NewEvent] | None = session.info.pop(CAPTURE, None)
+        if capture is None:
+            return
+        # New rows: the session's pending objects (their keys are assigned by now). One
+        # pass here costs far less than a mapper event per inserted row.
+        for obj in session.new:
+            if isinstance(obj, Searchable):
+                _capture(capture, obj, Operation.UPSERT)
         if not capture:
             return
         first = next(iter(capture.values()))
@@ -228,7 +236,8 @@ def _capture(capture: dict[tuple[str, str], NewEvent], obj: Any, op: Operation) 
 # ------------------------------------------------------------------------ mapper events
 
 def _install_mapper_events() -> None:
-    """Insert/update/delete hooks on every Searchable class (cascades and orphans too).
+    """Update/delete hooks on every Searchable class (cascades and orphans too); new
+    rows are taken from the session in ``after_flush``.
 
     They only act inside a flush of a configured session (one that has a capture list).
     """
@@ -247,7 +256,6 @@ def _install_mapper_events() -> None:
             _capture(capture, target, op)
         return on_write
 
-    event.listen(Searchable, "after_insert", hook(Operation.UPSERT), propagate=True)
     event.listen(Searchable, "after_update", hook(Operation.UPSERT), propagate=True)
     event.listen(Searchable, "after_delete", hook(Operation.DELETE), propagate=True)
     _mapper_events_installed = True

@@ -230,13 +230,13 @@ class Event(NamedTuple):
 
 
 def record(conn: Connection, events: Sequence[NewEvent], mode: str | None) -> list[int]:
-    """Insert ``events`` on ``conn`` (the data's transaction) in one statement; returns
-    their ids (in no particular order)."""
+    """Insert ``events`` on ``conn`` (the data's transaction); returns their ids (in no
+    particular order)."""
     if not events:
         return []
     now = utcnow()
-    if conn.dialect.name == "postgresql" and len(events) > 1:
-        return _record_unnest(conn, events, mode, now)
+    if conn.dialect.name == "postgresql":
+        return _record_postgresql(conn, events, mode, now)
     rows = [
         {
             "model": e.model,
@@ -258,31 +258,59 @@ def record(conn: Connection, events: Sequence[NewEvent], mode: str | None) -> li
     return list(conn.execute(stmt, rows).scalars())
 
 
-def _record_unnest(conn: Connection, events: Sequence[NewEvent], mode: str | None,
-                   now: dt.datetime) -> list[int]:
-    """PostgreSQL: ``INSERT ... SELECT FROM unnest(arrays)``, one array parameter per
-    varying column. About 2.5x faster than an executemany for a 1,000-row flush."""
-    def array(name: str, values: list[str]) -> Any:
-        return bindparam(name, values, type_=ARRAY(Text))
-
-    rows = func.unnest(
-        array("models", [e.model for e in events]),
-        array("indices", [e.index_name for e in events]),
-        array("document_ids", [e.document_id for e in events]),
-        array("pks", [json.dumps(e.pk) for e in events]),
-        array("operations", [e.operation.value for e in events]),
-    ).table_valued("model", "index_name", "document_id", "pk", "operation").render_derived()
-    query = select(rows.c.model, rows.c.index_name, rows.c.document_id, cast(rows.c.pk, JSON),
-                   rows.c.operation, literal(mode, String()),
-                   literal(State.REQUESTED.value, String()), literal(0, Integer()),
-                   literal(now, UTCDateTime()), literal(now, UTCDateTime()))
-    stmt = insert(sync_events).from_select(
-        ["model", "index_name", "document_id", "pk", "operation", "mode", "state", "attempts",
-         "requested_at", "updated_at"], query).returning(sync_events.c.id)
-    return list(conn.execute(stmt).scalars())
+def _record_postgresql(conn: Connection, events: Sequence[NewEvent], mode: str | None,
+                       now: dt.datetime) -> list[int]:
+    """One prepared-once statement per model in the flush: a single row as VALUES,
+    several as ``SELECT FROM unnest(arrays)`` with only the varying columns as arrays
+    (keys as JSON text). A 1,000-row flush costs about 7 ms instead of 11 ms (34 ms as
+    an executemany)."""
+    groups: dict[tuple[str, str], list[NewEvent]] = {}
+    for e in events:
+        groups.setdefault((e.model, e.index_name), []).append(e)
+    ids: list[int] = []
+    for (model, index_name), group in groups.items():
+        params: dict[str, Any] = {"model": model, "index_name": index_name, "mode": mode,
+                                  "now": now}
+        if len(group) == 1:
+            e = group[0]
+            params.update(document_id=e.document_id, pk=_dumps(e.pk),
+                          operation=e.operation.value)
+            ids.append(conn.execute(_INSERT_ONE_PG, params).scalar_one())
+            continue
+        params.update(document_ids=[e.document_id for e in group],
+                      pks=[_dumps(e.pk) for e in group],
+                      operations=[e.operation.value for e in group])
+        ids.extend(conn.execute(_INSERT_MANY_PG, params).scalars())
+    return ids
 
 
 _INSERT_ONE = insert(sync_events).returning(sync_events.c.id)
+
+
+def _postgresql_insert(source: Any) -> Any:
+    """INSERT ... SELECT of one model's events; ``source`` has document_id, pk (JSON text)
+    and operation columns."""
+    def scalar(name: str, type_: Any) -> Any:
+        return bindparam(name, type_=type_)
+
+    query = select(scalar("model", String()), scalar("index_name", String()),
+                   source.c.document_id, cast(source.c.pk, JSON), source.c.operation,
+                   scalar("mode", String()), literal(State.REQUESTED.value, String()),
+                   literal(0, Integer()), scalar("now", UTCDateTime()),
+                   scalar("now", UTCDateTime()))
+    return insert(sync_events).from_select(
+        ["model", "index_name", "document_id", "pk", "operation", "mode", "state", "attempts",
+         "requested_at", "updated_at"], query).returning(sync_events.c.id)
+
+
+_INSERT_ONE_PG = _postgresql_insert(select(
+    bindparam("document_id", type_=String()).label("document_id"),
+    bindparam("pk", type_=Text()).label("pk"),
+    bindparam("operation", type_=String()).label("operation")).subquery())
+_INSERT_MANY_PG = _postgresql_insert(func.unnest(
+    bindparam("document_ids", type_=ARRAY(Text)), bindparam("pks", type_=ARRAY(Text)),
+    bindparam("operations", type_=ARRAY(Text)),
+).table_valued("document_id", "pk", "operation").render_derived())
 
 
 def in_states(states: Iterable[State | str]) -> Any:
@@ -421,7 +449,10 @@ def apply(conn: Connection, transitions: Sequence[Transition]) -> None:
         if state in _STAMP:
             values[_STAMP[state]] = now
         for chunk in _chunks(ids, CHUNK):
-            conn.execute(update(t).where(id_filter(conn, t.c.id, chunk)).values(values))
+            # Only open events are recorded here; saying so lets the planner find them
+            # in the small partial index (by the primary key it may scan the table).
+            conn.execute(update(t).where(id_filter(conn, t.c.id, chunk),
+                                         t.c.completed_at.is_(None)).values(values))
     for state in {tr.state for tr in singles}:
         params = [{"b_id": tr.event_id, "b_operation": tr.operation, "b_version": tr.version_sent,
                    "b_kind": tr.error_kind, "b_error": tr.error, "b_next": tr.next_attempt_at}
@@ -503,10 +534,19 @@ def due(conn: Connection, older_than: dt.timedelta, enqueued_older_than: dt.time
     return [(row[0], row[1]) for row in conn.execute(query)]
 
 
-try:  # orjson, when installed (the opensearch extra), decodes keys several times faster
-    from orjson import loads as _loads
+try:  # orjson, when installed (the opensearch extra), codes keys several times faster
+    import orjson
+
+    _loads = orjson.loads
+
+    def _dumps(value: Any) -> str:
+        try:
+            return orjson.dumps(value).decode()
+        except TypeError:  # e.g. an integer wider than 64 bits
+            return json.dumps(value)
 except ImportError:  # pragma: no cover - exercised only without orjson
     _loads = json.loads  # type: ignore[assignment]
+    _dumps = json.dumps  # type: ignore[assignment]
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:

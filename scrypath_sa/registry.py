@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import inspect
 from sqlalchemy import types as sa_types
 from sqlalchemy.orm import Mapper
+from sqlalchemy.orm.attributes import instance_state
 
 from scrypath_sa.errors import ConfigurationError
 
@@ -230,10 +231,19 @@ def _unescape(part: str) -> str:
     return part.replace("%3A", ":").replace("%25", "%")
 
 
-def uses_default_ids(cls: type) -> bool:
-    from scrypath_sa.mixin import Searchable
+_default_ids_cache: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
 
-    return getattr(cls, "search_document_id", None) is Searchable.search_document_id
+
+def uses_default_ids(cls: type) -> bool:
+    """True when ``cls`` keeps the default document ids (its primary key); cached, as
+    every captured row asks."""
+    known = _default_ids_cache.get(cls)
+    if known is None:
+        from scrypath_sa.mixin import Searchable
+
+        known = _default_ids_cache[cls] = (
+            getattr(cls, "search_document_id", None) is Searchable.search_document_id)
+    return known
 
 
 def uses_default_documents(cls: type) -> bool:
@@ -293,8 +303,10 @@ def typed_key(info: ModelInfo, parts: list[Any]) -> tuple[Any, ...] | None:
 def primary_key(obj: object) -> list[Any]:
     """The primary key of a persistent, just-inserted or just-deleted object, as a
     JSON-safe list."""
-    state = inspect(obj)
-    if state.identity is not None:
-        return [json_safe(v) for v in state.identity]
-    # Just inserted (the identity is set when the flush ends): the key attributes.
-    return [json_safe(getattr(obj, k)) for k in pk_keys(type(obj))]
+    identity = instance_state(obj).identity
+    # Just inserted, the identity is set only when the flush ends: the key attributes.
+    values = identity if identity is not None else [getattr(obj, k) for k in pk_keys(type(obj))]
+    return [v if type(v) in _PLAIN_KEYS else json_safe(v) for v in values]
+
+
+_PLAIN_KEYS = (int, str)

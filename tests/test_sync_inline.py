@@ -123,6 +123,31 @@ def test_cascade_and_orphan_deletes_are_captured(world: World, os_client: Any) -
     assert get(os_client, world, "1") is None
 
 
+def test_new_rows_are_captured_with_assigned_keys_and_late_additions(
+        world: World, os_client: Any) -> None:
+    """New rows are read from the session once the flush wrote them: keys the database
+    assigned, and objects another before_flush listener added, are captured too."""
+    from sqlalchemy import event
+
+    def add_audit_comment(session: Any, flush_context: Any, instances: Any) -> None:
+        for obj in list(session.new):
+            if isinstance(obj, world.Article) and obj.title == "with audit":
+                session.add(world.Comment(id=99, article=obj, body="audit"))
+
+    event.listen(world.Session, "before_flush", add_audit_comment)
+    with world.Session() as session:
+        first, second = world.Article(title="auto one"), world.Article(title="with audit")
+        session.add_all([first, second])
+        session.commit()
+        keys = sorted(str(a.id) for a in (first, second))
+    rows = events(world)
+    assert sorted((r.index_name, r.document_id, r.state) for r in rows) == sorted(
+        [(f"{world.prefix}_articles", k, "completed") for k in keys]
+        + [(f"{world.prefix}_comments", "99", "completed")])
+    assert get(os_client, world, keys[0])["title"] in ("auto one", "with audit")
+    assert get(os_client, world, "99", "comments")["body"] == "audit"
+
+
 def test_unchanged_dirty_object_records_nothing(world: World) -> None:
     with world.Session() as session:
         session.add(world.Article(id=1, title="same"))
