@@ -5,6 +5,7 @@ A mode decides *when and where* :func:`process` runs, never *what* it does.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import logging
 import queue
@@ -64,7 +65,7 @@ class _Doc:
 
 def process(config: Config, event_ids: Sequence[int], *, mode: str,
             wait_for_visibility: bool, engine: Bind | None = None,
-            worker: str | None = None, shared_refresh: bool = False) -> Outcome:
+            worker: str | None = None, confirm_later: bool = False) -> Outcome:
     """Claim ``event_ids``, write their documents, and record every outcome.
 
     With ``wait_for_visibility`` a successful write is ``completed`` (visible to search);
@@ -80,18 +81,20 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
 
     Visibility comes from ``refresh=wait_for`` on the request when everything fits in
     one request (cheap for the cluster; the inline commit), otherwise from explicit
-    refreshes (one per ``REFRESH_EVERY`` documents and one at the end). ``shared_refresh``
-    (worker threads) always uses explicit refreshes, shared among the threads of this
-    process that need the same index.
+    refreshes (one per ``REFRESH_EVERY`` documents and one at the end). With
+    ``confirm_later`` (worker threads) the run does not wait for visibility: its accepted
+    writes go to this process's confirmer thread, which refreshes once for the runs of
+    many threads and records them ``completed`` (until then they read ``processing``; if
+    the process dies first, their claims expire and they are written again).
     """
     engine = engine or config.require_bind()
     ids = list(dict.fromkeys(event_ids))
     outcome = Outcome(mode=mode, event_ids=ids)
     # One request per model carries refresh=wait_for when everything fits in one batch
     # (the common inline commit); larger runs get explicit refreshes (see _Writer).
-    single = len(ids) <= config.batch_size and not shared_refresh
+    single = len(ids) <= config.batch_size and not confirm_later
     writer = _Writer(config, engine, wait_for_visibility, per_request_wait=single,
-                     pipelined=len(ids) > config.batch_size)
+                     pipelined=len(ids) > config.batch_size, confirm_later=confirm_later)
     claimed: set[int] = set()
     docs_total = 0
     items = _read(config, engine, ids, mode, worker)
@@ -261,7 +264,10 @@ def _load_rows(engine: Bind, info: ModelInfo, docs: list[_Doc]) -> dict[tuple[An
             for obj in session.scalars(query):
                 rows[tuple(primary_key(obj))] = obj
         # Documents are built while the session is open, so lazy loads still work.
-        return {key: build_document(obj) for key, obj in rows.items()}
+        built = {key: build_document(obj) for key, obj in rows.items()}
+        if isinstance(engine, Engine):
+            session.commit()  # rather than the close's ROLLBACK (see outbox.connect)
+        return built
 
 
 def _load_columns(engine: Bind, info: ModelInfo,
@@ -372,8 +378,9 @@ class _Writer:
     sender thread runs once they were answered, then are recorded ``completed``."""
 
     def __init__(self, config: Config, engine: Bind, wait_for_visibility: bool,
-                 per_request_wait: bool, pipelined: bool) -> None:
+                 per_request_wait: bool, pipelined: bool, confirm_later: bool = False) -> None:
         self.config, self.engine = config, engine
+        self.confirm_later = confirm_later
         self.per_request_wait = wait_for_visibility and per_request_wait
         self.needs_refresh = wait_for_visibility and not per_request_wait
         self.pipelined = pipelined
@@ -457,7 +464,10 @@ class _Writer:
         try:
             while self._in_flight:
                 self._settle_oldest()
-            if self._awaiting_refresh:
+            if self._awaiting_refresh and self.confirm_later:
+                _confirmer.put(self, [self.transitions[i] for i in self._awaiting_refresh])
+                self._awaiting_refresh = []
+            elif self._awaiting_refresh:
                 indices = {self.where[self.transitions[i].event_id][0]
                            for i in self._awaiting_refresh}
                 self._complete(self._refresh_all(sorted(indices)))
@@ -496,6 +506,86 @@ class _Writer:
                             "failed; they stay backend_accepted: %s", index, redact(exc))
                 visible[index] = False
         return visible
+
+
+CONFIRM_EVERY = 0.1
+"""Under load, the confirmer refreshes at most this often (seconds)."""
+
+
+class _Confirmer:
+    """Accepted writes of ``confirm_later`` runs, made visible and recorded off the
+    runs' threads: one thread per process takes everything handed over so far,
+    refreshes each index once, and records those events ``completed`` in one
+    transaction (``backend_accepted`` where the refresh failed: the truth). Under load,
+    refreshes and UPDATEs are shared by many runs, and worker threads no longer queue
+    behind each other's refreshes."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[_Writer, list[Transition]] | None] = (
+            queue.SimpleQueue())
+        self._cond = threading.Condition()
+        self._queued = self._done = 0
+        self._thread: threading.Thread | None = None
+
+    def put(self, writer: _Writer, transitions: list[Transition]) -> None:
+        with self._cond:
+            self._queued += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="scrypath-confirm",
+                                                daemon=True)
+                self._thread.start()
+                atexit.register(self.flush, 10.0)
+        self._queue.put((writer, transitions))
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until everything handed over so far is recorded; False on timeout."""
+        with self._cond:
+            target = self._queued
+            return self._cond.wait_for(lambda: self._done >= target, timeout)
+
+    def _run(self) -> None:
+        last = 0.0
+        while True:
+            first = self._queue.get()
+            # Refreshes cost the cluster a segment each: under load, one per
+            # CONFIRM_EVERY seconds, shared by everything that arrives meanwhile.
+            time.sleep(max(0.0, last + CONFIRM_EVERY - time.monotonic()))
+            last = time.monotonic()
+            batch = [first]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._confirm([item for item in batch if item is not None])
+            except Exception as exc:  # noqa: BLE001 - they stay processing; claims expire
+                log.warning("scrypath_sa: could not record %d visible writes; their claims "
+                            "will expire and they will be written again: %s",
+                            sum(len(item[1]) for item in batch if item), redact(exc))
+            with self._cond:
+                self._done += len(batch)
+                self._cond.notify_all()
+
+    @staticmethod
+    def _confirm(batch: list[tuple[_Writer, list[Transition]]]) -> None:
+        # Group by (backend, database): one refresh per index, one transaction per bind.
+        by_target: dict[tuple[int, int], list[tuple[_Writer, list[Transition]]]] = {}
+        for writer, transitions in batch:
+            key = (id(writer.config.backend), id(writer.engine))
+            by_target.setdefault(key, []).append((writer, transitions))
+        for items in by_target.values():
+            first = items[0][0]
+            indices = sorted({w.where[tr.event_id][0] for w, trs in items for tr in trs})
+            visible = first._refresh_all(indices)
+            final = [Transition(tr.event_id, State.COMPLETED, *tr[2:])
+                     if visible.get(w.where[tr.event_id][0], False) else tr
+                     for w, trs in items for tr in trs]
+            with outbox.begin(first.engine) as conn:
+                outbox.apply(conn, final)
+
+
+_confirmer = _Confirmer()
 
 
 @dataclass

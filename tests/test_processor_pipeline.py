@@ -120,3 +120,61 @@ def test_an_error_while_sending_stops_the_reader_thread_at_once(
         processor.process(config, ids, mode="manual", wait_for_visibility=False)
     assert excinfo.traceback  # still referenced here
     assert not any(t.name == "scrypath-read" and t.is_alive() for t in threading.enumerate())
+
+
+def test_confirm_later_runs_share_refreshes_and_end_completed(
+        engine: Engine, index_prefix: str, opensearch_url: str, os_client: Any) -> None:
+    """Worker runs (``confirm_later``) return once their writes are accepted; the
+    process's confirmer refreshes once for many of them and records them completed."""
+    from scrypath_sa import processor
+    from scrypath_sa.backends import OpenSearchBackend
+
+    release = threading.Event()
+
+    class GatedRefresh(OpenSearchBackend):
+        refreshes = 0
+
+        def refresh(self, alias: str) -> None:
+            self.refreshes += 1
+            assert release.wait(30)  # the first refresh waits until every run returned
+            super().refresh(alias)
+
+    backend = GatedRefresh(opensearch_url)
+    config, ids = held_events(engine, index_prefix, backend, 12)
+    outcomes: list[Any] = []
+    runs = [threading.Thread(target=lambda chunk=ids[i:i + 2]: outcomes.append(
+        processor.process(config, chunk, mode="dramatiq", wait_for_visibility=True,
+                          confirm_later=True))) for i in range(0, 12, 2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(30)
+    # every run returned while the refresh was held: accepted, not yet visible
+    assert [o.states for o in outcomes] == [{"backend_accepted": 2}] * 6
+    with engine.connect() as conn:
+        assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"processing"}
+    release.set()
+    assert processor._confirmer.flush(30)
+    with engine.connect() as conn:
+        assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"completed"}
+    assert backend.refreshes <= 2  # one for the first run(s) it took, one for the rest
+    assert os_client.count(index=f"{index_prefix}_articles")["count"] == 12
+
+
+def test_confirm_later_with_a_failed_refresh_records_backend_accepted(
+        engine: Engine, index_prefix: str, opensearch_url: str) -> None:
+    from scrypath_sa import processor
+    from scrypath_sa.backends import OpenSearchBackend
+    from scrypath_sa.errors import BackendError
+
+    class NoRefresh(OpenSearchBackend):
+        def refresh(self, alias: str) -> None:
+            raise BackendError("refresh timed out")
+
+    config, ids = held_events(engine, index_prefix, NoRefresh(opensearch_url), 4)
+    processor.process(config, ids, mode="dramatiq", wait_for_visibility=True,
+                      confirm_later=True)
+    assert processor._confirmer.flush(30)
+    with engine.connect() as conn:
+        assert set(conn.execute(select(sync_events.c.state)).scalars()) == {
+            "backend_accepted"}

@@ -236,7 +236,7 @@ class DramatiqMode(Mode):
     def _work(self, event_ids: list[int]) -> None:
         outcome = processor.process(self.config, event_ids, mode=self.name,
                                     wait_for_visibility=True, worker=worker_id(),
-                                    shared_refresh=True)
+                                    confirm_later=True)
         if outcome.locked:
             raise dramatiq.Retry(f"{len(outcome.locked)} events were locked by another "
                                  "transaction; delivering again", delay=500)
