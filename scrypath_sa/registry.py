@@ -11,7 +11,7 @@ import json
 import re
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -305,7 +305,12 @@ def primary_key(obj: object) -> list[Any]:
     JSON-safe list."""
     identity = instance_state(obj).identity
     # Just inserted, the identity is set only when the flush ends: the key attributes.
-    values = identity if identity is not None else [getattr(obj, k) for k in pk_keys(type(obj))]
+    return json_safe_key(
+        identity if identity is not None else [getattr(obj, k) for k in pk_keys(type(obj))])
+
+
+def json_safe_key(values: Sequence[Any]) -> list[Any]:
+    """Primary-key values as a JSON-safe list (ints and strings as they are)."""
     return [v if type(v) in _PLAIN_KEYS else json_safe(v) for v in values]
 
 
