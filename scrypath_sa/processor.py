@@ -6,6 +6,7 @@ A mode decides *when and where* :func:`process` runs, never *what* it does.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as dt
 import logging
 import queue
@@ -45,7 +46,7 @@ log = logging.getLogger("scrypath_sa")
 CLAIM_CHUNK = 2000
 
 
-@dataclass
+@dataclass(slots=True)
 class _Doc:
     """All claimed events of one document, coalesced."""
 
@@ -95,6 +96,12 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
     single = len(ids) <= config.batch_size and not confirm_later
     writer = _Writer(config, engine, wait_for_visibility, per_request_wait=single,
                      pipelined=len(ids) > config.batch_size, confirm_later=confirm_later)
+    with _confirmer.run() if confirm_later else contextlib.nullcontext():
+        return _process(config, engine, ids, outcome, writer, mode, worker)
+
+
+def _process(config: Config, engine: Bind, ids: list[int], outcome: Outcome, writer: _Writer,
+             mode: str, worker: str | None) -> Outcome:
     claimed: set[int] = set()
     docs_total = 0
     items = _read(config, engine, ids, mode, worker)
@@ -525,7 +532,21 @@ class _Confirmer:
             queue.SimpleQueue())
         self._cond = threading.Condition()
         self._queued = self._done = 0
+        self._runs = 0  # confirm_later runs in progress in this process
         self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def run(self) -> Iterator[None]:
+        """Around a ``confirm_later`` run: while none is in progress, nothing more is
+        coming soon, and the confirmer does not wait for more."""
+        with self._cond:
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._runs -= 1
+                self._cond.notify_all()
 
     def put(self, writer: _Writer, transitions: list[Transition]) -> None:
         with self._cond:
@@ -547,9 +568,11 @@ class _Confirmer:
         last = 0.0
         while True:
             first = self._queue.get()
-            # Refreshes cost the cluster a segment each: under load, one per
-            # CONFIRM_EVERY seconds, shared by everything that arrives meanwhile.
-            time.sleep(max(0.0, last + CONFIRM_EVERY - time.monotonic()))
+            # Refreshes cost the cluster a segment each: while runs are in progress,
+            # one per CONFIRM_EVERY seconds, shared by everything that arrives meanwhile.
+            with self._cond:
+                self._cond.wait_for(lambda: self._runs == 0,
+                                    last + CONFIRM_EVERY - time.monotonic())
             last = time.monotonic()
             batch = [first]
             while True:
