@@ -266,7 +266,7 @@ def _record_postgresql(conn: Connection, events: Sequence[NewEvent], mode: str |
                        now: dt.datetime) -> list[int]:
     """One prepared-once statement per model in the flush: a single row as VALUES,
     several as ``SELECT FROM unnest(arrays)`` with only the varying columns as arrays
-    (keys as JSON text). A 1,000-row flush costs about 7 ms instead of 11 ms (34 ms as
+    (keys as JSON text). A 1,000-row flush costs about 8 ms instead of 11 ms (34 ms as
     an executemany)."""
     groups: dict[tuple[str, str], list[NewEvent]] = {}
     for e in events:

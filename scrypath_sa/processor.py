@@ -89,6 +89,8 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
     the process dies first, their claims expire and they are written again).
     """
     engine = engine or config.require_bind()
+    # The confirmer thread opens its own connections: not for a caller's connection.
+    confirm_later = confirm_later and isinstance(engine, Engine)
     ids = list(dict.fromkeys(event_ids))
     outcome = Outcome(mode=mode, event_ids=ids)
     # One request per model carries refresh=wait_for when everything fits in one batch
@@ -528,8 +530,7 @@ class _Confirmer:
     behind each other's refreshes."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[_Writer, list[Transition]] | None] = (
-            queue.SimpleQueue())
+        self._queue: queue.SimpleQueue[tuple[_Writer, list[Transition]]] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._queued = self._done = 0
         self._runs = 0  # confirm_later runs in progress in this process
@@ -581,11 +582,11 @@ class _Confirmer:
                 except queue.Empty:
                     break
             try:
-                self._confirm([item for item in batch if item is not None])
+                self._confirm(batch)
             except Exception as exc:  # noqa: BLE001 - they stay processing; claims expire
                 log.warning("scrypath_sa: could not record %d visible writes; their claims "
                             "will expire and they will be written again: %s",
-                            sum(len(item[1]) for item in batch if item), redact(exc))
+                            sum(len(transitions) for _, transitions in batch), redact(exc))
             with self._cond:
                 self._done += len(batch)
                 self._cond.notify_all()
