@@ -426,8 +426,10 @@ _STAMP = {
 }
 
 
-def apply(conn: Connection, transitions: Sequence[Transition]) -> None:
-    """Record outcomes with as few statements as the outcomes allow.
+def apply(conn: Connection, transitions: Sequence[Transition],
+          as_state: State | None = None) -> None:
+    """Record outcomes with as few statements as the outcomes allow (``as_state``: in
+    that state instead of their own, e.g. accepted writes a refresh made visible).
 
     Transitions that share everything but the event id (the common case: a whole batch
     accepted, each event at its own version) become one UPDATE per chunk; the
@@ -441,8 +443,10 @@ def apply(conn: Connection, transitions: Sequence[Transition]) -> None:
     singles: list[Transition] = []
     for tr in transitions:
         event_id, state, operation, version, kind, error, next_at = tr
+        if as_state is not None:
+            state = as_state
         if version is not None and version != event_id * VERSION_SCALE:
-            singles.append(tr)
+            singles.append(tr if as_state is None else tr._replace(state=as_state))
             continue
         key = (state, operation, kind, error, next_at, version is not None)
         ids = groups.get(key)

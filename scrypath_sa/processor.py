@@ -599,14 +599,21 @@ class _Confirmer:
             key = (id(writer.config.backend), id(writer.engine))
             by_target.setdefault(key, []).append((writer, transitions))
         for items in by_target.values():
+            by_index: dict[str, list[Transition]] = {}
+            for writer, transitions in items:
+                where = writer.where
+                for tr in transitions:
+                    index = where[tr.event_id][0]
+                    group = by_index.get(index)
+                    if group is None:
+                        group = by_index[index] = []
+                    group.append(tr)
             first = items[0][0]
-            indices = sorted({w.where[tr.event_id][0] for w, trs in items for tr in trs})
-            visible = first._refresh_all(indices)
-            final = [Transition(tr.event_id, State.COMPLETED, *tr[2:])
-                     if visible.get(w.where[tr.event_id][0], False) else tr
-                     for w, trs in items for tr in trs]
+            visible = first._refresh_all(sorted(by_index))
             with outbox.begin(first.engine) as conn:
-                outbox.apply(conn, final)
+                for index, group in by_index.items():
+                    outbox.apply(conn, group,
+                                 as_state=State.COMPLETED if visible[index] else None)
 
 
 _confirmer = _Confirmer()
