@@ -246,6 +246,8 @@ def _capture_new(capture: dict[tuple[str, str], NewEvent], objects: Iterable[Any
             continue
         name, index, keys, default_ids = plan
         pk = registry.json_safe_key([getattr(obj, k) for k in keys])
+        if None in pk:  # added during this flush, not written by it: the next flush's
+            continue
         document_id = (registry.pk_document_id(pk) if default_ids
                        else str(obj.search_document_id()))
         capture[(index, document_id)] = NewEvent(name, index, document_id, pk,

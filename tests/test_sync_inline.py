@@ -148,6 +148,26 @@ def test_new_rows_are_captured_with_assigned_keys_and_late_additions(
     assert get(os_client, world, "99", "comments")["body"] == "audit"
 
 
+def test_an_object_added_during_a_flush_is_captured_by_the_flush_that_writes_it(
+        world: World) -> None:
+    """An after_flush listener that runs before ours adds an object: it is new but not
+    written yet (no key), so it belongs to the next flush, not to this one."""
+    from sqlalchemy import event
+
+    def add_follow_up(session: Any, flush_context: Any) -> None:
+        if not session.info.get("added"):
+            session.info["added"] = True
+            session.add(world.Article(title="follow-up"))
+
+    event.listen(world.Session, "after_flush", add_follow_up, insert=True)
+    with world.Session() as session:
+        session.add(world.Article(id=100, title="first"))
+        session.commit()
+        follow_up = session.scalars(select(world.Article).where(
+            world.Article.title == "follow-up")).one()
+    assert sorted(r.document_id for r in events(world)) == sorted(["100", str(follow_up.id)])
+
+
 def test_unchanged_dirty_object_records_nothing(world: World) -> None:
     with world.Session() as session:
         session.add(world.Article(id=1, title="same"))
