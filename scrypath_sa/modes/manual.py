@@ -41,7 +41,7 @@ def _newest_writes(engine: Engine, index: str, doc_ids: list[str],
         for start in range(0, len(doc_ids), 1000):
             query = select(t.c.document_id, t.c.operation, t.c.version_sent).where(
                 t.c.index_name == index, t.c.document_id.in_(doc_ids[start:start + 1000]),
-                t.c.state == State.COMPLETED.value)
+                outbox.completed())
             for doc_id, operation, version in conn.execute(query):
                 consider(doc_id, operation, version)
     return newest

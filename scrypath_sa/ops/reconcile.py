@@ -137,7 +137,7 @@ def _compare(config: Config, info: ModelInfo, drift: ModelDrift, page_size: int,
         with engine.connect() as conn:
             newest = dict(conn.execute(
                 select(t.c.document_id, func.max(t.c.version_sent))
-                .where(t.c.index_name == info.index, t.c.state == State.COMPLETED.value,
+                .where(t.c.index_name == info.index, outbox.completed(),
                        t.c.document_id.in_(list(wanted)))
                 .group_by(t.c.document_id)).all())
         behind = [i for i, keep in wanted.items()
