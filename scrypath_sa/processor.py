@@ -619,6 +619,13 @@ class _Confirmer:
 _confirmer = _Confirmer()
 
 
+def flush_confirmations(timeout: float | None = 30.0) -> bool:
+    """Wait until the accepted writes of this process's ``confirm_later`` runs are
+    recorded (``completed``, or ``backend_accepted`` if their refresh failed); False on
+    timeout. Called when a Dramatiq worker shuts down."""
+    return _confirmer.flush(timeout)
+
+
 @dataclass
 class _Prepared:
     """One batch of one model, ready to send."""

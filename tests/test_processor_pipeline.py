@@ -154,7 +154,7 @@ def test_confirm_later_runs_share_refreshes_and_end_completed(
     with engine.connect() as conn:
         assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"processing"}
     release.set()
-    assert processor._confirmer.flush(30)
+    assert processor.flush_confirmations(30)
     with engine.connect() as conn:
         assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"completed"}
     assert backend.refreshes <= 2  # one for the first run(s) it took, one for the rest
@@ -174,7 +174,44 @@ def test_confirm_later_with_a_failed_refresh_records_backend_accepted(
     config, ids = held_events(engine, index_prefix, NoRefresh(opensearch_url), 4)
     processor.process(config, ids, mode="dramatiq", wait_for_visibility=True,
                       confirm_later=True)
-    assert processor._confirmer.flush(30)
+    assert processor.flush_confirmations(30)
     with engine.connect() as conn:
         assert set(conn.execute(select(sync_events.c.state)).scalars()) == {
             "backend_accepted"}
+
+
+def test_a_dramatiq_worker_shutting_down_records_what_it_made_visible(
+        engine: Engine, index_prefix: str, opensearch_url: str) -> None:
+    """Dramatiq's forked worker processes skip atexit handlers: the mode's middleware
+    waits for the pending confirmations when the worker stops."""
+    from dramatiq.brokers.stub import StubBroker
+
+    from scrypath_sa import processor
+    from scrypath_sa.backends import OpenSearchBackend
+    from scrypath_sa.modes.dramatiq import DramatiqMode
+
+    release = threading.Event()
+
+    class GatedRefresh(OpenSearchBackend):
+        def refresh(self, alias: str) -> None:
+            assert release.wait(30)
+            super().refresh(alias)
+
+    broker = StubBroker()
+    DramatiqMode(broker, queue_name=f"q{index_prefix}")
+    DramatiqMode(broker, queue_name=f"q{index_prefix}", actor_name="another")  # same broker
+    hooks = [m for m in broker.middleware if hasattr(m, "after_worker_shutdown")
+             and type(m).__module__ == "scrypath_sa.modes.dramatiq"]
+    assert len(hooks) == 1
+    config, ids = held_events(engine, index_prefix, GatedRefresh(opensearch_url), 2)
+    processor.process(config, ids, mode="dramatiq", wait_for_visibility=True,
+                      confirm_later=True)
+    shutdown = threading.Thread(target=hooks[0].after_worker_shutdown, args=(broker, None))
+    shutdown.start()
+    shutdown.join(0.2)
+    assert shutdown.is_alive()  # still waiting for the refresh it needs
+    release.set()
+    shutdown.join(30)
+    assert not shutdown.is_alive()
+    with engine.connect() as conn:
+        assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"completed"}

@@ -140,6 +140,16 @@ class _Relay:
                 self._cond.notify_all()
 
 
+class _ConfirmOnShutdown(dramatiq.Middleware):
+    """A worker that stops gracefully records what it made visible before its process
+    exits (Dramatiq's forked worker processes end without running atexit handlers)."""
+
+    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
+        if not processor.flush_confirmations(30.0):
+            log.warning("scrypath_sa: some visible writes were not recorded before "
+                        "shutdown; their claims will expire and they will be written again")
+
+
 class DramatiqMode(Mode):
     """Enqueue event ids on ``broker``; a Dramatiq worker processes them.
 
@@ -169,6 +179,8 @@ class DramatiqMode(Mode):
         self.linger = linger
         self._config: Config | None = None
         self._relay = _Relay(self)
+        if not any(isinstance(m, _ConfirmOnShutdown) for m in broker.middleware):
+            broker.add_middleware(_ConfirmOnShutdown())
         self.exhausted_actor: dramatiq.Actor[Any, Any] = dramatiq.Actor(
             self._retries_exhausted, broker=broker, actor_name=f"{actor_name}_exhausted",
             queue_name=queue_name, priority=0, options={"max_retries": 3},
