@@ -246,7 +246,7 @@ def _capture_new(capture: dict[tuple[str, str], NewEvent], objects: Iterable[Any
             continue
         name, index, keys, default_ids = plan
         pk = registry.json_safe_key([getattr(obj, k) for k in keys])
-        if None in pk:  # added during this flush, not written by it: the next flush's
+        if None in pk:  # no key yet: added during this flush; the next one writes it
             continue
         document_id = (registry.pk_document_id(pk) if default_ids
                        else str(obj.search_document_id()))
