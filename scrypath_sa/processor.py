@@ -581,39 +581,41 @@ class _Confirmer:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                self._confirm(batch)
-            except Exception as exc:  # noqa: BLE001 - they stay processing; claims expire
-                log.warning("scrypath_sa: could not record %d visible writes; their claims "
-                            "will expire and they will be written again: %s",
-                            sum(len(transitions) for _, transitions in batch), redact(exc))
+            # Grouped by (backend, database): one refresh per index, one transaction per
+            # database; a failure in one group leaves the others alone.
+            by_target: dict[tuple[int, int], list[tuple[_Writer, list[Transition]]]] = {}
+            for writer, transitions in batch:
+                key = (id(writer.config.backend), id(writer.engine))
+                by_target.setdefault(key, []).append((writer, transitions))
+            for items in by_target.values():
+                try:
+                    self._confirm(items)
+                except Exception as exc:  # noqa: BLE001 - they stay processing; claims expire
+                    log.warning("scrypath_sa: could not record %d visible writes; their "
+                                "claims will expire and they will be written again: %s",
+                                sum(len(transitions) for _, transitions in items), redact(exc))
             with self._cond:
                 self._done += len(batch)
                 self._cond.notify_all()
 
     @staticmethod
-    def _confirm(batch: list[tuple[_Writer, list[Transition]]]) -> None:
-        # Group by (backend, database): one refresh per index, one transaction per bind.
-        by_target: dict[tuple[int, int], list[tuple[_Writer, list[Transition]]]] = {}
-        for writer, transitions in batch:
-            key = (id(writer.config.backend), id(writer.engine))
-            by_target.setdefault(key, []).append((writer, transitions))
-        for items in by_target.values():
-            by_index: dict[str, list[Transition]] = {}
-            for writer, transitions in items:
-                where = writer.where
-                for tr in transitions:
-                    index = where[tr.event_id][0]
-                    group = by_index.get(index)
-                    if group is None:
-                        group = by_index[index] = []
-                    group.append(tr)
-            first = items[0][0]
-            visible = first._refresh_all(sorted(by_index))
-            with outbox.begin(first.engine) as conn:
-                for index, group in by_index.items():
-                    outbox.apply(conn, group,
-                                 as_state=State.COMPLETED if visible[index] else None)
+    def _confirm(items: list[tuple[_Writer, list[Transition]]]) -> None:
+        """Refresh the indices ``items`` wrote (one backend, one database) and record them."""
+        by_index: dict[str, list[Transition]] = {}
+        for writer, transitions in items:
+            where = writer.where
+            for tr in transitions:
+                index = where[tr.event_id][0]
+                group = by_index.get(index)
+                if group is None:
+                    group = by_index[index] = []
+                group.append(tr)
+        first = items[0][0]
+        visible = first._refresh_all(sorted(by_index))
+        with outbox.begin(first.engine) as conn:
+            for index, group in by_index.items():
+                outbox.apply(conn, group,
+                             as_state=State.COMPLETED if visible[index] else None)
 
 
 _confirmer = _Confirmer()

@@ -215,3 +215,39 @@ def test_a_dramatiq_worker_shutting_down_records_what_it_made_visible(
     assert not shutdown.is_alive()
     with engine.connect() as conn:
         assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"completed"}
+
+
+def test_a_confirmation_that_fails_for_one_database_leaves_the_others_alone(
+        engine: Engine, index_prefix: str, opensearch_url: str) -> None:
+    from sqlalchemy import create_engine
+
+    from scrypath_sa import processor
+    from scrypath_sa.backends import OpenSearchBackend
+    from scrypath_sa.outbox import Transition
+
+    entered, release = threading.Event(), threading.Event()
+
+    class GatedRefresh(OpenSearchBackend):
+        refreshes = 0
+
+        def refresh(self, alias: str) -> None:
+            self.refreshes += 1
+            if self.refreshes == 1:
+                entered.set()
+                assert release.wait(30)
+            super().refresh(alias)
+
+    config, ids = held_events(engine, index_prefix, GatedRefresh(opensearch_url), 4)
+    run = dict(mode="dramatiq", wait_for_visibility=True, confirm_later=True)
+    processor.process(config, ids[:2], **run)
+    assert entered.wait(30)  # the confirmer took that run alone and holds its refresh
+    dead = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/nothing")
+    lost = processor._Writer(config, dead, True, per_request_wait=False, pipelined=False,
+                             confirm_later=True)
+    lost.where[10**9] = (f"{index_prefix}_articles", "x")
+    processor._confirmer.put(lost, [Transition(10**9, State.BACKEND_ACCEPTED, "upsert")])
+    processor.process(config, ids[2:], **run)  # same batch as the dead database's
+    release.set()
+    assert processor.flush_confirmations(30)
+    with engine.connect() as conn:
+        assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"completed"}
