@@ -122,24 +122,31 @@ def test_an_error_while_sending_stops_the_reader_thread_at_once(
     assert not any(t.name == "scrypath-read" and t.is_alive() for t in threading.enumerate())
 
 
+def gated_backend(opensearch_url: str) -> Any:
+    """A real OpenSearch backend whose refreshes wait until ``backend.release`` is set
+    (``backend.entered`` says one is waiting); ``backend.refreshes`` counts them."""
+    from scrypath_sa.backends import OpenSearchBackend
+
+    class GatedRefresh(OpenSearchBackend):
+        refreshes = 0
+        entered, release = threading.Event(), threading.Event()
+
+        def refresh(self, alias: str) -> None:
+            self.refreshes += 1
+            self.entered.set()
+            assert self.release.wait(30)
+            super().refresh(alias)
+
+    return GatedRefresh(opensearch_url)
+
+
 def test_confirm_later_runs_share_refreshes_and_end_completed(
         engine: Engine, index_prefix: str, opensearch_url: str, os_client: Any) -> None:
     """Worker runs (``confirm_later``) return once their writes are accepted; the
     process's confirmer refreshes once for many of them and records them completed."""
     from scrypath_sa import processor
-    from scrypath_sa.backends import OpenSearchBackend
 
-    release = threading.Event()
-
-    class GatedRefresh(OpenSearchBackend):
-        refreshes = 0
-
-        def refresh(self, alias: str) -> None:
-            self.refreshes += 1
-            assert release.wait(30)  # the first refresh waits until every run returned
-            super().refresh(alias)
-
-    backend = GatedRefresh(opensearch_url)
+    backend = gated_backend(opensearch_url)  # held until every run has returned
     config, ids = held_events(engine, index_prefix, backend, 12)
     outcomes: list[Any] = []
     runs = [threading.Thread(target=lambda chunk=ids[i:i + 2]: outcomes.append(
@@ -153,7 +160,7 @@ def test_confirm_later_runs_share_refreshes_and_end_completed(
     assert [o.states for o in outcomes] == [{"backend_accepted": 2}] * 6
     with engine.connect() as conn:
         assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"processing"}
-    release.set()
+    backend.release.set()
     assert processor.flush_confirmations(30)
     with engine.connect() as conn:
         assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"completed"}
@@ -187,15 +194,7 @@ def test_a_dramatiq_worker_shutting_down_records_what_it_made_visible(
     from dramatiq.brokers.stub import StubBroker
 
     from scrypath_sa import processor
-    from scrypath_sa.backends import OpenSearchBackend
     from scrypath_sa.modes.dramatiq import DramatiqMode
-
-    release = threading.Event()
-
-    class GatedRefresh(OpenSearchBackend):
-        def refresh(self, alias: str) -> None:
-            assert release.wait(30)
-            super().refresh(alias)
 
     broker = StubBroker()
     DramatiqMode(broker, queue_name=f"q{index_prefix}")
@@ -203,14 +202,15 @@ def test_a_dramatiq_worker_shutting_down_records_what_it_made_visible(
     hooks = [m for m in broker.middleware if hasattr(m, "after_worker_shutdown")
              and type(m).__module__ == "scrypath_sa.modes.dramatiq"]
     assert len(hooks) == 1
-    config, ids = held_events(engine, index_prefix, GatedRefresh(opensearch_url), 2)
+    backend = gated_backend(opensearch_url)
+    config, ids = held_events(engine, index_prefix, backend, 2)
     processor.process(config, ids, mode="dramatiq", wait_for_visibility=True,
                       confirm_later=True)
     shutdown = threading.Thread(target=hooks[0].after_worker_shutdown, args=(broker, None))
     shutdown.start()
     shutdown.join(0.2)
     assert shutdown.is_alive()  # still waiting for the refresh it needs
-    release.set()
+    backend.release.set()
     shutdown.join(30)
     assert not shutdown.is_alive()
     with engine.connect() as conn:
@@ -222,32 +222,20 @@ def test_a_confirmation_that_fails_for_one_database_leaves_the_others_alone(
     from sqlalchemy import create_engine
 
     from scrypath_sa import processor
-    from scrypath_sa.backends import OpenSearchBackend
     from scrypath_sa.outbox import Transition
 
-    entered, release = threading.Event(), threading.Event()
-
-    class GatedRefresh(OpenSearchBackend):
-        refreshes = 0
-
-        def refresh(self, alias: str) -> None:
-            self.refreshes += 1
-            if self.refreshes == 1:
-                entered.set()
-                assert release.wait(30)
-            super().refresh(alias)
-
-    config, ids = held_events(engine, index_prefix, GatedRefresh(opensearch_url), 4)
+    backend = gated_backend(opensearch_url)
+    config, ids = held_events(engine, index_prefix, backend, 4)
     run = dict(mode="dramatiq", wait_for_visibility=True, confirm_later=True)
     processor.process(config, ids[:2], **run)
-    assert entered.wait(30)  # the confirmer took that run alone and holds its refresh
+    assert backend.entered.wait(30)  # the confirmer took that run alone, holds its refresh
     dead = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/nothing")
     lost = processor._Writer(config, dead, True, per_request_wait=False, pipelined=False,
                              confirm_later=True)
     lost.where[10**9] = (f"{index_prefix}_articles", "x")
     processor._confirmer.put(lost, [Transition(10**9, State.BACKEND_ACCEPTED, "upsert")])
     processor.process(config, ids[2:], **run)  # same batch as the dead database's
-    release.set()
+    backend.release.set()
     assert processor.flush_confirmations(30)
     with engine.connect() as conn:
         assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"completed"}
