@@ -224,8 +224,7 @@ def _capture(capture: dict[tuple[str, str], NewEvent], obj: Any, op: Operation) 
     if info is None:
         return
     pk = registry.primary_key(obj)
-    document_id = (registry.pk_document_id(pk) if registry.uses_default_ids(info.cls)
-                   else str(obj.search_document_id()))
+    document_id = registry.document_id(obj, pk)
     capture[(info.index, document_id)] = NewEvent(info.name, info.index, document_id, pk, op)
 
 
@@ -233,7 +232,7 @@ def _capture_new(capture: dict[tuple[str, str], NewEvent], objects: Iterable[Any
     """The session's new objects, in ``after_flush`` (their keys are assigned by then).
     One pass here, with the per-class work done once, costs far less than a mapper
     event per inserted row."""
-    plans: dict[type, tuple[str, str, tuple[str, ...], bool] | None] = {}
+    plans: dict[type, tuple[str, str, tuple[str, ...]] | None] = {}
     for obj in objects:
         cls = type(obj)
         if cls in plans:
@@ -241,15 +240,14 @@ def _capture_new(capture: dict[tuple[str, str], NewEvent], objects: Iterable[Any
         else:
             info = registry.info_for(cls) if isinstance(obj, Searchable) else None
             plan = plans[cls] = None if info is None else (
-                info.name, info.index, registry.pk_keys(cls), registry.uses_default_ids(cls))
+                info.name, info.index, registry.pk_keys(cls))
         if plan is None:
             continue
-        name, index, keys, default_ids = plan
+        name, index, keys = plan
         pk = registry.json_safe_key([getattr(obj, k) for k in keys])
         if None in pk:  # no key yet: added during this flush; the next one writes it
             continue
-        document_id = (registry.pk_document_id(pk) if default_ids
-                       else str(obj.search_document_id()))
+        document_id = registry.document_id(obj, pk)
         capture[(index, document_id)] = NewEvent(name, index, document_id, pk,
                                                  Operation.UPSERT)
 

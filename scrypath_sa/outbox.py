@@ -452,7 +452,7 @@ def apply(conn: Connection, transitions: Sequence[Transition],
         event_id, state, operation, version, kind, error, next_at = tr
         if as_state is not None:
             state = as_state
-        if version is not None and version != event_id * VERSION_SCALE:
+        if version is not None and version != version_of(event_id):
             singles.append(tr if as_state is None else tr._replace(state=as_state))
             continue
         key = (state, operation, kind, error, next_at, version is not None)

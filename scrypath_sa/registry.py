@@ -246,6 +246,14 @@ def uses_default_ids(cls: type) -> bool:
     return known
 
 
+def document_id(obj: Any, pk: list[Any]) -> str:
+    """``obj``'s document id, given its JSON-safe primary key ``pk`` (the key itself for
+    default ids, without asking the object again)."""
+    if uses_default_ids(type(obj)):
+        return pk_document_id(pk)
+    return str(obj.search_document_id())
+
+
 def uses_default_documents(cls: type) -> bool:
     """True when documents, ids and ``should_index`` are all the defaults, so a document
     can be built from the row's columns alone (no ORM object needed)."""

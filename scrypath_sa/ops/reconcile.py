@@ -53,7 +53,7 @@ class ModelDrift:
         if not ids:
             return
         bucket = self.samples.setdefault(kind, [])
-        bucket.extend(list(ids)[: SAMPLE - len(bucket)])
+        bucket.extend(ids[: SAMPLE - len(bucket)])
 
 
 @dataclass
