@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_dramatiq [--single 1000] [--bulk-commits 10] [--bulk-rows 1000]
                                         [--e2e-rows 20000] [--rounds 3] [--threads 8]
+                                        [--body-bytes 0] [--durable] [--freeze-gc]
 
 * write path on PostgreSQL: N single-row commits and M commits of K rows through a
   session configured in ``dramatiq`` mode (outbox INSERT, broker send, ``enqueued``
@@ -88,7 +89,8 @@ def configure(engine: Any, redis_url: str, opensearch_url: str,
 if os.environ.get("SCRYPATH_BENCH_WORKER"):
     _engine = create_engine(os.environ["SCRYPATH_TEST_DATABASE_URL"])
     configure(_engine, os.environ["SCRYPATH_TEST_REDIS_URL"],
-              os.environ["SCRYPATH_TEST_OPENSEARCH_URL"], sessionmaker(_engine))
+              os.environ["SCRYPATH_TEST_OPENSEARCH_URL"], sessionmaker(_engine),
+              freeze_gc=bool(os.environ.get("SCRYPATH_BENCH_FREEZE_GC")))
 
 
 def reset(engine: Any) -> None:
@@ -120,6 +122,8 @@ def main() -> None:
                         help="a text body of this size in every document (end to end)")
     parser.add_argument("--durable", action="store_true",
                         help="a PostgreSQL of its own with fsync and synchronous commit on")
+    parser.add_argument("--freeze-gc", action="store_true",
+                        help="the worker with DramatiqMode(freeze_gc=True)")
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="event ids per message (default: the library's)")
     args = parser.parse_args()
@@ -199,6 +203,7 @@ def end_to_end(args: Any, urls: dict[str, str], engine: Any, synced_maker: Any,
            "SCRYPATH_TEST_DATABASE_URL": urls["postgresql"],
            "SCRYPATH_TEST_REDIS_URL": urls["redis"],
            "SCRYPATH_TEST_OPENSEARCH_URL": urls["opensearch"],
+           "SCRYPATH_BENCH_FREEZE_GC": "1" if args.freeze_gc else "",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}
     log = Path("/tmp") / f"{PREFIX}-worker.log"
     worker = subprocess.Popen(
@@ -251,7 +256,7 @@ def end_to_end(args: Any, urls: dict[str, str], engine: Any, synced_maker: Any,
             client.indices.refresh(index=f"{PREFIX}_raw")
 
         bulk.append(timed(run))
-    print(f"documents of about {len(body) + 40} bytes")
+    print(f"documents of about {len(body) + 40} bytes; worker freeze_gc={args.freeze_gc}")
     print(f"end to end {rows} rows in {rows // per_commit} commits, 1 worker x "
           f"{args.threads} threads: {summary(e2e)}  {rows / min(e2e):,.0f} docs/s "
           f"(the commits alone: {summary(committing)})")

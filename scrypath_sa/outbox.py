@@ -347,7 +347,55 @@ def id_filter(conn: Connection, column: Any, ids: Sequence[Any]) -> Any:
 @functools.lru_cache(maxsize=256)
 def _array_of(item_type: Any) -> Any:
     """``ARRAY(item_type)``, built once per column type (building one is costly)."""
+    if isinstance(item_type, Integer):  # BigInteger and SmallInteger too
+        return _IntegerArray(item_type)
     return ARRAY(item_type)
+
+
+try:
+    from psycopg import adapters as _psycopg_adapters
+    from psycopg.adapt import Dumper as _Dumper
+
+    class _IntList(list[int]):
+        """A list of plain ints, for :class:`_IntListDumper`."""
+
+    class _IntListDumper(_Dumper):
+        # Unknown type: the server takes the parameter's type from the SQL's cast.
+        oid = 0
+
+        def dump(self, obj: list[int]) -> bytes:
+            return ("{" + ",".join(map(str, obj)) + "}").encode()
+
+    # Registered for this private class only: no other value is adapted differently.
+    _psycopg_adapters.register_dumper(_IntList, _IntListDumper)
+except ImportError:  # pragma: no cover - psycopg (3) is not the only PostgreSQL driver
+    _IntList = None  # type: ignore[assignment,misc]
+
+
+class _IntegerArray(TypeDecorator[list[int]]):
+    """An array of integers (ids, integer keys), sent by psycopg as one text literal.
+
+    psycopg's own list dumper handles each element in Python (a dumper call and a
+    quoting check each): 180 of the 520 us of client time a 500-id SELECT took. The SQL
+    still reads ``= ANY(%(p)s::BIGINT[])``, a typed parameter, so plans do not change
+    (see :func:`id_filter`)."""
+
+    impl = ARRAY
+    cache_ok = True
+
+    def __init__(self, item_type: Any) -> None:
+        super().__init__(item_type)
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.driver != "psycopg" or _IntList is None:
+            return super().bind_processor(dialect)
+        return _int_list
+
+
+def _int_list(value: Any) -> Any:
+    if value is None or not all(type(v) is int for v in value):
+        return None if value is None else list(value)
+    return _IntList(value)
 
 
 def key_filter(conn: Connection, columns: Sequence[Any], keys: Sequence[Sequence[Any]]) -> Any:

@@ -361,3 +361,24 @@ def test_flush_ends_the_relays_linger() -> None:
     assert relay.flush(timeout=20)
     assert mode.send.call_args_list == [mock.call([0, 1, 2])]
     assert engine.begin.call_count == 1  # one transaction marked all three
+
+
+def test_freeze_gc_freezes_a_booted_worker_only_when_asked() -> None:
+    """Pure logic: the mode's worker middleware calls ``gc.freeze()`` at worker boot
+    when a mode on that broker asked for it, and leaves the collector alone otherwise."""
+    import gc
+
+    from dramatiq.brokers.stub import StubBroker
+
+    plain, frozen = StubBroker(), StubBroker()
+    DramatiqMode(plain)
+    DramatiqMode(frozen, freeze_gc=True)
+    DramatiqMode(frozen, actor_name="another")  # a second mode does not undo the first
+    assert gc.get_freeze_count() == 0
+    try:
+        plain.emit_after("worker_boot", None)
+        assert gc.get_freeze_count() == 0
+        frozen.emit_after("worker_boot", None)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -18,6 +18,7 @@ Redis and RabbitMQ brokers both work.
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 import queue
@@ -140,9 +141,21 @@ class _Relay:
                 self._cond.notify_all()
 
 
-class _ConfirmOnShutdown(dramatiq.Middleware):
-    """A worker that stops gracefully records what it made visible before its process
-    exits (Dramatiq's forked worker processes end without running atexit handlers)."""
+class _WorkerHooks(dramatiq.Middleware):
+    """The mode's part in a worker process's life (one per broker).
+
+    At boot, with ``freeze_gc``: ``gc.freeze()``, so that the cycle collector's full
+    collections no longer walk everything the worker imported (about 40 ms each, every
+    thread stopped, several times a second under load). At a graceful shutdown: record
+    what was made visible before the process exits (Dramatiq's forked worker processes
+    end without running atexit handlers)."""
+
+    def __init__(self) -> None:
+        self.freeze_gc = False
+
+    def after_worker_boot(self, broker: Broker, worker: Any) -> None:
+        if self.freeze_gc:
+            gc.freeze()
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         if not processor.flush_confirmations(30.0):
@@ -165,6 +178,11 @@ class DramatiqMode(Mode):
     that thread too: the commit returns sooner and its outcome says ``requested``
     (recorded, nothing sent yet), which is all that is known then; the ids of commits
     that arrive within ``linger`` seconds of each other then share a message.
+
+    ``freeze_gc=True`` calls ``gc.freeze()`` in each worker process once it has booted
+    (everything imported by then is left out of the cycle collector's walks): 10-15%
+    more throughput on small documents. It affects the whole worker process, so it is
+    yours to turn on.
     """
 
     name = "dramatiq"
@@ -172,15 +190,18 @@ class DramatiqMode(Mode):
     def __init__(self, broker: Broker, *, queue_name: str = "scrypath_sa",
                  actor_name: str = "scrypath_sa_process", chunk_size: int = 500,
                  max_retries: int = 8, background: bool = False,
-                 linger: float = 0.025) -> None:
+                 linger: float = 0.025, freeze_gc: bool = False) -> None:
         self.broker = broker
         self.chunk_size = chunk_size
         self.background = background
         self.linger = linger
         self._config: Config | None = None
         self._relay = _Relay(self)
-        if not any(isinstance(m, _ConfirmOnShutdown) for m in broker.middleware):
-            broker.add_middleware(_ConfirmOnShutdown())
+        hooks = next((m for m in broker.middleware if isinstance(m, _WorkerHooks)), None)
+        if hooks is None:
+            hooks = _WorkerHooks()
+            broker.add_middleware(hooks)
+        hooks.freeze_gc = hooks.freeze_gc or freeze_gc
         self.exhausted_actor: dramatiq.Actor[Any, Any] = dramatiq.Actor(
             self._retries_exhausted, broker=broker, actor_name=f"{actor_name}_exhausted",
             queue_name=queue_name, priority=0, options={"max_retries": 3},
