@@ -227,13 +227,14 @@ class NewEvent(NamedTuple):
 
 class Event(NamedTuple):
     """A claimed ``sync_events`` row, as the processor sees it (a tuple: claims make
-    thousands of them)."""
+    thousands of them). ``pk`` is a tuple too: the cycle collector stops tracking a
+    tuple of plain values, and the processor looks rows up by it."""
 
     id: int
     model: str
     index_name: str
     document_id: str
-    pk: list[Any]
+    pk: tuple[Any, ...]
     operation: str
     attempts: int
 
@@ -444,7 +445,7 @@ def claim(conn: Connection, ids: Sequence[int], mode: str, worker: str | None = 
             .returning(t.c.id, t.c.model, t.c.index_name, t.c.document_id,
                        cast(t.c.pk, Text), t.c.operation, t.c.attempts)
         )
-        claimed.extend(Event(i, model, index, doc_id, _loads(pk), operation, attempts)
+        claimed.extend(Event(i, model, index, doc_id, tuple(_loads(pk)), operation, attempts)
                        for i, model, index, doc_id, pk, operation, attempts
                        in conn.execute(stmt).all())
     claimed.sort(key=lambda e: e.id)

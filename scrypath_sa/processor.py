@@ -52,7 +52,7 @@ class _Doc:
 
     info: ModelInfo
     document_id: str
-    pk: list[Any]
+    pk: tuple[Any, ...]
     events: list[Event] = field(default_factory=list)
 
     @property
@@ -645,7 +645,7 @@ def _prepare(engine: Bind, info: ModelInfo, batch: list[_Doc]) -> _Prepared:
     prepared = _Prepared(info, batch)
     built = _load_rows(engine, info, batch)
     for doc in batch:
-        action, payload = built.get(tuple(doc.pk), ("delete", None))
+        action, payload = built.get(doc.pk, ("delete", None))
         if action == "error":
             prepared.failed.extend(_each(doc, State.DISCARDED, error_kind="document_error",
                                          error=str(payload)))
