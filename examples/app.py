@@ -52,6 +52,9 @@ else:
     broker = StubBroker()
     broker.emit_after("process_boot")
 dramatiq.set_broker(broker)
+# freeze_gc: worker processes keep what they imported out of the cycle collector's walks
+# (docs/modes.md); the web process is unaffected.
 config = scrypath_sa.configure(Session, backend=EmbeddedBackend(DIR / "search.sqlite3"),
                                mode=os.environ.get("SCRYPATH_EXAMPLE_MODE", "inline"),
-                               bind=engine, modes={"dramatiq": DramatiqMode(broker)})
+                               bind=engine,
+                               modes={"dramatiq": DramatiqMode(broker, freeze_gc=True)})
