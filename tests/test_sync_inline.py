@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -218,32 +219,37 @@ def test_composite_keys(world: World, os_client: Any) -> None:
     assert get(os_client, world, "1:en", "translations")["text"] == "hello"
 
 
-def test_integer_arrays_reach_psycopg_as_one_literal_and_select_exactly(engine: Engine) -> None:
+def test_integer_arrays_reach_psycopg_as_one_literal_and_select_exactly(
+        postgres_url: str) -> None:
     """Ids and integer keys in ``= ANY(...)`` go to psycopg preformatted (its list dumper
     works element by element in Python) and still select exactly the rows asked for,
-    negative and 64-bit values included."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("arrays are PostgreSQL's")
-    from sqlalchemy import BigInteger, Column, MetaData, Table, event
+    negative and 64-bit values included. (Arrays are PostgreSQL's.)"""
+    from sqlalchemy import BigInteger, Column, MetaData, Table, create_engine, event
 
     from scrypath_sa import outbox
 
-    table = Table("ints", MetaData(), Column("id", BigInteger, primary_key=True))
+    engine = create_engine(postgres_url)
+    table = Table(f"ints_{uuid.uuid4().hex[:8]}", MetaData(),
+                  Column("id", BigInteger, primary_key=True))
     table.create(engine)
-    wanted = [-5, 0, 7, 2**62, 2**63 - 1]
-    with engine.begin() as conn:
-        conn.execute(table.insert(), [{"id": v} for v in [*wanted, 8, -6]])
-    sent: list[type] = []
+    try:
+        wanted = [-5, 0, 7, 2**62, 2**63 - 1]
+        with engine.begin() as conn:
+            conn.execute(table.insert(), [{"id": v} for v in [*wanted, 8, -6]])
+        sent: list[type] = []
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def spy(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        sent.extend(type(value) for value in parameters.values())
+        @event.listens_for(engine, "before_cursor_execute")
+        def spy(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+            sent.extend(type(value) for value in parameters.values())
 
-    with engine.connect() as conn:
-        found = conn.execute(select(table.c.id).where(
-            outbox.id_filter(conn, table.c.id, wanted))).scalars().all()
-    assert sorted(found) == sorted(wanted)
-    assert sent == [outbox._IntList]
+        with engine.connect() as conn:
+            found = conn.execute(select(table.c.id).where(
+                outbox.id_filter(conn, table.c.id, wanted))).scalars().all()
+        assert sorted(found) == sorted(wanted)
+        assert sent == [outbox._IntList]
+    finally:
+        table.drop(engine)
+        engine.dispose()
 
 
 def test_json_safe_default_document(world: World, os_client: Any) -> None:
