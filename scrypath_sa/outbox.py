@@ -384,9 +384,6 @@ class _IntegerArray(TypeDecorator[list[int]]):
     impl = ARRAY
     cache_ok = True
 
-    def __init__(self, item_type: Any) -> None:
-        super().__init__(item_type)
-
     def bind_processor(self, dialect: Dialect) -> Any:
         if dialect.driver != "psycopg" or _IntList is None:
             return super().bind_processor(dialect)
