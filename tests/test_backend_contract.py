@@ -54,6 +54,35 @@ def test_ensure_index_builds_an_alias_with_the_contract_hash(any_backend: Backen
     assert physical.aliased and physical.name == posture.indices[0] != alias
 
 
+def test_an_alias_created_while_it_is_being_looked_at_is_still_an_alias(
+        opensearch_url: str) -> None:
+    """Worker threads ensure a new index at the same moment: one that finds no alias and
+    then sees the name exist (another thread just created index and alias) must not
+    take the alias for a concrete index (its writes went ``retrying``, telling the
+    operator to move a concrete index that does not exist)."""
+    backend = OpenSearchBackend(opensearch_url)
+    alias = f"c{uuid.uuid4().hex[:10]}"
+    real = backend.client.indices.get_alias
+    looks = 0
+
+    def get_alias(**kwargs: Any) -> Any:
+        nonlocal looks
+        looks += 1
+        if looks == 1:  # the first look: nothing yet, then the other thread creates it
+            backend.create_index(f"{alias}_{CONTRACT.hash}", CONTRACT, "Model", alias=alias)
+            return {}
+        return real(**kwargs)
+
+    backend.client.indices.get_alias = get_alias  # type: ignore[method-assign]
+    try:
+        posture = backend.posture(alias)
+        assert posture is not None and posture.is_alias, posture
+        assert posture.indices == (f"{alias}_{CONTRACT.hash}",)
+    finally:
+        backend.delete_index(f"{alias}_{CONTRACT.hash}")
+        backend.close()
+
+
 def test_external_versions_conflicts_and_tombstones(any_backend: Backend, alias: str) -> None:
     any_backend.ensure_index(alias, CONTRACT, "Model")
     assert put(any_backend, alias, "1", 10, {"title": "ten"}) is ItemStatus.OK

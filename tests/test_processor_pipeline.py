@@ -122,9 +122,13 @@ def test_an_error_while_sending_stops_the_reader_thread_at_once(
     assert not any(t.name == "scrypath-read" and t.is_alive() for t in threading.enumerate())
 
 
-def gated_backend(opensearch_url: str) -> Any:
+@pytest.fixture
+def gated_backend(opensearch_url: str) -> Iterator[Any]:
     """A real OpenSearch backend whose refreshes wait until ``backend.release`` is set
-    (``backend.entered`` says one is waiting); ``backend.refreshes`` counts them."""
+    (``backend.entered`` says one is waiting); ``backend.refreshes`` counts them.
+    Released at teardown whatever happened: a failed test must not leave the process's
+    confirmer waiting for the next one."""
+    from scrypath_sa import processor
     from scrypath_sa.backends import OpenSearchBackend
 
     class GatedRefresh(OpenSearchBackend):
@@ -137,16 +141,19 @@ def gated_backend(opensearch_url: str) -> Any:
             assert self.release.wait(30)
             super().refresh(alias)
 
-    return GatedRefresh(opensearch_url)
+    backend = GatedRefresh(opensearch_url)
+    yield backend
+    backend.release.set()
+    processor.flush_confirmations(30)
 
 
 def test_confirm_later_runs_share_refreshes_and_end_completed(
-        engine: Engine, index_prefix: str, opensearch_url: str, os_client: Any) -> None:
+        engine: Engine, index_prefix: str, gated_backend: Any, os_client: Any) -> None:
     """Worker runs (``confirm_later``) return once their writes are accepted; the
     process's confirmer refreshes once for many of them and records them completed."""
     from scrypath_sa import processor
 
-    backend = gated_backend(opensearch_url)  # held until every run has returned
+    backend = gated_backend  # held until every run has returned
     config, ids = held_events(engine, index_prefix, backend, 12)
     outcomes: list[Any] = []
     runs = [threading.Thread(target=lambda chunk=ids[i:i + 2]: outcomes.append(
@@ -157,7 +164,8 @@ def test_confirm_later_runs_share_refreshes_and_end_completed(
     for run in runs:
         run.join(30)
     # every run returned while the refresh was held: accepted, not yet visible
-    assert [o.states for o in outcomes] == [{"backend_accepted": 2}] * 6
+    assert [o.states for o in outcomes] == [{"backend_accepted": 2}] * 6, [
+        o.failures for o in outcomes]
     with engine.connect() as conn:
         assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"processing"}
     backend.release.set()
@@ -188,7 +196,7 @@ def test_confirm_later_with_a_failed_refresh_records_backend_accepted(
 
 
 def test_a_dramatiq_worker_shutting_down_records_what_it_made_visible(
-        engine: Engine, index_prefix: str, opensearch_url: str) -> None:
+        engine: Engine, index_prefix: str, gated_backend: Any) -> None:
     """Dramatiq's forked worker processes skip atexit handlers: the mode's middleware
     waits for the pending confirmations when the worker stops."""
     from dramatiq.brokers.stub import StubBroker
@@ -202,7 +210,7 @@ def test_a_dramatiq_worker_shutting_down_records_what_it_made_visible(
     hooks = [m for m in broker.middleware if hasattr(m, "after_worker_shutdown")
              and type(m).__module__ == "scrypath_sa.modes.dramatiq"]
     assert len(hooks) == 1
-    backend = gated_backend(opensearch_url)
+    backend = gated_backend
     config, ids = held_events(engine, index_prefix, backend, 2)
     processor.process(config, ids, mode="dramatiq", wait_for_visibility=True,
                       confirm_later=True)
@@ -218,13 +226,13 @@ def test_a_dramatiq_worker_shutting_down_records_what_it_made_visible(
 
 
 def test_a_confirmation_that_fails_for_one_database_leaves_the_others_alone(
-        engine: Engine, index_prefix: str, opensearch_url: str) -> None:
+        engine: Engine, index_prefix: str, gated_backend: Any) -> None:
     from sqlalchemy import create_engine
 
     from scrypath_sa import processor
     from scrypath_sa.outbox import Transition
 
-    backend = gated_backend(opensearch_url)
+    backend = gated_backend
     config, ids = held_events(engine, index_prefix, backend, 4)
     run = dict(mode="dramatiq", wait_for_visibility=True, confirm_later=True)
     processor.process(config, ids[:2], **run)

@@ -128,19 +128,26 @@ class OpenSearchBackend(Backend):
             raise BackendError(f"could not create index {name!r}: {redact(exc)}") from None
 
     def posture(self, alias: str) -> IndexPosture | None:
+        found = self._alias_posture(alias)
+        # ``exists`` is true for an alias too: one created since the first look (another
+        # thread or process ensuring the same index) must not pass for a concrete index.
+        if found is None and self.client.indices.exists(index=alias, ignore=404):
+            found = self._alias_posture(alias) or IndexPosture(
+                alias, (alias,), self._contract_hash(alias), False)
+        return found
+
+    def _alias_posture(self, alias: str) -> IndexPosture | None:
         try:
             found = self.client.indices.get_alias(name=alias, ignore=404)
         except os_exc.TransportError as exc:
             raise BackendError(f"could not read alias {alias!r}: {redact(exc)}") from None
-        if found and "status" not in found:
-            indices = tuple(sorted(found))
-            write = [i for i, v in found.items()
-                     if v.get("aliases", {}).get(alias, {}).get("is_write_index")]
-            return IndexPosture(alias, indices, self._contract_hash(write[0] if write else
-                                                                     indices[-1]), True)
-        if self.client.indices.exists(index=alias, ignore=404):
-            return IndexPosture(alias, (alias,), self._contract_hash(alias), False)
-        return None
+        if not found or "status" in found:
+            return None
+        indices = tuple(sorted(found))
+        write = [i for i, v in found.items()
+                 if v.get("aliases", {}).get(alias, {}).get("is_write_index")]
+        return IndexPosture(alias, indices,
+                            self._contract_hash(write[0] if write else indices[-1]), True)
 
     def _contract_hash(self, index: str) -> str | None:
         mapping = self.client.indices.get_mapping(index=index)
