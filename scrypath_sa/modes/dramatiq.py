@@ -155,6 +155,7 @@ class _WorkerHooks(dramatiq.Middleware):
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
         if self.freeze_gc:
+            gc.collect()  # garbage made while booting is freed, not frozen for good
             gc.freeze()
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
