@@ -444,7 +444,7 @@ def claim(conn: Connection, ids: Sequence[int], mode: str, worker: str | None = 
         )
         claimed.extend(Event(i, model, index, doc_id, tuple(_loads(pk)), operation, attempts)
                        for i, model, index, doc_id, pk, operation, attempts
-                       in conn.execute(stmt).all())
+                       in conn.execute(stmt))
     claimed.sort(key=lambda e: e.id)
     return claimed
 

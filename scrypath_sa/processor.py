@@ -48,20 +48,22 @@ CLAIM_CHUNK = 2000
 
 @dataclass(slots=True)
 class _Doc:
-    """All claimed events of one document, coalesced."""
+    """All claimed events of one document, coalesced: their ids and the most attempts
+    any of them had.
+
+    (Ids, not the claimed events: a run holds its documents until it ends, and every
+    object it holds per event brings the cycle collector's full collections, each a walk
+    of the whole process, closer.)"""
 
     info: ModelInfo
     document_id: str
     pk: tuple[Any, ...]
-    events: list[Event] = field(default_factory=list)
+    event_ids: tuple[int, ...]
+    attempts: int
 
     @property
     def version(self) -> int:
-        return outbox.version_of(max(e.id for e in self.events))
-
-    @property
-    def attempts(self) -> int:
-        return max(e.attempts for e in self.events)
+        return outbox.version_of(max(self.event_ids))
 
 
 def process(config: Config, event_ids: Sequence[int], *, mode: str,
@@ -115,7 +117,7 @@ def _process(config: Config, engine: Bind, ids: list[int], outcome: Outcome, wri
         for item in items:
             if isinstance(item, _Claimed):
                 outcome.locked.extend(item.locked)
-                claimed.update(e.id for e in item.events)
+                claimed.update(item.ids)
                 writer.record(item.unknown)
             else:
                 docs_total += len(item.batch)
@@ -129,7 +131,8 @@ def _process(config: Config, engine: Bind, ids: list[int], outcome: Outcome, wri
     for tr in transitions:
         outcome.states[tr.state.value] += 1
         if tr.state in (State.RETRYING, State.DISCARDED):
-            index, document_id = writer.where.get(tr.event_id, ("?", "?"))
+            doc = writer.where.get(tr.event_id)
+            index, document_id = (doc.info.index, doc.document_id) if doc else ("?", "?")
             outcome.failures.append(Failure(tr.event_id, index, document_id, tr.state.value,
                                             tr.error_kind, tr.error))
     if outcome.failures:
@@ -139,7 +142,7 @@ def _process(config: Config, engine: Bind, ids: list[int], outcome: Outcome, wri
 
 @dataclass
 class _Claimed:
-    events: list[Event]
+    ids: list[int]
     locked: list[int]
     unknown: list[Transition]
 
@@ -154,7 +157,8 @@ def _read(config: Config, engine: Bind, ids: list[int], mode: str,
     for start in range(0, len(ids), claim_size):
         events, locked = _claim(engine, ids[start:start + claim_size], mode, worker)
         groups, unknown = _coalesce(events)
-        yield _Claimed(events, locked, unknown)
+        yield _Claimed([e.id for e in events], locked, unknown)
+        del events  # the documents carry what the rest of the run needs
         for group in groups.values():
             for first in range(0, len(group), config.batch_size):
                 yield _prepare(engine, group[0].info, group[first:first + config.batch_size])
@@ -233,7 +237,7 @@ def _coalesce(events: list[Event]) -> tuple[dict[str, list[_Doc]], list[Transiti
     """Group claimed events per model and per document; events of unknown models are
     discarded with the reason."""
     unknown: list[Transition] = []
-    docs: dict[tuple[str, str], _Doc] = {}
+    docs: dict[str, dict[str, _Doc]] = {}  # index -> document id -> document
     infos: dict[str, ModelInfo | None] = {}
     for event in events:
         if event.index_name in infos:
@@ -247,15 +251,17 @@ def _coalesce(events: list[Event]) -> tuple[dict[str, list[_Doc]], list[Transiti
                       "is defined in this process: import the model before processing",
             ))
             continue
-        key = (event.index_name, event.document_id)
-        doc = docs.get(key)
+        of_index = docs.get(event.index_name)
+        if of_index is None:
+            of_index = docs[event.index_name] = {}
+        doc = of_index.get(event.document_id)
         if doc is None:
-            doc = docs[key] = _Doc(info, event.document_id, event.pk)
-        doc.events.append(event)
-    groups: dict[str, list[_Doc]] = {}
-    for doc in docs.values():
-        groups.setdefault(doc.info.index, []).append(doc)
-    return groups, unknown
+            of_index[event.document_id] = _Doc(info, event.document_id, event.pk,
+                                               (event.id,), event.attempts)
+        else:
+            doc.event_ids += (event.id,)
+            doc.attempts = max(doc.attempts, event.attempts)
+    return {index: list(of_index.values()) for index, of_index in docs.items()}, unknown
 
 
 def _load_rows(engine: Bind, info: ModelInfo, docs: list[_Doc]) -> dict[tuple[Any, ...], Any]:
@@ -292,14 +298,16 @@ def _load_columns(engine: Bind, info: ModelInfo,
         for start in range(0, len(docs), 1000):
             chunk = [d.pk for d in docs[start:start + 1000]]
             where = outbox.key_filter(conn, pk_cols, chunk)
-            for row in conn.execute(select(*columns).where(where)).all():
+            # Row by row, each document a dict that holds plain values only: nothing
+            # built here per row is left for the cycle collector to track.
+            for row in conn.execute(select(*columns).where(where)):
                 values: Any = row
                 if convert:
                     values = list(row)
                     for i in convert:
                         values[i] = json_safe(values[i])
                 built[tuple([values[p] for p in pk_positions])] = (
-                    "upsert", dict(zip(keys, values, strict=True)))
+                    "upsert", {k: v for k, v in zip(keys, values, strict=True)})
     return built
 
 
@@ -394,7 +402,7 @@ class _Writer:
         self.needs_refresh = wait_for_visibility and not per_request_wait
         self.pipelined = pipelined
         self.transitions: list[Transition] = []
-        self.where: dict[int, tuple[str, str]] = {}
+        self.where: dict[int, _Doc] = {}  # event id -> its document
         self.index_errors: dict[str, str | None] = {}
         self._unrecorded: list[Transition] = []
         self._awaiting_refresh: list[int] = []  # positions in transitions
@@ -422,8 +430,8 @@ class _Writer:
             except BackendError as exc:
                 self.index_errors[info.index] = redact(exc)
         for doc in prepared.batch:
-            for event in doc.events:
-                self.where[event.id] = (info.index, doc.document_id)
+            for event_id in doc.event_ids:
+                self.where[event_id] = doc
         self.record(prepared.failed)
         if not self.pipelined:  # one small batch (a commit): no thread to start
             results = _send(self.config, prepared.ops, self.per_request_wait,
@@ -477,7 +485,7 @@ class _Writer:
                 _confirmer.put(self, [self.transitions[i] for i in self._awaiting_refresh])
                 self._awaiting_refresh = []
             elif self._awaiting_refresh:
-                indices = {self.where[self.transitions[i].event_id][0]
+                indices = {self.where[self.transitions[i].event_id].info.index
                            for i in self._awaiting_refresh}
                 self._complete(self._refresh_all(sorted(indices)))
         finally:
@@ -494,7 +502,7 @@ class _Writer:
         ``backend_accepted``, which is the truth."""
         for i in self._awaiting_refresh:
             tr = self.transitions[i]
-            if visible.get(self.where[tr.event_id][0], False):
+            if visible.get(self.where[tr.event_id].info.index, False):
                 tr = self.transitions[i] = Transition(tr.event_id, State.COMPLETED, *tr[2:])
             self._unrecorded.append(tr)
         self._awaiting_refresh = []
@@ -605,7 +613,7 @@ class _Confirmer:
         for writer, transitions in items:
             where = writer.where
             for tr in transitions:
-                index = where[tr.event_id][0]
+                index = where[tr.event_id].info.index
                 group = by_index.get(index)
                 if group is None:
                     group = by_index[index] = []
@@ -694,8 +702,8 @@ def _settle(config: Config, prepared: _Prepared, results: list[ItemResult],
 def _each(doc: _Doc, state: State, *, operation: str | None = None, version: int | None = None,
           error_kind: str | None = None, error: str | None = None,
           next_attempt_at: dt.datetime | None = None) -> list[Transition]:
-    return [Transition(e.id, state, operation, version, error_kind, error, next_attempt_at)
-            for e in doc.events]
+    return [Transition(event_id, state, operation, version, error_kind, error, next_attempt_at)
+            for event_id in doc.event_ids]
 
 
 def backoff(config: Config, attempts: int) -> dt.timedelta:

@@ -231,6 +231,7 @@ def test_a_confirmation_that_fails_for_one_database_leaves_the_others_alone(
 
     from scrypath_sa import processor
     from scrypath_sa.outbox import Transition
+    from scrypath_sa.registry import info_for_index
 
     backend = gated_backend
     config, ids = held_events(engine, index_prefix, backend, 4)
@@ -240,7 +241,9 @@ def test_a_confirmation_that_fails_for_one_database_leaves_the_others_alone(
     dead = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/nothing")
     lost = processor._Writer(config, dead, True, per_request_wait=False, pipelined=False,
                              confirm_later=True)
-    lost.where[10**9] = (f"{index_prefix}_articles", "x")
+    info = info_for_index(f"{index_prefix}_articles")
+    assert info is not None
+    lost.where[10**9] = processor._Doc(info, "x", ("x",), (10**9,), 1)
     processor._confirmer.put(lost, [Transition(10**9, State.BACKEND_ACCEPTED, "upsert")])
     processor.process(config, ids[2:], **run)  # same batch as the dead database's
     backend.release.set()

@@ -491,5 +491,5 @@ def test_column_fast_path_builds_the_same_documents_as_the_orm(world: World) -> 
         session.commit()
         orm_doc = registry.column_document(session.get(world.Article, 1))
     info = registry.info_for(world.Article)
-    docs = [processor._Doc(info, "1", [1])]
+    docs = [processor._Doc(info, "1", (1,), (1,), 1)]
     assert processor._load_columns(world.engine, info, docs) == {(1,): ("upsert", orm_doc)}
