@@ -83,6 +83,19 @@ def test_an_alias_created_while_it_is_being_looked_at_is_still_an_alias(
         backend.close()
 
 
+def test_a_bulk_response_without_errors_is_not_read_item_by_item() -> None:
+    """Pure logic: the library's serializer stops at a filtered ``_bulk`` response that
+    reports no error (nothing in its items would change an outcome); any other response,
+    including one with errors, is parsed whole."""
+    from scrypath_sa.backends.opensearch import _Serializer
+
+    ok = '{"errors":false,"items":[{"index":{"status":201}},{"delete":{"status":404}}]}'
+    assert _Serializer().loads(ok) == {"errors": False}
+    failed = '{"errors":true,"items":[{"index":{"status":409,"error":{"type":"x"}}}]}'
+    assert _Serializer().loads(failed)["items"][0]["index"]["status"] == 409
+    assert _Serializer().loads('{"took":3,"errors":false}') == {"took": 3, "errors": False}
+
+
 def test_external_versions_conflicts_and_tombstones(any_backend: Backend, alias: str) -> None:
     any_backend.ensure_index(alias, CONTRACT, "Model")
     assert put(any_backend, alias, "1", 10, {"title": "ten"}) is ItemStatus.OK
