@@ -444,7 +444,7 @@ def claim(conn: Connection, ids: Sequence[int], mode: str, worker: str | None = 
         )
         claimed.extend(Event(i, model, index, doc_id, tuple(_loads(pk)), operation, attempts)
                        for i, model, index, doc_id, pk, operation, attempts
-                       in conn.execute(stmt))
+                       in rows(conn.execute(stmt)))
     claimed.sort(key=lambda e: e.id)
     return claimed
 
@@ -614,6 +614,15 @@ try:  # orjson, when installed (the opensearch extra), codes keys several times 
 except ImportError:  # pragma: no cover - exercised only without orjson
     _loads = json.loads  # type: ignore[assignment]
     _dumps = json.dumps  # type: ignore[assignment]
+
+
+def rows(result: Any, size: int = 200) -> Iterator[Any]:
+    """The rows of ``result``, fetched ``size`` at a time: as cheap as ``.all()`` (one
+    driver call per part, where iterating row by row costs ~0.3 us a row more), without
+    holding every row of a large result at once (thousands of objects alive together
+    bring the cycle collector's passes, and with them its full collections, closer)."""
+    for part in result.partitions(size):
+        yield from part
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:

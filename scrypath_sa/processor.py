@@ -298,9 +298,9 @@ def _load_columns(engine: Bind, info: ModelInfo,
         for start in range(0, len(docs), 1000):
             chunk = [d.pk for d in docs[start:start + 1000]]
             where = outbox.key_filter(conn, pk_cols, chunk)
-            # Row by row, each document a dict that holds plain values only: nothing
-            # built here per row is left for the cycle collector to track.
-            for row in conn.execute(select(*columns).where(where)):
+            # Each document a dict of plain values, which the cycle collector does not
+            # track; rows a part at a time (see outbox.rows).
+            for row in outbox.rows(conn.execute(select(*columns).where(where))):
                 values: Any = row
                 if convert:
                     values = list(row)
