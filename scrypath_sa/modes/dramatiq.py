@@ -146,7 +146,7 @@ class _WorkerHooks(dramatiq.Middleware):
 
     At boot, with ``freeze_gc``: ``gc.freeze()``, so that the cycle collector's full
     collections no longer walk everything the worker imported (about 40 ms each, every
-    thread stopped, several times a second under load). At a graceful shutdown: record
+    thread stopped, about once a second under load). At a graceful shutdown: record
     what was made visible before the process exits (Dramatiq's forked worker processes
     end without running atexit handlers)."""
 
@@ -182,7 +182,7 @@ class DramatiqMode(Mode):
 
     ``freeze_gc=True`` calls ``gc.freeze()`` in each worker process once it has booted
     (everything imported by then is left out of the cycle collector's walks): drains
-    10-25% shorter in our benchmark. It affects the whole worker process, so it is yours
+    5-15% shorter in our benchmark. It affects the whole worker process, so it is yours
     to turn on.
     """
 
