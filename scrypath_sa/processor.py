@@ -5,7 +5,6 @@ A mode decides *when and where* :func:`process` runs, never *what* it does.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import datetime as dt
 import logging
@@ -25,6 +24,7 @@ from sqlalchemy.orm import Session
 from scrypath_sa import outbox
 from scrypath_sa.backends.base import Backend, BulkOp, ItemResult, ItemStatus
 from scrypath_sa.errors import BackendError
+from scrypath_sa.handoff import HandOff
 from scrypath_sa.outbox import Event, State, Transition
 from scrypath_sa.outcome import Failure, Outcome
 from scrypath_sa.redaction import redact
@@ -482,7 +482,7 @@ class _Writer:
             while self._in_flight:
                 self._settle_oldest()
             if self._awaiting_refresh and self.confirm_later:
-                _confirmer.put(self, [self.transitions[i] for i in self._awaiting_refresh])
+                _confirmer.put((self, [self.transitions[i] for i in self._awaiting_refresh]))
                 self._awaiting_refresh = []
             elif self._awaiting_refresh:
                 indices = {self.where[self.transitions[i].event_id].info.index
@@ -529,7 +529,7 @@ CONFIRM_EVERY = 0.1
 """Under load, the confirmer refreshes at most this often (seconds)."""
 
 
-class _Confirmer:
+class _Confirmer(HandOff[tuple["_Writer", list[Transition]]]):
     """Accepted writes of ``confirm_later`` runs, made visible and recorded off the
     runs' threads: one thread per process takes everything handed over so far,
     refreshes each index once, and records those events ``completed`` in one
@@ -537,58 +537,36 @@ class _Confirmer:
     refreshes and UPDATEs are shared by many runs, and worker threads no longer queue
     behind each other's refreshes."""
 
+    thread_name = "scrypath-confirm"
+
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[_Writer, list[Transition]]] = queue.SimpleQueue()
-        self._cond = threading.Condition()
-        self._queued = self._done = 0
+        super().__init__()
         self._runs = 0  # confirm_later runs in progress in this process
-        self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
     def run(self) -> Iterator[None]:
         """Around a ``confirm_later`` run: while none is in progress, nothing more is
         coming soon, and the confirmer does not wait for more."""
-        with self._cond:
+        with self.cond:
             self._runs += 1
         try:
             yield
         finally:
-            with self._cond:
+            with self.cond:
                 self._runs -= 1
-                self._cond.notify_all()
+                self.cond.notify_all()
 
-    def put(self, writer: _Writer, transitions: list[Transition]) -> None:
-        with self._cond:
-            self._queued += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="scrypath-confirm",
-                                                daemon=True)
-                self._thread.start()
-                atexit.register(self.flush, 10.0)
-        self._queue.put((writer, transitions))
-
-    def flush(self, timeout: float | None = 30.0) -> bool:
-        """Wait until everything handed over so far is recorded; False on timeout."""
-        with self._cond:
-            target = self._queued
-            return self._cond.wait_for(lambda: self._done >= target, timeout)
-
-    def _run(self) -> None:
+    def work(self) -> None:
         last = 0.0
         while True:
-            first = self._queue.get()
+            first = self.next_item()
             # Refreshes cost the cluster a segment each: while runs are in progress,
             # one per CONFIRM_EVERY seconds, shared by everything that arrives meanwhile.
-            with self._cond:
-                self._cond.wait_for(lambda: self._runs == 0,
-                                    last + CONFIRM_EVERY - time.monotonic())
+            with self.cond:
+                self.cond.wait_for(lambda: self._runs == 0,
+                                   last + CONFIRM_EVERY - time.monotonic())
             last = time.monotonic()
-            batch = [first]
-            while True:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            batch = [first, *self.pending()]
             # Grouped by (backend, database): one refresh per index, one transaction per
             # database; a failure in one group leaves the others alone.
             by_target: dict[tuple[int, int], list[tuple[_Writer, list[Transition]]]] = {}
@@ -602,9 +580,7 @@ class _Confirmer:
                     log.warning("scrypath_sa: could not record %d visible writes; their "
                                 "claims will expire and they will be written again: %s",
                                 sum(len(transitions) for _, transitions in items), redact(exc))
-            with self._cond:
-                self._done += len(batch)
-                self._cond.notify_all()
+            self.done(len(batch))
 
     @staticmethod
     def _confirm(items: list[tuple[_Writer, list[Transition]]]) -> None:

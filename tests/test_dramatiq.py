@@ -357,7 +357,7 @@ def test_flush_ends_the_relays_linger() -> None:
     relay = _Relay(mode)
     engine = mock.MagicMock()
     for i in range(3):
-        relay.put(engine, [i], send=True)
+        relay.put((engine, [i], True))
     assert relay.flush(timeout=20)
     assert mode.send.call_args_list == [mock.call([0, 1, 2])]
     assert engine.begin.call_count == 1  # one transaction marked all three

@@ -244,7 +244,7 @@ def test_a_confirmation_that_fails_for_one_database_leaves_the_others_alone(
     info = info_for_index(f"{index_prefix}_articles")
     assert info is not None
     lost.where[10**9] = processor._Doc(info, "x", ("x",), (10**9,), 1)
-    processor._confirmer.put(lost, [Transition(10**9, State.BACKEND_ACCEPTED, "upsert")])
+    processor._confirmer.put((lost, [Transition(10**9, State.BACKEND_ACCEPTED, "upsert")]))
     processor.process(config, ids[2:], **run)  # same batch as the dead database's
     backend.release.set()
     assert processor.flush_confirmations(30)

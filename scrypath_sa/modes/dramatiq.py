@@ -17,11 +17,9 @@ Redis and RabbitMQ brokers both work.
 
 from __future__ import annotations
 
-import atexit
 import gc
 import logging
 import os
-import queue
 import socket
 import threading
 from collections.abc import Sequence
@@ -31,6 +29,7 @@ from sqlalchemy import func, literal, select
 
 from scrypath_sa import outbox, processor
 from scrypath_sa.errors import MissingExtraError, NotConfiguredError
+from scrypath_sa.handoff import HandOff
 from scrypath_sa.modes.base import Mode
 from scrypath_sa.outbox import State, sync_events
 from scrypath_sa.outcome import Outcome
@@ -54,7 +53,7 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-class _Relay:
+class _Relay(HandOff[tuple["Engine", list[int], bool]]):
     """One background thread that (optionally) sends, then records ``enqueued``.
 
     Items are (engine, ids, send). With ``send`` the thread hands the ids to the broker
@@ -67,56 +66,29 @@ class _Relay:
     ``requested`` that much longer, which under-promises; :meth:`flush` cuts it short.
     """
 
+    thread_name = "scrypath-relay"
+
     def __init__(self, mode: DramatiqMode) -> None:
+        super().__init__()
         self.mode = mode
-        # None only wakes the thread up (a flush is waiting).
-        self._queue: queue.SimpleQueue[tuple[Engine, list[int], bool] | None] = (
-            queue.SimpleQueue())
-        self._cond = threading.Condition()
-        self._queued = 0
-        self._done = 0
         self._flush_now = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def put(self, engine: Engine, ids: list[int], send: bool) -> None:
-        with self._cond:
-            self._queued += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="scrypath-relay",
-                                                daemon=True)
-                self._thread.start()
-                atexit.register(self.flush, 10.0)
-        self._queue.put((engine, ids, send))
-
-    def flush(self, timeout: float | None = 30.0) -> bool:
-        with self._cond:
-            target = self._queued
+    def hurry(self) -> None:
         self._flush_now.set()
-        self._queue.put(None)
-        with self._cond:
-            return self._cond.wait_for(lambda: self._done >= target, timeout)
+        self.queue.put(None)
 
     def _take(self) -> list[tuple[Engine, list[int], bool]]:
         """The next batch: the first item, then everything that arrived within the
         linger. The thread sleeps through the linger (items arriving meanwhile do not
         wake it: with one wake-up per commit it would compete with the committing
         threads for the interpreter), unless a flush wakes it."""
-        item = self._queue.get()
-        while item is None:  # a flush with nothing left to do
-            item = self._queue.get()
+        first = self.next_item()
         if not self._flush_now.is_set():
             self._flush_now.wait(self.mode.linger)
         self._flush_now.clear()
-        batch = [item]
-        while True:
-            try:
-                more = self._queue.get_nowait()
-            except queue.Empty:
-                return batch
-            if more is not None:
-                batch.append(more)
+        return [first, *self.pending()]
 
-    def _run(self) -> None:
+    def work(self) -> None:
         while True:
             batch = self._take()
             unsent: dict[Engine, list[int]] = {}
@@ -136,9 +108,7 @@ class _Relay:
                 except Exception as exc:  # noqa: BLE001 - they stay requested; sweep resends
                     log.warning("scrypath_sa: could not mark %d sent events enqueued; they "
                                 "stay requested: %s", len(ids), redact(exc))
-            with self._cond:
-                self._done += len(batch)
-                self._cond.notify_all()
+            self.done(len(batch))
 
 
 class _WorkerHooks(dramatiq.Middleware):
@@ -238,7 +208,7 @@ class DramatiqMode(Mode):
         for start in range(0, len(ids), self.chunk_size):
             chunk = ids[start:start + self.chunk_size]
             if self.background:
-                self._relay.put(engine, chunk, send=True)
+                self._relay.put((engine, chunk, True))
                 outcome.states[State.REQUESTED.value] += len(chunk)
                 continue
             error = self.send(chunk)
@@ -246,7 +216,7 @@ class DramatiqMode(Mode):
                 outcome.error = error
                 outcome.states[State.REQUESTED.value] += len(ids) - start
                 break
-            self._relay.put(engine, chunk, send=False)
+            self._relay.put((engine, chunk, False))
             outcome.states[State.ENQUEUED.value] += len(chunk)
         return outcome
 
