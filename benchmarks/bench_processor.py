@@ -31,6 +31,8 @@ from scrypath_sa import outbox, processor, sync_events
 from scrypath_sa.backends import OpenSearchBackend
 from scrypath_sa.modes import Mode
 from scrypath_sa.outcome import Outcome
+from scrypath_sa.schema import Operation
+from scrypath_sa.visibility import Visibility
 
 PREFIX = f"bench{uuid.uuid4().hex[:6]}"
 MAPPINGS = {"properties": {"title": {"type": "text", "analyzer": "english"},
@@ -102,14 +104,15 @@ def main() -> None:
             client.indices.delete(index=f"{alias}*", ignore_unavailable=True)
             backend._ensured.clear()
             with engine.begin() as conn:
-                events = [outbox.NewEvent(**{**e, "operation": outbox.Operation(e["operation"])})
+                events = [outbox.NewEvent(**{**e, "operation": Operation(e["operation"])})
                           for e in conn.execute(select(*event_columns)).mappings()]
                 conn.execute(text("TRUNCATE sync_events RESTART IDENTITY"))
                 assert sorted(outbox.record(conn, events, "hold")) == ids
 
         def run_processor(visible: bool) -> None:
-            outcome = processor.process(config, ids, mode="inline" if visible else "manual",
-                                        wait_for_visibility=visible)
+            outcome = processor.process(
+                config, ids, mode="inline" if visible else "manual",
+                visibility=Visibility.PER_REQUEST if visible else Visibility.NONE)
             wanted = "completed" if visible else "backend_accepted"
             assert outcome.states == {wanted: args.rows}, outcome.describe()
 

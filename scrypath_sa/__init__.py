@@ -9,10 +9,11 @@ reports more than it knows.
 from __future__ import annotations
 
 from scrypath_sa import errors
-from scrypath_sa.config import Config, set_session_mode, sync_mode
-from scrypath_sa.listeners import configure, current_config, last_outcome, unconfigure
+from scrypath_sa.config import Config
+from scrypath_sa.install import configure, current_config, last_outcome, unconfigure
 from scrypath_sa.mixin import Searchable
 from scrypath_sa.modes.manual import ConfirmReport
+from scrypath_sa.modes.selection import set_session_mode, sync_mode
 from scrypath_sa.ops import (
     BackfillReport,
     FailedReport,
@@ -32,8 +33,8 @@ from scrypath_sa.ops import (
     status,
     sweep,
 )
-from scrypath_sa.outbox import State, metadata, sync_events
 from scrypath_sa.outcome import Failure, Outcome
+from scrypath_sa.schema import State, metadata, sync_events
 from scrypath_sa.search import SearchResult, search
 
 __version__ = "0.1.0.dev0"

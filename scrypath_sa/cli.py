@@ -22,7 +22,7 @@ from typing import Any
 import scrypath_sa
 from scrypath_sa.config import Config
 from scrypath_sa.errors import ConfigurationError, ScrypathError
-from scrypath_sa.listeners import current_config
+from scrypath_sa.install import current_config
 from scrypath_sa.redaction import redact
 
 OK, ERROR, ATTENTION = 0, 1, 2

@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 
 from sqlalchemy.orm.interfaces import ORMOption
 
-from scrypath_sa import registry
+from scrypath_sa import documents, registry
+from scrypath_sa.registry import library_default
 
 
 class Searchable:
@@ -50,15 +51,19 @@ class Searchable:
             registry.register(cls)
         super().__init_subclass__(**kwargs)
 
+    @library_default
     def search_document(self) -> dict[str, Any]:
-        return registry.column_document(self)
+        return documents.column_document(self)
 
+    @library_default
     def search_document_id(self) -> str:
-        return registry.pk_document_id(registry.primary_key(self))
+        return documents.pk_document_id(documents.primary_key(self))
 
+    @library_default
     def should_index(self) -> bool:
         return True
 
     @classmethod
+    @library_default
     def search_load_options(cls) -> Sequence[ORMOption]:
         return ()

@@ -1,218 +1,48 @@
-"""The ``sync_events`` outbox: one row per unit of sync work, written with the data.
+"""Every statement on ``sync_events`` and ``sync_checkpoints``: record events with the
+data, claim them, record transitions, and the queries the operator API asks.
 
-The table lives on the library's own :data:`metadata` and ships as an Alembic migration
-(branch label ``scrypath_sa``). Every row moves along one lifecycle::
-
-    requested -> enqueued -> processing -> backend_accepted -> completed
-                                        \\-> retrying -> (processing again)
-                                        \\-> discarded
-
-Only this module writes state transitions, so the rules live in one place.
+Only this module writes state transitions, so the rules live in one place. The tables
+and states are in :mod:`scrypath_sa.schema`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import enum
-import functools
-import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
-    ARRAY,
     JSON,
     BigInteger,
-    CheckConstraint,
-    Column,
     Connection,
-    DateTime,
-    Dialect,
-    Engine,
-    Index,
     Integer,
-    MetaData,
     String,
-    Table,
     Text,
-    TypeDecorator,
-    any_,
     bindparam,
     cast,
+    delete,
     func,
     insert,
     literal,
     or_,
     select,
-    text,
-    tuple_,
     update,
 )
 
-
-class State(str, enum.Enum):
-    """Lifecycle states. Each says exactly what is known, never more."""
-
-    REQUESTED = "requested"  # durably recorded with the data; nothing sent anywhere
-    ENQUEUED = "enqueued"  # someone is responsible for it (e.g. a broker accepted it)
-    PROCESSING = "processing"  # a worker or the inline path is driving it
-    BACKEND_ACCEPTED = "backend_accepted"  # the backend acknowledged the write; not yet visible
-    COMPLETED = "completed"  # the write is done and was made visible (not "no drift")
-    RETRYING = "retrying"  # failed in a way worth retrying at next_attempt_at
-    DISCARDED = "discarded"  # given up: permanent failure or attempts exhausted
-
-    def __str__(self) -> str:
-        return self.value
-
-
-TERMINAL = frozenset({State.COMPLETED, State.DISCARDED})
-UNFINISHED = frozenset(set(State) - TERMINAL)
-CLAIMABLE = (State.REQUESTED, State.ENQUEUED, State.RETRYING)
-
-
-class Operation(str, enum.Enum):
-    UPSERT = "upsert"
-    DELETE = "delete"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class UTCDateTime(TypeDecorator[dt.datetime]):
-    """A timezone-aware UTC datetime on every database (SQLite stores it naive)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
-        if value is not None and value.tzinfo is not None:
-            value = value.astimezone(dt.timezone.utc)
-            if dialect.name == "sqlite":
-                value = value.replace(tzinfo=None)
-        return value
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return value  # type: ignore[no-any-return]
-
-
-metadata = MetaData()
-
-FILLFACTOR = 50
-
-_STATES = ", ".join(f"'{s.value}'" for s in State)
-
-sync_events = Table(
-    "sync_events",
-    metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
-    Column("model", String(200), nullable=False),
-    Column("index_name", String(255), nullable=False),
-    Column("document_id", String(512), nullable=False),
-    Column("pk", JSON, nullable=False),
-    Column("operation", String(16), nullable=False),
-    Column("mode", String(32), nullable=True),
-    Column("state", String(20), nullable=False),
-    Column("attempts", Integer, nullable=False, server_default="0"),
-    Column("error_kind", String(64), nullable=True),
-    Column("last_error", Text, nullable=True),
-    Column("version_sent", BigInteger, nullable=True),
-    Column("claimed_by", String(128), nullable=True),
-    Column("requested_at", UTCDateTime(), nullable=False),
-    Column("enqueued_at", UTCDateTime(), nullable=True),
-    Column("processing_at", UTCDateTime(), nullable=True),
-    Column("accepted_at", UTCDateTime(), nullable=True),
-    Column("completed_at", UTCDateTime(), nullable=True),
-    Column("discarded_at", UTCDateTime(), nullable=True),
-    Column("next_attempt_at", UTCDateTime(), nullable=True),
-    Column("updated_at", UTCDateTime(), nullable=False),
-    CheckConstraint(f"state IN ({_STATES})", name="ck_sync_events_state"),
-    CheckConstraint("operation IN ('upsert', 'delete')", name="ck_sync_events_operation"),
-    # The newest completed version of some documents (reconcile, confirm). Only
-    # completed events: recording an event, and its in-flight transitions, stay clear
-    # of this index; the completing UPDATE writes index entries anyway (see below).
-    Index("ix_sync_events_completed_document", "index_name", "document_id",
-          postgresql_where=text("completed_at IS NOT NULL"),
-          sqlite_where=text("completed_at IS NOT NULL")),
-    # Open work (and discarded events) by id. Deliberately not an index on ``state``:
-    # a column in an index (or in a partial index's predicate) that an UPDATE changes
-    # rules out PostgreSQL's HOT updates, and every event changes state several times.
-    # Only ``completed_at`` is in this index, so only the last transition of an event
-    # touches index pages; the claim, the enqueued mark, backend_accepted, retrying and
-    # discarded are HOT updates into the free space fillfactor leaves on each page.
-    Index("ix_sync_events_not_completed", "id",
-          postgresql_where=text("completed_at IS NULL"),
-          sqlite_where=text("completed_at IS NULL")),
-    postgresql_with={"fillfactor": FILLFACTOR},
+from scrypath_sa import codec
+from scrypath_sa.schema import (
+    CLAIMABLE,
+    UNFINISHED,
+    VERSION_SCALE,
+    Operation,
+    State,
+    UTCDateTime,
+    sync_checkpoints,
+    sync_events,
+    utcnow,
+    version_of,
 )
-
-
-sync_checkpoints = Table(
-    "sync_checkpoints",
-    metadata,
-    Column("name", String(255), primary_key=True),
-    Column("index_name", String(255), nullable=False),
-    Column("position", JSON, nullable=True),
-    Column("version", BigInteger, nullable=False),
-    Column("processed", BigInteger, nullable=False, server_default="0"),
-    Column("started_at", UTCDateTime(), nullable=False),
-    Column("updated_at", UTCDateTime(), nullable=False),
-    Column("finished_at", UTCDateTime(), nullable=True),
-)
-"""Progress of long operator runs (backfill), so an interrupted run resumes."""
-
-
-VERSION_SCALE = 1024
-"""External versions are event ids times this. The gap between two events' versions
-leaves room for writes made behind the library's back (a delete in OpenSearch bumps a
-document's version by one) without ever reaching the next event's version."""
-
-
-def version_of(event_id: int) -> int:
-    """The external version a write covering events up to ``event_id`` carries."""
-    return event_id * VERSION_SCALE
-
-
-def backfill_version(high_water_mark: int) -> int:
-    """A backfill that started after event ``high_water_mark`` writes just below the
-    next event's version: above every earlier write (and out-of-band bumps of them),
-    below every write of a change committed during the backfill."""
-    return (high_water_mark + 1) * VERSION_SCALE - 1
-
-
-Bind = Engine | Connection
-"""Where outbox work runs: an engine (a transaction of its own each time) or a
-connection already inside a transaction (e.g. a test wrapped in one), where each unit
-becomes a savepoint."""
-
-
-@contextlib.contextmanager
-def begin(bind: Bind) -> Iterator[Connection]:
-    if isinstance(bind, Connection):
-        with bind.begin_nested():
-            yield bind
-    else:
-        with bind.begin() as conn:
-            yield conn
-
-
-@contextlib.contextmanager
-def connect(bind: Bind) -> Iterator[Connection]:
-    """A connection for reads. From an Engine, its transaction ends with COMMIT rather
-    than the pool's ROLLBACK: psycopg forgets its prepared statements on every
-    ROLLBACK, and planning ``id = ANY(500 ids)`` afresh took as long as running it."""
-    if isinstance(bind, Connection):
-        yield bind
-    else:
-        with bind.begin() as conn:
-            yield conn
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+from scrypath_sa.sql import chunks, id_filter, rows
 
 
 class NewEvent(NamedTuple):
@@ -272,8 +102,8 @@ def _record_postgresql(conn: Connection, events: Sequence[NewEvent], mode: str |
                        now: dt.datetime) -> list[int]:
     """One prepared-once statement per model in the flush: a single row as VALUES,
     several as ``INSERT ... SELECT`` over one JSON array of (document id, key,
-    operation) rows. One string is the cheapest parameter to send: a 1,000-row flush
-    costs about 7 ms (11 ms with a text array per column, 34 ms as an executemany)."""
+    operation) rows: one string is the cheapest parameter to send (measurements in
+    docs/performance.md)."""
     groups: dict[tuple[str, str], list[NewEvent]] = {}
     for e in events:
         groups.setdefault((e.model, e.index_name), []).append(e)
@@ -283,11 +113,12 @@ def _record_postgresql(conn: Connection, events: Sequence[NewEvent], mode: str |
                                   "now": now}
         if len(group) == 1:
             e = group[0]
-            params.update(document_id=e.document_id, pk=_dumps(e.pk),
+            params.update(document_id=e.document_id, pk=codec.dumps_text(e.pk),
                           operation=e.operation.value)
             ids.append(conn.execute(_INSERT_ONE_PG, params).scalar_one())
             continue
-        params["rows"] = _dumps([(e.document_id, e.pk, e.operation.value) for e in group])
+        params["rows"] = codec.dumps_text(
+            [(e.document_id, e.pk, e.operation.value) for e in group])
         ids.extend(conn.execute(_INSERT_MANY_PG, params).scalars())
     return ids
 
@@ -334,80 +165,6 @@ def in_states(states: Iterable[State | str]) -> Any:
     return sync_events.c.state.in_(values) & sync_events.c.completed_at.is_(None)
 
 
-def id_filter(conn: Connection, column: Any, ids: Sequence[Any]) -> Any:
-    """``column IN ids``: one array parameter on PostgreSQL, an expanded list elsewhere.
-
-    (Tried and rejected: integer ids as one text array literal cast in SQL. Cheaper to
-    send, but with stale statistics PostgreSQL chose plans that parsed the literal, or
-    ran the claim's locking subquery, once per row: a 50,000-event run took 40 s.)"""
-    if conn.dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(ids), type_=_array_of(column.type)))
-    return column.in_(list(ids))
-
-
-@functools.lru_cache(maxsize=256)
-def _array_of(item_type: Any) -> Any:
-    """``ARRAY(item_type)``, built once per column type (building one is costly)."""
-    if isinstance(item_type, Integer):  # BigInteger and SmallInteger too
-        return _IntegerArray(item_type)
-    return ARRAY(item_type)
-
-
-try:
-    from psycopg import adapters as _psycopg_adapters
-    from psycopg.adapt import Dumper as _Dumper
-
-    class _IntList(list[int]):
-        """A list of plain ints, for :class:`_IntListDumper`."""
-
-    class _IntListDumper(_Dumper):
-        # Unknown type: the server takes the parameter's type from the SQL's cast.
-        oid = 0
-
-        def dump(self, obj: list[int]) -> bytes:
-            return ("{" + ",".join(map(str, obj)) + "}").encode()
-
-    # Registered for this private class only: no other value is adapted differently.
-    _psycopg_adapters.register_dumper(_IntList, _IntListDumper)
-except ImportError:  # pragma: no cover - psycopg (3) is not the only PostgreSQL driver
-    _IntList = None  # type: ignore[assignment,misc]
-
-
-class _IntegerArray(TypeDecorator[list[int]]):
-    """An array of integers (ids, integer keys), sent by psycopg as one text literal.
-
-    psycopg's own list dumper handles each element in Python (a dumper call and a
-    quoting check each): 180 of the 520 us of client time a 500-id SELECT took. The SQL
-    still reads ``= ANY(%(p)s::BIGINT[])``, a typed parameter, so plans do not change
-    (see :func:`id_filter`)."""
-
-    impl = ARRAY
-    cache_ok = True
-
-    def bind_processor(self, dialect: Dialect) -> Any:
-        if dialect.driver != "psycopg" or _IntList is None:
-            return super().bind_processor(dialect)
-        return _int_list
-
-
-def _int_list(value: Any) -> Any:
-    if value is None or not all(type(v) is int for v in value):
-        return None if value is None else list(value)
-    return _IntList(value)
-
-
-def key_filter(conn: Connection, columns: Sequence[Any], keys: Sequence[Sequence[Any]]) -> Any:
-    """``(columns) IN keys`` for primary keys of one or several columns."""
-    if len(columns) == 1:
-        return id_filter(conn, columns[0], [k[0] for k in keys])
-    return tuple_(*columns).in_([tuple(k) for k in keys])
-
-
-def after_key(columns: Sequence[Any], last: Sequence[Any]) -> Any:
-    """``(columns) > last``: the keyset condition for the page after ``last``."""
-    return tuple_(*columns) > tuple(last) if len(columns) > 1 else columns[0] > last[0]
-
-
 CHUNK = 5000
 
 
@@ -423,7 +180,7 @@ def claim(conn: Connection, ids: Sequence[int], mode: str, worker: str | None = 
     t = sync_events
     wanted = [s.value for s in states]
     claimed: list[Event] = []
-    for chunk in _chunks(sorted(set(ids)), CHUNK):
+    for chunk in chunks(sorted(set(ids)), CHUNK):
         if conn.dialect.name == "postgresql":
             lockable = (select(t.c.id)
                         .where(id_filter(conn, t.c.id, chunk), in_states(wanted))
@@ -442,7 +199,7 @@ def claim(conn: Connection, ids: Sequence[int], mode: str, worker: str | None = 
             .returning(t.c.id, t.c.model, t.c.index_name, t.c.document_id,
                        cast(t.c.pk, Text), t.c.operation, t.c.attempts)
         )
-        claimed.extend(Event(i, model, index, doc_id, tuple(_loads(pk)), operation, attempts)
+        claimed.extend(Event(i, model, index, doc_id, tuple(codec.loads(pk)), operation, attempts)
                        for i, model, index, doc_id, pk, operation, attempts
                        in rows(conn.execute(stmt)))
     claimed.sort(key=lambda e: e.id)
@@ -515,7 +272,7 @@ def apply(conn: Connection, transitions: Sequence[Transition],
             values["version_sent"] = t.c.id * VERSION_SCALE
         if state in _STAMP:
             values[_STAMP[state]] = now
-        for chunk in _chunks(ids, CHUNK):
+        for chunk in chunks(ids, CHUNK):
             # Only open events are recorded here; saying so lets the planner find them
             # in the small partial index (by the primary key it may scan the table).
             conn.execute(update(t).where(id_filter(conn, t.c.id, chunk),
@@ -545,7 +302,7 @@ def mark(conn: Connection, ids: Sequence[int], state: State,
     if state in _STAMP:
         values.setdefault(_STAMP[state], now)
     count = 0
-    for chunk in _chunks(list(ids), CHUNK):
+    for chunk in chunks(list(ids), CHUNK):
         stmt = update(t).where(id_filter(conn, t.c.id, chunk))
         if only_from is not None:
             stmt = stmt.where(in_states(only_from))
@@ -601,30 +358,178 @@ def due(conn: Connection, older_than: dt.timedelta, enqueued_older_than: dt.time
     return [(row[0], row[1]) for row in conn.execute(query)]
 
 
-try:  # orjson, when installed (the opensearch extra), codes keys several times faster
-    import orjson
+# ------------------------------------------------------------------ operator queries
 
-    _loads = orjson.loads
-
-    def _dumps(value: Any) -> str:
-        try:
-            return orjson.dumps(value).decode()
-        except TypeError:  # e.g. an integer wider than 64 bits
-            return json.dumps(value)
-except ImportError:  # pragma: no cover - exercised only without orjson
-    _loads = json.loads  # type: ignore[assignment]
-    _dumps = json.dumps  # type: ignore[assignment]
+def get(conn: Connection, event_id: int) -> Any:
+    """One event's row, or None."""
+    return conn.execute(select(sync_events).where(sync_events.c.id == event_id)).one_or_none()
 
 
-def rows(result: Any, size: int = 200) -> Iterator[Any]:
-    """The rows of ``result``, fetched ``size`` at a time: as cheap as ``.all()`` (one
-    driver call per part, where iterating row by row costs ~0.3 us a row more), without
-    holding every row of a large result at once (thousands of objects alive together
-    bring the cycle collector's passes, and with them its full collections, closer)."""
-    for part in result.partitions(size):
-        yield from part
+def state_counts(conn: Connection, indices: Sequence[str]) -> dict[str, dict[str, int]]:
+    """index -> state -> number of events."""
+    t = sync_events
+    counts: dict[str, dict[str, int]] = {}
+    for index, state, n in conn.execute(
+            select(t.c.index_name, t.c.state, func.count())
+            .where(t.c.index_name.in_(list(indices))).group_by(t.c.index_name, t.c.state)):
+        counts.setdefault(index, {})[state] = n
+    return counts
 
 
-def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def oldest_unfinished(conn: Connection, indices: Sequence[str]) -> dict[str, dt.datetime]:
+    """index -> when its oldest unfinished event was recorded."""
+    t = sync_events
+    return dict(conn.execute(
+        select(t.c.index_name, func.min(t.c.requested_at))
+        .where(t.c.index_name.in_(list(indices)), in_states(UNFINISHED))
+        .group_by(t.c.index_name)).all())
+
+
+def stuck_counts(conn: Connection, indices: Sequence[str], states: Iterable[State],
+                 untouched_since: dt.datetime) -> dict[str, int]:
+    """index -> events in ``states`` not updated since ``untouched_since``."""
+    t = sync_events
+    return dict(conn.execute(
+        select(t.c.index_name, func.count())
+        .where(t.c.index_name.in_(list(indices)), in_states(states),
+               t.c.updated_at <= untouched_since)
+        .group_by(t.c.index_name)).all())
+
+
+def next_attempts(conn: Connection, indices: Sequence[str],
+                  ids: Sequence[int] | None = None) -> dict[str, dt.datetime]:
+    """index -> the earliest ``next_attempt_at`` of its retrying events (among ``ids``)."""
+    t = sync_events
+    query = (select(t.c.index_name, func.min(t.c.next_attempt_at))
+             .where(t.c.index_name.in_(list(indices)), in_states([State.RETRYING]))
+             .group_by(t.c.index_name))
+    if ids is not None:
+        query = query.where(id_filter(conn, t.c.id, list(ids)))
+    return dict(conn.execute(query).all())
+
+
+def next_attempt_of(conn: Connection, ids: Sequence[int]) -> dt.datetime | None:
+    """The earliest ``next_attempt_at`` among ``ids``."""
+    t = sync_events
+    value: dt.datetime | None = conn.execute(
+        select(func.min(t.c.next_attempt_at)).where(id_filter(conn, t.c.id, list(ids)))
+    ).scalar()
+    return value
+
+
+def failed(conn: Connection, states: Sequence[str], indices: Sequence[str] | None,
+           error_kind: str | None, after_id: int | None, limit: int) -> list[Any]:
+    """Events in ``states`` (retrying, discarded), oldest first, up to ``limit``."""
+    t = sync_events
+    query = select(t).where(in_states(states)).order_by(t.c.id).limit(limit)
+    if indices is not None:
+        query = query.where(t.c.index_name.in_(list(indices)))
+    if error_kind is not None:
+        query = query.where(t.c.error_kind == error_kind)
+    if after_id is not None:
+        query = query.where(t.c.id > after_id)
+    return list(conn.execute(query).all())
+
+
+def reopen(conn: Connection, index: str) -> list[tuple[int, str | None]]:
+    """Every open or discarded event of ``index`` back to ``requested`` with its attempts
+    reset (an operator's repair); returns their (id, mode) pairs."""
+    t = sync_events
+    found = [(row[0], row[1]) for row in conn.execute(select(t.c.id, t.c.mode).where(
+        t.c.index_name == index,
+        in_states([State.REQUESTED, State.ENQUEUED, State.RETRYING, State.DISCARDED])))]
+    mark(conn, [i for i, _ in found], State.REQUESTED,
+         only_from=[State.ENQUEUED, State.RETRYING, State.DISCARDED], attempts=0)
+    return found
+
+
+def newest_completed(conn: Connection, index: str,
+                     document_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+    """document id -> (operation, version) of its newest completed write."""
+    t = sync_events
+    newest: dict[str, tuple[str, int]] = {}
+    for part in chunks(list(document_ids), 1000):
+        query = select(t.c.document_id, t.c.operation, t.c.version_sent).where(
+            t.c.index_name == index, t.c.document_id.in_(part), completed())
+        for doc_id, operation, version in conn.execute(query):
+            if version is not None and version > newest.get(doc_id, ("", -1))[1]:
+                newest[doc_id] = (operation, version)
+    return newest
+
+
+def accepted(conn: Connection, ids: Sequence[int] | None, limit: int) -> list[Any]:
+    """``backend_accepted`` events (among ``ids``), oldest first, up to ``limit``."""
+    t = sync_events
+    query = (select(t.c.id, t.c.index_name, t.c.document_id, t.c.operation, t.c.version_sent)
+             .where(in_states([State.BACKEND_ACCEPTED])).order_by(t.c.id).limit(limit))
+    if ids is not None:
+        query = query.where(t.c.id.in_(list(ids)))
+    return list(conn.execute(query).all())
+
+
+def discard_exhausted(conn: Connection, ids: Sequence[int], reason: str) -> int:
+    """``retrying`` events whose retries ran out become ``discarded``; ``reason`` goes
+    before their last error."""
+    return mark(conn, ids, State.DISCARDED, only_from=[State.RETRYING],
+                error_kind="retries_exhausted",
+                last_error=literal(reason) + func.coalesce(sync_events.c.last_error, ""))
+
+
+def claimable_ids(conn: Connection) -> list[int]:
+    """Every event waiting for a claim (requested, enqueued, retrying), oldest first."""
+    t = sync_events
+    return list(conn.execute(select(t.c.id).where(in_states(CLAIMABLE)).order_by(t.c.id))
+                .scalars())
+
+
+def delete_old(conn: Connection, state: State, before: dt.datetime, dry_run: bool,
+               limit: int = 5000) -> int:
+    """Delete up to ``limit`` events that reached ``state`` before ``before`` (only count
+    them with ``dry_run``); returns how many."""
+    t = sync_events
+    stamp = t.c[_STAMP[state]]
+    ids = list(conn.execute(select(t.c.id).where(in_states([state]), stamp <= before)
+                            .order_by(t.c.id).limit(limit)).scalars())
+    if ids and not dry_run:
+        conn.execute(delete(t).where(id_filter(conn, t.c.id, ids)))
+    return len(ids)
+
+
+def changed_documents(conn: Connection, index: str,
+                      after_id: int) -> list[tuple[str, int, list[Any]]]:
+    """(document id, newest event id, primary key) of every document of ``index`` with
+    events after ``after_id``."""
+    t = sync_events
+    found = conn.execute(
+        select(t.c.document_id, func.max(t.c.id), func.min(t.c.id))
+        .where(t.c.index_name == index, t.c.id > after_id)
+        .group_by(t.c.document_id)).all()
+    if not found:
+        return []
+    pks = dict(conn.execute(select(t.c.id, t.c.pk).where(
+        t.c.id.in_([r[2] for r in found]))).all())
+    return [(doc_id, newest, list(pks[oldest])) for doc_id, newest, oldest in found]
+
+
+def count_since(conn: Connection, index: str, after_id: int) -> int:
+    """Events of ``index`` recorded after ``after_id``."""
+    t = sync_events
+    return int(conn.execute(select(func.count()).where(
+        t.c.index_name == index, t.c.id > after_id)).scalar_one())
+
+
+def checkpoint(conn: Connection, name: str) -> Any:
+    """The saved progress of the long run ``name``, or None."""
+    t = sync_checkpoints
+    return conn.execute(select(t).where(t.c.name == name)).one_or_none()
+
+
+def save_checkpoint(conn: Connection, name: str, index: str, position: list[Any] | None,
+                    version: int, processed: int, finished: bool = False) -> None:
+    now = utcnow()
+    values = {"index_name": index, "position": position, "version": version,
+              "processed": processed, "updated_at": now,
+              "finished_at": now if finished else None}
+    t = sync_checkpoints
+    if conn.execute(update(t).where(t.c.name == name).values(values)).rowcount == 0:
+        conn.execute(insert(t).values(name=name, started_at=now, **values))

@@ -6,13 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from scrypath_sa import outbox, registry
+from scrypath_sa import documents, registry
 from scrypath_sa.config import Config
 from scrypath_sa.errors import ConfigurationError
-from scrypath_sa.ops.common import config_or_current
+from scrypath_sa.install import resolve_config
 
 T = TypeVar("T")
 
@@ -45,7 +44,7 @@ def search(session: Session, model: type[T], query: str | dict[str, Any], *, pag
     """
     if page < 1 or per_page < 1:
         raise ConfigurationError("page and per_page start at 1")
-    config = config_or_current(config)
+    config = resolve_config(config)
     info = registry.info_for(model)
     if info is None:
         raise ConfigurationError(f"{model.__name__} is not a Searchable model")
@@ -55,21 +54,13 @@ def search(session: Session, model: type[T], query: str | dict[str, Any], *, pag
             "so it needs the default ids (search the backend directly instead)")
     hits = config.backend.search(info.index, query, offset=(page - 1) * per_page,
                                  limit=per_page, fields=fields)
-    keys = {doc_id: registry.parse_document_id(info, doc_id) for doc_id in hits.ids}
-    pk = list(info.mapper.primary_key)
-    wanted = [k for k in keys.values() if k is not None]
-    found: dict[tuple[Any, ...], Any] = {}
-    if wanted:
-        where = outbox.key_filter(session.connection(), pk, wanted)
-        props = registry.pk_keys(info.cls)
-        for obj in session.scalars(select(model).where(where)
-                                   .options(*info.cls.search_load_options())):
-            found[tuple(getattr(obj, p) for p in props)] = obj
+    keys = {doc_id: documents.parse_document_id(info, doc_id) for doc_id in hits.ids}
+    found = documents.rows_by_key(session, info, [k for k in keys.values() if k is not None])
     items: list[T] = []
     missing: list[str] = []
     for doc_id in hits.ids:
         key = keys[doc_id]
-        hit = found.get(key) if key is not None else None
+        hit = found.get(tuple(documents.json_safe_key(key))) if key is not None else None
         if hit is None:
             missing.append(doc_id)
         else:

@@ -140,7 +140,7 @@ def os_client(opensearch_url: str) -> Iterator[object]:
 def _unconfigure_all() -> Iterator[None]:
     """No configuration leaks from one test into the next."""
     yield
-    from scrypath_sa import listeners
+    from scrypath_sa import install
 
-    for target, _, _ in list(listeners._installed.values()):
-        listeners.unconfigure(target)
+    for config in install.installed():
+        install.unconfigure(config.target)

@@ -21,6 +21,7 @@ from scrypath_sa.backends import OpenSearchBackend
 from scrypath_sa.errors import ConfigurationError, SyncIncompleteError
 from scrypath_sa.modes import Mode
 from scrypath_sa.outcome import Outcome
+from scrypath_sa.visibility import Visibility
 from tests.models import World, make_world
 
 
@@ -83,7 +84,7 @@ def test_mode_precedence_context_over_session_over_default(world: World, backend
 
 
 def test_sync_mode_restores_after_an_exception_and_rejects_unknown_names() -> None:
-    from scrypath_sa.config import _context_mode
+    from scrypath_sa.modes.selection import _context_mode
 
     with pytest.raises(RuntimeError), scrypath_sa.sync_mode("manual"):
         raise RuntimeError("boom")
@@ -229,7 +230,8 @@ def test_out_of_order_processors_converge_on_the_newest_state(world: World, back
     slow = Stalling(backend.client)
     slow_config = scrypath_sa.Config(**{**vars(config), "backend": slow})
     slow_worker = threading.Thread(target=processor.process, args=(slow_config, [first]),
-                                   kwargs={"mode": "inline", "wait_for_visibility": True})
+                                   kwargs={"mode": "inline",
+                                           "visibility": Visibility.PER_REQUEST})
     slow_worker.start()
     assert reached.wait(60)  # the slow processor has read the row ("old") and stalls
 
@@ -238,7 +240,7 @@ def test_out_of_order_processors_converge_on_the_newest_state(world: World, back
         session.commit()
     with world.engine.connect() as conn:
         second = conn.execute(select(sync_events.c.id).where(sync_events.c.id > first)).scalar()
-    processor.process(config, [second], mode="inline", wait_for_visibility=True)
+    processor.process(config, [second], mode="inline", visibility=Visibility.PER_REQUEST)
     assert doc(os_client, world, "1")["title"] == "new"
 
     release.set()
@@ -258,7 +260,8 @@ def test_two_processors_never_work_the_same_event(world: World, backend: Any) ->
         ids = list(conn.execute(select(sync_events.c.id)).scalars())
     outcomes: list[Outcome] = []
     threads = [threading.Thread(target=lambda: outcomes.append(processor.process(
-        config, ids, mode="inline", wait_for_visibility=True))) for _ in range(2)]
+        config, ids, mode="inline", visibility=Visibility.PER_REQUEST)))
+        for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
@@ -290,7 +293,7 @@ def test_flask_sqlalchemy_scoped_session(tmp_path: Path, index_prefix: str, back
     with app.app_context():
         db.create_all()
         scrypath_sa.metadata.create_all(db.engine)
-        scrypath_sa.configure(db.session, backend=backend)
+        scrypath_sa.configure(db.session, backend=backend, bind=db.engine)
         db.session.add(Note(id=1, body="from flask"))
         db.session.commit()
         assert scrypath_sa.last_outcome(db.session()).state == "completed"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from scrypath_sa import Searchable, registry
+from scrypath_sa import Searchable, documents, registry
 from scrypath_sa.errors import ConfigurationError, MissingExtraError
 from scrypath_sa.redaction import redact
 
@@ -90,7 +90,7 @@ class Flavour(enum.Enum):
 
 def test_json_safe_values() -> None:
     u = uuid.uuid4()
-    assert registry.json_safe({
+    assert documents.json_safe({
         "when": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
         "day": dt.date(2026, 1, 2),
         "price": decimal.Decimal("1.25"),
@@ -105,10 +105,10 @@ def test_json_safe_values() -> None:
 
 
 def test_composite_document_ids_are_unambiguous() -> None:
-    assert registry.pk_document_id([7]) == "7"
-    assert registry.pk_document_id([7, "en"]) == "7:en"
-    assert registry.pk_document_id(["a:b", "c"]) != registry.pk_document_id(["a", "b:c"])
-    assert registry.pk_document_id(["a:b", "c"]) == "a%3Ab:c"
+    assert documents.pk_document_id([7]) == "7"
+    assert documents.pk_document_id([7, "en"]) == "7:en"
+    assert documents.pk_document_id(["a:b", "c"]) != documents.pk_document_id(["a", "b:c"])
+    assert documents.pk_document_id(["a:b", "c"]) == "a%3Ab:c"
 
 
 @pytest.mark.parametrize("text", [

@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy import Engine, select
 
 import scrypath_sa
-from scrypath_sa import State, sync_events
-from scrypath_sa.processor import _ahead
+from scrypath_sa import State, sync_events, visibility
+from scrypath_sa.threads import ahead
+from scrypath_sa.visibility import Visibility
 from tests.models import make_world
 from tests.test_modes import Hold
 
@@ -24,7 +25,7 @@ def test_ahead_yields_everything_in_order_from_another_thread() -> None:
             threads.add(threading.current_thread().name)
             yield i
 
-    assert list(_ahead(items(), 3)) == list(range(50))
+    assert list(ahead(items(), 3)) == list(range(50))
     assert threads == {"scrypath-read"}
 
 
@@ -33,10 +34,10 @@ def test_ahead_hands_the_producers_exception_to_the_caller() -> None:
         yield 1
         raise ValueError("the database went away")
 
-    ahead = _ahead(items(), 2)
-    assert next(ahead) == 1
+    running = ahead(items(), 2)
+    assert next(running) == 1
     with pytest.raises(ValueError, match="went away"):
-        next(ahead)
+        next(running)
 
 
 def test_ahead_stops_the_producer_when_the_caller_stops() -> None:
@@ -47,7 +48,7 @@ def test_ahead_stops_the_producer_when_the_caller_stops() -> None:
             produced.append(i)
             yield i
 
-    for item in _ahead(items(), 2):
+    for item in ahead(items(), 2):
         if item == 5:
             break
     # the generator was closed: its thread is gone and it stopped well short of the end
@@ -78,7 +79,7 @@ def test_a_failure_while_reading_rows_keeps_what_was_already_written(
 
     config, ids = held_events(engine, index_prefix, backend, 8)
 
-    real = processor._load_rows
+    real = processor.load_documents
     calls = 0
 
     def flaky(*args: Any) -> Any:
@@ -88,9 +89,9 @@ def test_a_failure_while_reading_rows_keeps_what_was_already_written(
             raise RuntimeError("connection reset while reading rows")
         return real(*args)
 
-    monkeypatch.setattr(processor, "_load_rows", flaky)
+    monkeypatch.setattr(processor, "load_documents", flaky)
     with pytest.raises(RuntimeError, match="connection reset"):
-        processor.process(config, ids, mode="manual", wait_for_visibility=False)
+        processor.process(config, ids, mode="manual", visibility=Visibility.NONE)
     with engine.connect() as conn:
         states = dict(conn.execute(select(sync_events.c.document_id, sync_events.c.state)).all())
     assert [states[str(i)] for i in range(1, 9)] == (
@@ -101,11 +102,11 @@ def test_an_error_while_sending_stops_the_reader_thread_at_once(
         engine: Engine, index_prefix: str, backend: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The caller still holds the traceback (and with it the run's frame): the reader
     thread must be gone anyway, not parked until the traceback is dropped."""
-    from scrypath_sa import processor
+    from scrypath_sa import pipeline, processor
 
     config, ids = held_events(engine, index_prefix, backend, 20)
 
-    real = processor._Writer.submit
+    real = pipeline.Writer.submit
     calls = 0
 
     def failing(self: Any, prepared: Any) -> None:
@@ -115,9 +116,9 @@ def test_an_error_while_sending_stops_the_reader_thread_at_once(
             raise RuntimeError("the backend client blew up")
         real(self, prepared)
 
-    monkeypatch.setattr(processor._Writer, "submit", failing)
+    monkeypatch.setattr(pipeline.Writer, "submit", failing)
     with pytest.raises(RuntimeError, match="blew up") as excinfo:
-        processor.process(config, ids, mode="manual", wait_for_visibility=False)
+        processor.process(config, ids, mode="manual", visibility=Visibility.NONE)
     assert excinfo.traceback  # still referenced here
     assert not any(t.name == "scrypath-read" and t.is_alive() for t in threading.enumerate())
 
@@ -128,7 +129,6 @@ def gated_backend(opensearch_url: str) -> Iterator[Any]:
     (``backend.entered`` says one is waiting); ``backend.refreshes`` counts them.
     Released at teardown whatever happened: a failed test must not leave the process's
     confirmer waiting for the next one."""
-    from scrypath_sa import processor
     from scrypath_sa.backends import OpenSearchBackend
 
     class GatedRefresh(OpenSearchBackend):
@@ -144,7 +144,7 @@ def gated_backend(opensearch_url: str) -> Iterator[Any]:
     backend = GatedRefresh(opensearch_url)
     yield backend
     backend.release.set()
-    processor.flush_confirmations(30)
+    visibility.flush_confirmations(30)
 
 
 def test_confirm_later_runs_share_refreshes_and_end_completed(
@@ -157,8 +157,8 @@ def test_confirm_later_runs_share_refreshes_and_end_completed(
     config, ids = held_events(engine, index_prefix, backend, 12)
     outcomes: list[Any] = []
     runs = [threading.Thread(target=lambda chunk=ids[i:i + 2]: outcomes.append(
-        processor.process(config, chunk, mode="dramatiq", wait_for_visibility=True,
-                          confirm_later=True))) for i in range(0, 12, 2)]
+        processor.process(config, chunk, mode="dramatiq", visibility=Visibility.DEFERRED)))
+        for i in range(0, 12, 2)]
     for run in runs:
         run.start()
     for run in runs:
@@ -169,7 +169,7 @@ def test_confirm_later_runs_share_refreshes_and_end_completed(
     with engine.connect() as conn:
         assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"processing"}
     backend.release.set()
-    assert processor.flush_confirmations(30)
+    assert visibility.flush_confirmations(30)
     with engine.connect() as conn:
         assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"completed"}
     assert backend.refreshes <= 2  # one for the first run(s) it took, one for the rest
@@ -187,9 +187,8 @@ def test_confirm_later_with_a_failed_refresh_records_backend_accepted(
             raise BackendError("refresh timed out")
 
     config, ids = held_events(engine, index_prefix, NoRefresh(opensearch_url), 4)
-    processor.process(config, ids, mode="dramatiq", wait_for_visibility=True,
-                      confirm_later=True)
-    assert processor.flush_confirmations(30)
+    processor.process(config, ids, mode="dramatiq", visibility=Visibility.DEFERRED)
+    assert visibility.flush_confirmations(30)
     with engine.connect() as conn:
         assert set(conn.execute(select(sync_events.c.state)).scalars()) == {
             "backend_accepted"}
@@ -212,8 +211,7 @@ def test_a_dramatiq_worker_shutting_down_records_what_it_made_visible(
     assert len(hooks) == 1
     backend = gated_backend
     config, ids = held_events(engine, index_prefix, backend, 2)
-    processor.process(config, ids, mode="dramatiq", wait_for_visibility=True,
-                      confirm_later=True)
+    processor.process(config, ids, mode="dramatiq", visibility=Visibility.DEFERRED)
     shutdown = threading.Thread(target=hooks[0].after_worker_shutdown, args=(broker, None))
     shutdown.start()
     shutdown.join(0.2)
@@ -231,22 +229,17 @@ def test_a_confirmation_that_fails_for_one_database_leaves_the_others_alone(
 
     from scrypath_sa import processor
     from scrypath_sa.outbox import Transition
-    from scrypath_sa.registry import info_for_index
 
     backend = gated_backend
     config, ids = held_events(engine, index_prefix, backend, 4)
-    run = dict(mode="dramatiq", wait_for_visibility=True, confirm_later=True)
+    run = dict(mode="dramatiq", visibility=Visibility.DEFERRED)
     processor.process(config, ids[:2], **run)
     assert backend.entered.wait(30)  # the confirmer took that run alone, holds its refresh
     dead = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/nothing")
-    lost = processor._Writer(config, dead, True, per_request_wait=False, pipelined=False,
-                             confirm_later=True)
-    info = info_for_index(f"{index_prefix}_articles")
-    assert info is not None
-    lost.where[10**9] = processor._Doc(info, "x", ("x",), (10**9,), 1)
-    processor._confirmer.put((lost, [Transition(10**9, State.BACKEND_ACCEPTED, "upsert")]))
+    visibility.confirmer.put((config.backend, dead, {
+        f"{index_prefix}_articles": [Transition(10**9, State.BACKEND_ACCEPTED, "upsert")]}))
     processor.process(config, ids[2:], **run)  # same batch as the dead database's
     backend.release.set()
-    assert processor.flush_confirmations(30)
+    assert visibility.flush_confirmations(30)
     with engine.connect() as conn:
         assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"completed"}

@@ -118,6 +118,7 @@ def test_contract_drift_recommends_reindex_and_reindex_fixes_it(engine: Engine,
     changed = {"mappings": {"properties": {"title": {"type": "keyword"}}},
                "settings": {"number_of_shards": 1, "number_of_replicas": 0}}
     w2 = make_world(engine, index_prefix, contract=changed)
+    scrypath_sa.unconfigure(w.Session)  # the next deploy runs with the new contract
     scrypath_sa.configure(w2.Session, backend=backend)
     (drift,) = scrypath_sa.reconcile([w2.Article]).models
     assert drift.recommendation == "reindex"

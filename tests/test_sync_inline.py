@@ -40,7 +40,7 @@ def test_inline_commit_is_completed_and_visible(world: World, os_client: Any) ->
     rows = events(world)
     assert [(r.state, r.operation, r.mode, r.attempts) for r in rows] == [
         ("completed", "upsert", "inline", 1)]
-    assert rows[0].version_sent == scrypath_sa.outbox.version_of(rows[0].id)
+    assert rows[0].version_sent == scrypath_sa.schema.version_of(rows[0].id)
     assert rows[0].completed_at is not None and rows[0].accepted_at is None
     # visible: a search right after commit finds it without an explicit refresh
     hits = os_client.search(index=f"{world.prefix}_articles",
@@ -226,7 +226,7 @@ def test_integer_arrays_reach_psycopg_as_one_literal_and_select_exactly(
     negative and 64-bit values included. (Arrays are PostgreSQL's.)"""
     from sqlalchemy import BigInteger, Column, MetaData, Table, create_engine, event
 
-    from scrypath_sa import outbox
+    from scrypath_sa import sql
 
     engine = create_engine(postgres_url)
     table = Table(f"ints_{uuid.uuid4().hex[:8]}", MetaData(),
@@ -244,9 +244,9 @@ def test_integer_arrays_reach_psycopg_as_one_literal_and_select_exactly(
 
         with engine.connect() as conn:
             found = conn.execute(select(table.c.id).where(
-                outbox.id_filter(conn, table.c.id, wanted))).scalars().all()
+                sql.id_filter(conn, table.c.id, wanted))).scalars().all()
         assert sorted(found) == sorted(wanted)
-        assert sent == [outbox._IntList]
+        assert sent == [sql.IntList]
     finally:
         table.drop(engine)
         engine.dispose()
@@ -365,7 +365,7 @@ def test_many_batches_are_all_completed_and_visible(engine: Engine, index_prefix
 def test_long_runs_refresh_as_they_go_and_a_failed_refresh_leaves_accepted(
         engine: Engine, index_prefix: str, opensearch_url: str, os_client: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from scrypath_sa import processor
+    from scrypath_sa import visibility
     from scrypath_sa.backends import OpenSearchBackend
     from scrypath_sa.errors import BackendError
 
@@ -378,7 +378,7 @@ def test_long_runs_refresh_as_they_go_and_a_failed_refresh_leaves_accepted(
                 raise BackendError("refresh timed out")
             super().refresh(alias)
 
-    monkeypatch.setattr(processor, "REFRESH_EVERY", 4)
+    monkeypatch.setattr(visibility, "REFRESH_EVERY", 4)
     backend = FlakyRefresh(opensearch_url)
     outcome = commit_ten_in_batches_of_three(engine, index_prefix, backend)
     # batches of 3, 3 | 3, 1: a refresh after the first 6 documents, one after the rest
@@ -481,7 +481,7 @@ def test_column_fast_path_builds_the_same_documents_as_the_orm(world: World) -> 
     import datetime as dt
     import decimal
 
-    from scrypath_sa import processor, registry
+    from scrypath_sa import documents, registry
     from tests.models import Colour
 
     with world.Session() as session:
@@ -489,7 +489,7 @@ def test_column_fast_path_builds_the_same_documents_as_the_orm(world: World) -> 
                                   created=dt.datetime(2026, 1, 2, 3, 4, 5),
                                   colour=Colour.BLUE))
         session.commit()
-        orm_doc = registry.column_document(session.get(world.Article, 1))
+        orm_doc = documents.column_document(session.get(world.Article, 1))
     info = registry.info_for(world.Article)
-    docs = [processor._Doc(info, "1", (1,), (1,), 1)]
-    assert processor._load_columns(world.engine, info, docs) == {(1,): ("upsert", orm_doc)}
+    assert info is not None
+    assert documents.column_documents(world.engine, info, [(1,)]) == {(1,): ("upsert", orm_doc)}

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from scrypath_sa.backends.base import (
+    AdminBackend,
     Backend,
     BulkOp,
+    IndexAdmin,
     IndexPosture,
     ItemResult,
     ItemStatus,
@@ -18,8 +20,8 @@ from scrypath_sa.backends.embedded import EmbeddedBackend
 if TYPE_CHECKING:
     from scrypath_sa.backends.opensearch import OpenSearchBackend
 
-__all__ = ["Backend", "BulkOp", "EmbeddedBackend", "IndexPosture", "ItemResult", "ItemStatus",
-           "OpenSearchBackend", "PhysicalIndex", "SearchHits"]
+__all__ = ["AdminBackend", "Backend", "BulkOp", "EmbeddedBackend", "IndexAdmin", "IndexPosture",
+           "ItemResult", "ItemStatus", "OpenSearchBackend", "PhysicalIndex", "SearchHits"]
 
 
 def __getattr__(name: str) -> Any:

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from scrypath_sa.errors import BackendError, ConfigurationError
 from scrypath_sa.registry import Contract
 
 
@@ -74,11 +75,15 @@ class IndexPosture:
 
 
 class Backend(abc.ABC):
-    """A search engine the library can keep in step with the database.
+    """A search engine the library can keep in step with the database: the small core
+    that sync needs. A backend that also implements :class:`IndexAdmin` serves the
+    operator API (status, reconcile, backfill, reindex, prune).
 
     Writes use external versions (the highest ``sync_events`` id covered): a write at a
     lower version than the stored one is a conflict, reported as ``CONFLICT``, so
-    out-of-order workers converge on the newest state.
+    out-of-order workers converge on the newest state. Every failure of the engine
+    reaches the library as :class:`~scrypath_sa.errors.BackendError` (from ``bulk``: as
+    RETRYABLE or PERMANENT items), never as a client library's own exception.
     """
 
     name: str = "backend"
@@ -102,26 +107,32 @@ class Backend(abc.ABC):
     def versions(self, alias: str, ids: Sequence[str]) -> dict[str, int | None]:
         """The stored external version of each id (None when the document is absent)."""
 
-    @abc.abstractmethod
-    def documents(self, alias: str, ids: Sequence[str]) -> dict[str, tuple[int, Any] | None]:
-        """Each id's (version, source), or None when the document is absent."""
+    def search(self, index: str, query: str | dict[str, Any], *, offset: int = 0,
+               limit: int = 20, fields: Sequence[str] | None = None) -> SearchHits:
+        """Run ``query``: a text (matched across ``fields``, default all) or a query
+        body of the backend's own language."""
+        raise BackendError(f"the {self.name} backend does not support search()")
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class IndexAdmin(abc.ABC):
+    """What the operator API needs of a backend beyond sync: index layout, counts and
+    scans."""
 
     @abc.abstractmethod
     def posture(self, alias: str) -> IndexPosture | None:
         """Where ``alias`` points, or None when nothing by that name exists."""
 
     @abc.abstractmethod
-    def search(self, index: str, query: str | dict[str, Any], *, offset: int = 0,
-               limit: int = 20, fields: Sequence[str] | None = None) -> SearchHits:
-        """Run ``query``: a text (matched across ``fields``, default all) or a query
-        body of the backend's own language."""
-
-    # --------------------------------------------------------- operator's needs
+    def documents(self, alias: str, ids: Sequence[str]) -> dict[str, tuple[int, Any] | None]:
+        """Each id's (version, source), or None when the document is absent."""
 
     @abc.abstractmethod
     def count(self, index: str) -> int:
         """Searchable documents in ``index`` (an alias or a physical index) now; call
-        :meth:`refresh` first to count every acknowledged write."""
+        ``refresh`` first to count every acknowledged write."""
 
     @abc.abstractmethod
     def scan_ids(self, index: str, page_size: int = 1000) -> Iterator[list[tuple[str, int]]]:
@@ -149,5 +160,15 @@ class Backend(abc.ABC):
     def set_refresh_interval(self, index: str, interval: str | None) -> None:
         """Set ``index.refresh_interval`` (None restores the default)."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections."""
+
+class AdminBackend(Backend, IndexAdmin):
+    """A backend with both parts (what the operator API works with)."""
+
+
+def admin_of(backend: Backend) -> AdminBackend:
+    """``backend`` as a backend with the operator part, or a clear error."""
+    if not isinstance(backend, IndexAdmin):
+        raise ConfigurationError(
+            f"the {backend.name} backend ({type(backend).__name__}) does not implement "
+            "scrypath_sa.backends.IndexAdmin, which the operator API needs")
+    return backend  # type: ignore[return-value]

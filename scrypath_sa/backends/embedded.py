@@ -22,7 +22,7 @@ from typing import Any
 
 from scrypath_sa.backends.base import (
     OK,
-    Backend,
+    AdminBackend,
     BulkOp,
     IndexPosture,
     ItemResult,
@@ -59,7 +59,7 @@ def _text(value: Any) -> str:
     return ""
 
 
-class EmbeddedBackend(Backend):
+class EmbeddedBackend(AdminBackend):
     """A file-backed search index with OpenSearch's versioning and alias semantics."""
 
     name = "embedded"

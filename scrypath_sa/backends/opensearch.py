@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from scrypath_sa import codec
 from scrypath_sa.backends.base import (
     OK,
-    Backend,
+    AdminBackend,
     BulkOp,
     IndexPosture,
     ItemResult,
@@ -34,39 +35,28 @@ _BULK_WITHOUT_ERRORS = '{"errors":false,'
 META_KEY = "scrypath"
 
 
-try:  # orjson, when installed, serialises documents several times faster
-    import orjson
+class _Serializer(JSONSerializer):
+    """opensearch-py's serializer, reading responses with the library's codec (orjson
+    when installed). A ``_bulk`` response that reports no error is not parsed at all:
+    there is nothing to learn from its items (see ``OpenSearchBackend._send``)."""
 
-    def _dumps(obj: Any) -> bytes:
-        try:
-            return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
-        except orjson.JSONEncodeError as exc:
-            raise TypeError(str(exc)) from None
-
-    class _Serializer(JSONSerializer):
-        """opensearch-py's serializer, reading responses with orjson (a ``_bulk``
-        response is parsed for every batch; the standard library took a tenth of a
-        worker's interpreter time)."""
-
-        def loads(self, s: str) -> Any:
-            if s.startswith(_BULK_WITHOUT_ERRORS):
-                # Nothing to learn from the items (see OpenSearchBackend._send): not
-                # parsing them spares a worker two dicts per document.
-                return {"errors": False}
-            try:
-                return orjson.loads(s)
-            except orjson.JSONDecodeError:  # e.g. integers wider than 64 bits
-                return super().loads(s)
-
-except ImportError:  # pragma: no cover - exercised only without orjson
-
-    def _dumps(obj: Any) -> bytes:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-    _Serializer = JSONSerializer  # type: ignore[misc,assignment]
+    def loads(self, s: str) -> Any:
+        if s.startswith(_BULK_WITHOUT_ERRORS):
+            return {"errors": False}
+        return codec.loads(s)
 
 
-class OpenSearchBackend(Backend):
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """The one translation of opensearch-py's errors (transport, connection,
+    serialisation) into :class:`BackendError`, redacted."""
+    try:
+        yield
+    except os_exc.OpenSearchException as exc:
+        raise BackendError(f"{what}: {redact(exc)}") from None
+
+
+class OpenSearchBackend(AdminBackend):
     """Writes to a real OpenSearch cluster through opensearch-py.
 
     ``hosts_or_url`` is a URL (``"http://user:pass@host:9200"``), a list of hosts, or a
@@ -123,31 +113,29 @@ class OpenSearchBackend(Backend):
         body: dict[str, Any] = {"settings": dict(contract.settings), "mappings": mappings}
         if alias is not None:
             body["aliases"] = {alias: {"is_write_index": True}}
-        try:
-            self.client.indices.create(index=name, body=body)
-        except os_exc.RequestError as exc:
-            if exc.error != "resource_already_exists_exception":
-                raise BackendError(
-                    f"OpenSearch refused to create index {name!r} for {model}: "
-                    f"{redact(exc.info)}. Check {model}.__search_contract__."
-                ) from None
-        except os_exc.TransportError as exc:
-            raise BackendError(f"could not create index {name!r}: {redact(exc)}") from None
+        with _translated(f"could not create index {name!r}"):
+            try:
+                self.client.indices.create(index=name, body=body)
+            except os_exc.RequestError as exc:
+                if exc.error != "resource_already_exists_exception":
+                    raise BackendError(
+                        f"OpenSearch refused to create index {name!r} for {model}: "
+                        f"{redact(exc.info)}. Check {model}.__search_contract__."
+                    ) from None
 
     def posture(self, alias: str) -> IndexPosture | None:
-        found = self._alias_posture(alias)
-        # ``exists`` is true for an alias too: one created since the first look (another
-        # thread or process ensuring the same index) must not pass for a concrete index.
-        if found is None and self.client.indices.exists(index=alias, ignore=404):
-            found = self._alias_posture(alias) or IndexPosture(
-                alias, (alias,), self._contract_hash(alias), False)
-        return found
+        with _translated(f"could not read alias {alias!r}"):
+            found = self._alias_posture(alias)
+            # ``exists`` is true for an alias too: one created since the first look
+            # (another thread or process ensuring the same index) must not pass for a
+            # concrete index.
+            if found is None and self.client.indices.exists(index=alias, ignore=404):
+                found = self._alias_posture(alias) or IndexPosture(
+                    alias, (alias,), self._contract_hash(alias), False)
+            return found
 
     def _alias_posture(self, alias: str) -> IndexPosture | None:
-        try:
-            found = self.client.indices.get_alias(name=alias, ignore=404)
-        except os_exc.TransportError as exc:
-            raise BackendError(f"could not read alias {alias!r}: {redact(exc)}") from None
+        found = self.client.indices.get_alias(name=alias, ignore=404)
         if not found or "status" in found:
             return None
         indices = tuple(sorted(found))
@@ -181,10 +169,11 @@ class OpenSearchBackend(Backend):
                 # with guessed mappings under its name.
                 meta["require_alias"] = True
             if op.document is None:
-                entry = _dumps({"delete": meta}) + b"\n"
+                entry = codec.dumps({"delete": meta}) + b"\n"
             else:
                 try:
-                    entry = _dumps({"index": meta}) + b"\n" + _dumps(op.document) + b"\n"
+                    entry = (codec.dumps({"index": meta}) + b"\n" + codec.dumps(op.document)
+                             + b"\n")
                 except (TypeError, ValueError) as exc:
                     results[position] = ItemResult(
                         ItemStatus.PERMANENT, "not_json_serialisable",
@@ -215,6 +204,8 @@ class OpenSearchBackend(Backend):
             response = self.client.bulk(body=body, params=params)
         except (os_exc.ConnectionError, os_exc.ConnectionTimeout) as exc:
             return [ItemResult(ItemStatus.RETRYABLE, "connection_error", redact(exc))] * len(ops)
+        except os_exc.SerializationError as exc:  # an answer that could not be read
+            return [ItemResult(ItemStatus.RETRYABLE, "bad_response", redact(exc))] * len(ops)
         except os_exc.TransportError as exc:
             status = exc.status_code if isinstance(exc.status_code, int) else 0
             if status == 413 and len(ops) > 1:
@@ -252,34 +243,28 @@ class OpenSearchBackend(Backend):
         return ItemResult(ItemStatus.PERMANENT, kind, redact(f"{status} {kind}: {reason}"))
 
     def refresh(self, alias: str) -> None:
-        try:
+        with _translated(f"could not refresh {alias!r}"):
             self.client.indices.refresh(index=alias)
-        except os_exc.TransportError as exc:
-            raise BackendError(f"could not refresh {alias!r}: {redact(exc)}") from None
 
     def versions(self, alias: str, ids: Sequence[str]) -> dict[str, int | None]:
         if not ids:
             return {}
-        try:
+        with _translated(f"could not read documents from {alias!r}"):
             response = self.client.mget(index=alias, body={"ids": list(ids)},
                                         params={"_source": "false"})
-        except os_exc.TransportError as exc:
-            raise BackendError(f"could not read documents from {alias!r}: {redact(exc)}") from None
         return {str(doc["_id"]): (int(doc["_version"]) if doc.get("found") else None)
                 for doc in response["docs"]}
 
     # --------------------------------------------------------- operator's needs
 
     def count(self, index: str) -> int:
-        try:
+        with _translated(f"could not count {index!r}"):
             return int(self.client.count(index=index)["count"])
-        except os_exc.TransportError as exc:
-            raise BackendError(f"could not count {index!r}: {redact(exc)}") from None
 
     def scan_ids(self, index: str, page_size: int = 1000) -> Iterator[list[tuple[str, int]]]:
         body = {"query": {"match_all": {}}, "_source": False, "version": True,
                 "sort": ["_doc"], "size": page_size}
-        try:
+        with _translated(f"could not scan {index!r}"):
             page = self.client.search(index=index, body=body, params={"scroll": "2m"})
             scroll_id = page.get("_scroll_id")
             try:
@@ -290,15 +275,11 @@ class OpenSearchBackend(Backend):
             finally:
                 if scroll_id:
                     self.client.clear_scroll(body={"scroll_id": scroll_id}, ignore=404)
-        except os_exc.TransportError as exc:
-            raise BackendError(f"could not scan {index!r}: {redact(exc)}") from None
 
     def physical_indices(self, alias: str) -> list[PhysicalIndex]:
-        try:
+        with _translated(f"could not list indices of {alias!r}"):
             found = self.client.indices.get(index=f"{alias}_*", ignore=404)
             stats = self.client.indices.stats(index=f"{alias}_*", metric="docs", ignore=404)
-        except os_exc.TransportError as exc:
-            raise BackendError(f"could not list indices of {alias!r}: {redact(exc)}") from None
         if "status" in found:
             return []
         out = []
@@ -319,35 +300,25 @@ class OpenSearchBackend(Backend):
                if i != new_index]
         actions: list[dict[str, Any]] = [{"remove": {"index": i, "alias": alias}} for i in old]
         actions.append({"add": {"index": new_index, "alias": alias, "is_write_index": True}})
-        try:
+        with _translated(f"could not move alias {alias!r} to {new_index!r}"):
             self.client.indices.update_aliases(body={"actions": actions})
-        except os_exc.TransportError as exc:
-            raise BackendError(f"could not move alias {alias!r} to {new_index!r}: "
-                               f"{redact(exc)}") from None
         self._ensured.discard(alias)
         return old
 
     def delete_index(self, name: str) -> None:
-        try:
+        with _translated(f"could not delete index {name!r}"):
             self.client.indices.delete(index=name, ignore=404)
-        except os_exc.TransportError as exc:
-            raise BackendError(f"could not delete index {name!r}: {redact(exc)}") from None
 
     def set_refresh_interval(self, index: str, interval: str | None) -> None:
-        try:
+        with _translated(f"could not set refresh_interval on {index!r}"):
             self.client.indices.put_settings(
                 index=index, body={"index": {"refresh_interval": interval}})
-        except os_exc.TransportError as exc:
-            raise BackendError(f"could not set refresh_interval on {index!r}: "
-                               f"{redact(exc)}") from None
 
     def documents(self, alias: str, ids: Sequence[str]) -> dict[str, tuple[int, Any] | None]:
         if not ids:
             return {}
-        try:
+        with _translated(f"could not read documents from {alias!r}"):
             response = self.client.mget(index=alias, body={"ids": list(ids)})
-        except os_exc.TransportError as exc:
-            raise BackendError(f"could not read documents from {alias!r}: {redact(exc)}") from None
         return {str(doc["_id"]): ((int(doc["_version"]), doc.get("_source"))
                                   if doc.get("found") else None)
                 for doc in response["docs"]}
@@ -361,10 +332,8 @@ class OpenSearchBackend(Backend):
             body = dict(query) if "query" in query else {"query": query}
         body.update({"from": offset, "size": limit, "_source": False,
                      "track_total_hits": True})
-        try:
+        with _translated(f"search on {index!r} failed"):
             response = self.client.search(index=index, body=body)
-        except os_exc.TransportError as exc:
-            raise BackendError(f"search on {index!r} failed: {redact(exc)}") from None
         hits = response["hits"]
         return SearchHits(total=int(hits["total"]["value"]),
                           ids=[str(h["_id"]) for h in hits["hits"]])

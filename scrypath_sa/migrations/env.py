@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from scrypath_sa.outbox import metadata
+from scrypath_sa.schema import metadata
 
 VERSION_TABLE = "scrypath_sa_alembic_version"
 config = context.config

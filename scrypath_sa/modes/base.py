@@ -1,10 +1,13 @@
-"""The Mode contract: a mode decides *when and where* the processor runs, never *what* it does."""
+"""The Mode contract: a mode decides *when and where* the processor runs, never *what* it
+does, and declares what a successful dispatch promises."""
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
+
+from scrypath_sa.schema import State
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -19,9 +22,14 @@ class Mode(abc.ABC):
     ``dispatch`` is called after the data's transaction committed, outside it. It must
     not raise for sync failures: they are recorded on the events and returned in the
     :class:`~scrypath_sa.outcome.Outcome`.
+
+    ``promise`` is the set of states a dispatch that went as planned leaves its events
+    in; ``configure(..., strict=True)`` raises after a commit whose outcome is anything
+    else. A custom mode that does not say promises ``completed``.
     """
 
     name: ClassVar[str]
+    promise: frozenset[State] = frozenset({State.COMPLETED})
 
     def attach(self, config: Config) -> None:  # noqa: B027 - optional hook
         """Called by ``configure()`` with the configuration this mode serves."""
@@ -30,3 +38,10 @@ class Mode(abc.ABC):
     def dispatch(self, config: Config, event_ids: Sequence[int],
                  engine: Engine | None = None) -> Outcome:
         """Run or hand over the work for ``event_ids``."""
+
+    def kept_promise(self, outcome: Outcome) -> bool:
+        """True when ``outcome`` is what this mode promises: no failure, no dispatch
+        error, and every event in a promised state."""
+        if outcome.error or outcome.failures:
+            return False
+        return all(State(state) in self.promise for state in outcome.states)

@@ -25,15 +25,14 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, literal, select
-
 from scrypath_sa import outbox, processor
 from scrypath_sa.errors import MissingExtraError, NotConfiguredError
-from scrypath_sa.handoff import HandOff
 from scrypath_sa.modes.base import Mode
-from scrypath_sa.outbox import State, sync_events
 from scrypath_sa.outcome import Outcome
 from scrypath_sa.redaction import redact
+from scrypath_sa.schema import State, utcnow
+from scrypath_sa.threads import HandOff
+from scrypath_sa.visibility import Visibility, flush_confirmations
 
 try:
     import dramatiq
@@ -115,10 +114,9 @@ class _WorkerHooks(dramatiq.Middleware):
     """The mode's part in a worker process's life (one per broker).
 
     At boot, with ``freeze_gc``: ``gc.freeze()``, so that the cycle collector's full
-    collections no longer walk everything the worker imported (about 40 ms each, every
-    thread stopped, about once a second under load). At a graceful shutdown: record
-    what was made visible before the process exits (Dramatiq's forked worker processes
-    end without running atexit handlers)."""
+    collections no longer walk everything the worker imported (see docs/performance.md).
+    At a graceful shutdown: record what was made visible before the process exits
+    (Dramatiq's forked worker processes end without running atexit handlers)."""
 
     def __init__(self) -> None:
         self.freeze_gc = False
@@ -129,7 +127,7 @@ class _WorkerHooks(dramatiq.Middleware):
             gc.freeze()
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
-        if not processor.flush_confirmations(30.0):
+        if not flush_confirmations(30.0):
             log.warning("scrypath_sa: some visible writes were not recorded before "
                         "shutdown; their claims will expire and they will be written again")
 
@@ -151,9 +149,8 @@ class DramatiqMode(Mode):
     that arrive within ``linger`` seconds of each other then share a message.
 
     ``freeze_gc=True`` calls ``gc.freeze()`` in each worker process once it has booted
-    (everything imported by then is left out of the cycle collector's walks): drains
-    5-15% shorter in our benchmark. It affects the whole worker process, so it is yours
-    to turn on.
+    (everything imported by then is left out of the cycle collector's walks; measured in
+    docs/performance.md). It affects the whole worker process, so it is yours to turn on.
     """
 
     name = "dramatiq"
@@ -163,8 +160,11 @@ class DramatiqMode(Mode):
                  max_retries: int = 8, background: bool = False,
                  linger: float = 0.025, freeze_gc: bool = False) -> None:
         self.broker = broker
+        self.queue_name = queue_name
         self.chunk_size = chunk_size
         self.background = background
+        # With background sends the commit knows only that its events are recorded.
+        self.promise = frozenset({State.REQUESTED if background else State.ENQUEUED})
         self.linger = linger
         self._config: Config | None = None
         self._relay = _Relay(self)
@@ -202,7 +202,7 @@ class DramatiqMode(Mode):
         """Send the ids in chunks. A broker that refuses or cannot be reached leaves the
         events ``requested`` (the outcome says so); ``scrypath_sa.sweep()`` sends them
         later."""
-        engine = engine or config.require_bind()
+        engine = engine or config.bind
         ids = list(event_ids)
         outcome = Outcome(mode=self.name, event_ids=ids)
         for start in range(0, len(ids), self.chunk_size):
@@ -239,26 +239,21 @@ class DramatiqMode(Mode):
 
     def _work(self, event_ids: list[int]) -> None:
         outcome = processor.process(self.config, event_ids, mode=self.name,
-                                    wait_for_visibility=True, worker=worker_id(),
-                                    confirm_later=True)
+                                    visibility=Visibility.DEFERRED, worker=worker_id())
         if outcome.locked:
             raise dramatiq.Retry(f"{len(outcome.locked)} events were locked by another "
                                  "transaction; delivering again", delay=500)
         retrying = [f.event_id for f in outcome.failures if f.state == State.RETRYING.value]
         if retrying:
-            t = sync_events
-            with self.config.require_bind().connect() as conn:
-                when = conn.execute(select(func.min(t.c.next_attempt_at))
-                                    .where(t.c.id.in_(retrying))).scalar()
-            delay = (when - outbox.utcnow()).total_seconds() if when else 0.0
+            with self.config.bind.connect() as conn:
+                when = outbox.next_attempt_of(conn, retrying)
+            delay = (when - utcnow()).total_seconds() if when else 0.0
             raise dramatiq.Retry(
                 f"{len(retrying)} events are retrying; next attempt in {delay:.1f}s",
                 delay=max(0, int(delay * 1000)))
 
     def _retries_exhausted(self, message: dict[str, Any], info: dict[str, Any]) -> None:
         ids = list(message.get("args", [[]])[0])
-        with self.config.require_bind().begin() as conn:
-            reason = f"Dramatiq gave up after {info.get('retries')} retries; last error: "
-            outbox.mark(conn, ids, State.DISCARDED, only_from=[State.RETRYING],
-                        error_kind="retries_exhausted",
-                        last_error=literal(reason) + func.coalesce(sync_events.c.last_error, ""))
+        with self.config.bind.begin() as conn:
+            outbox.discard_exhausted(
+                conn, ids, f"Dramatiq gave up after {info.get('retries')} retries; last error: ")

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from scrypath_sa import processor
 from scrypath_sa.modes.base import Mode
+from scrypath_sa.schema import State
+from scrypath_sa.visibility import Visibility
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -16,11 +18,12 @@ if TYPE_CHECKING:
 
 
 class InlineMode(Mode):
-    """Process in the committing thread with ``refresh=wait_for``: success is ``completed``."""
+    """Process in the committing thread until visible: success is ``completed``."""
 
     name = "inline"
+    promise = frozenset({State.COMPLETED})
 
     def dispatch(self, config: Config, event_ids: Sequence[int],
                  engine: Engine | None = None) -> Outcome:
-        return processor.process(config, event_ids, mode=self.name, wait_for_visibility=True,
-                                 engine=engine)
+        return processor.process(config, event_ids, mode=self.name,
+                                 visibility=Visibility.PER_REQUEST, bind=engine)

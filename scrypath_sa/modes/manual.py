@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-
 from scrypath_sa import outbox, processor
+from scrypath_sa.errors import BackendError
 from scrypath_sa.modes.base import Mode
-from scrypath_sa.outbox import State, sync_events
+from scrypath_sa.redaction import redact
+from scrypath_sa.schema import State
+from scrypath_sa.visibility import Visibility
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -24,53 +25,35 @@ if TYPE_CHECKING:
     from scrypath_sa.outcome import Outcome
 
 
-def _newest_writes(engine: Engine, index: str, doc_ids: list[str],
-                   accepted: list[Any]) -> dict[str, tuple[str, int]]:
-    """Per document, the (operation, version) of the newest write sent: among the
-    accepted events being confirmed and the completed ones already recorded."""
-    t = sync_events
-    newest: dict[str, tuple[str, int]] = {}
-
-    def consider(doc_id: str, operation: str, version: int | None) -> None:
-        if version is not None and version > newest.get(doc_id, ("", -1))[1]:
-            newest[doc_id] = (operation, version)
-
-    for row in accepted:
-        consider(row.document_id, row.operation, row.version_sent)
-    with engine.connect() as conn:
-        for start in range(0, len(doc_ids), 1000):
-            query = select(t.c.document_id, t.c.operation, t.c.version_sent).where(
-                t.c.index_name == index, t.c.document_id.in_(doc_ids[start:start + 1000]),
-                outbox.completed())
-            for doc_id, operation, version in conn.execute(query):
-                consider(doc_id, operation, version)
-    return newest
-
-
 class ManualMode(Mode):
+    """Send after commit without waiting: success is ``backend_accepted``."""
+
     name = "manual"
+    promise = frozenset({State.BACKEND_ACCEPTED})
 
     def dispatch(self, config: Config, event_ids: Sequence[int],
                  engine: Engine | None = None) -> Outcome:
-        return processor.process(config, event_ids, mode=self.name, wait_for_visibility=False,
-                                 engine=engine)
+        return processor.process(config, event_ids, mode=self.name,
+                                 visibility=Visibility.NONE, bind=engine)
 
 
 @dataclass
 class ConfirmReport:
     """What :func:`confirm` verified: ``confirmed`` events are now ``completed``;
-    ``missing`` ones were not found in the index at their version and stay
-    ``backend_accepted``."""
+    ``missing`` ones were not found in the index at their version, and ``unverified``
+    ones could not be checked (the backend failed); both stay ``backend_accepted``."""
 
     confirmed: list[int] = field(default_factory=list)
     missing: list[dict[str, Any]] = field(default_factory=list)
+    unverified: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.missing
+        return not self.missing and not self.unverified
 
     def to_dict(self) -> dict[str, Any]:
-        return {"confirmed": self.confirmed, "missing": self.missing, "ok": self.ok}
+        return {"confirmed": self.confirmed, "missing": self.missing,
+                "unverified": self.unverified, "ok": self.ok}
 
 
 def confirm(config: Config, event_ids: Sequence[int] | None = None,
@@ -78,30 +61,34 @@ def confirm(config: Config, event_ids: Sequence[int] | None = None,
     """Refresh, verify ``backend_accepted`` events at their versions, mark them completed.
 
     A document counts as confirmed when the index holds it at the version sent or a
-    newer one (upserts), or does not hold it / holds a newer write (deletes).
+    newer one (upserts), or does not hold it / holds a newer write (deletes). An event
+    superseded by a newer write of the same document is judged by that newer write.
     """
-    engine = config.require_bind()
-    t = sync_events
-    query = (select(t.c.id, t.c.index_name, t.c.document_id, t.c.operation, t.c.version_sent)
-             .where(outbox.in_states([State.BACKEND_ACCEPTED])).order_by(t.c.id).limit(limit))
-    if event_ids is not None:
-        query = query.where(t.c.id.in_(list(event_ids)))
+    engine = config.bind
     with engine.connect() as conn:
-        rows = conn.execute(query).all()
+        rows = outbox.accepted(conn, event_ids, limit)
     report = ConfirmReport()
     by_index: dict[str, list[Any]] = {}
     for row in rows:
         by_index.setdefault(row.index_name, []).append(row)
     for index, group in by_index.items():
-        config.backend.refresh(index)
         doc_ids = sorted({r.document_id for r in group})
-        stored = config.backend.versions(index, doc_ids)
-        newest = _newest_writes(engine, index, doc_ids, group)
+        try:
+            config.backend.refresh(index)
+            stored = config.backend.versions(index, doc_ids)
+        except BackendError as exc:
+            report.unverified.append({"index": index, "event_ids": [r.id for r in group],
+                                      "error": redact(exc)})
+            continue
+        with engine.connect() as conn:
+            newest = outbox.newest_completed(conn, index, doc_ids)
+        for row in group:
+            if row.version_sent is not None and row.version_sent > newest.get(
+                    row.document_id, ("", -1))[1]:
+                newest[row.document_id] = (row.operation, row.version_sent)
         for row in group:
             version = stored.get(row.document_id)
             operation, sent = newest[row.document_id]
-            # An event superseded by a newer write of the same document is judged by that
-            # newer write: the index only has to reflect the newest one.
             if operation == "delete":
                 good = version is None or version > sent
             else:

@@ -1,4 +1,4 @@
-"""Shared plumbing of the operator API: finding the configuration, JSON rendering."""
+"""Shared plumbing of the operator API: naming models, JSON rendering."""
 
 from __future__ import annotations
 
@@ -9,17 +9,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from scrypath_sa import registry
-from scrypath_sa.config import Config
-from scrypath_sa.errors import ConfigurationError, NotConfiguredError
-from scrypath_sa.listeners import current_config
+from scrypath_sa.errors import ConfigurationError
 from scrypath_sa.registry import ModelInfo
-
-
-def config_or_current(config: Config | None) -> Config:
-    found = config or current_config()
-    if found is None:
-        raise NotConfiguredError("call scrypath_sa.configure(...) first, or pass config=")
-    return found
 
 
 def resolve_models(models: Iterable[type | str] | None) -> list[ModelInfo]:

@@ -8,12 +8,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select
-
 from scrypath_sa import outbox
+from scrypath_sa.backends.base import admin_of
 from scrypath_sa.config import Config
-from scrypath_sa.ops.common import config_or_current, jsonable, resolve_models
-from scrypath_sa.outbox import State, sync_events
+from scrypath_sa.install import resolve_config
+from scrypath_sa.ops.common import jsonable, resolve_models
+from scrypath_sa.schema import State, utcnow
 
 
 @dataclass
@@ -29,20 +29,16 @@ class PruneReport:
         return data
 
 
-def _delete_events(config: Config, states: list[str], stamp: Any, older_than: dt.timedelta,
+def _delete_events(config: Config, state: State, older_than: dt.timedelta,
                    dry_run: bool) -> int:
-    t = sync_events
-    cutoff = outbox.utcnow() - older_than
-    engine = config.require_bind()
+    cutoff = utcnow() - older_than
     deleted = 0
     while True:
-        with engine.begin() as conn:
-            ids = list(conn.execute(select(t.c.id).where(outbox.in_states(states), stamp <= cutoff)
-                                    .order_by(t.c.id).limit(5000)).scalars())
-            if not ids or dry_run:
-                return deleted + len(ids) if dry_run else deleted
-            conn.execute(delete(t).where(outbox.id_filter(conn, t.c.id, ids)))
-        deleted += len(ids)
+        with config.bind.begin() as conn:
+            found = outbox.delete_old(conn, state, cutoff, dry_run)
+        deleted += found
+        if not found or dry_run:
+            return deleted
 
 
 def prune(models: Iterable[type | str] | None = None, *,
@@ -55,16 +51,17 @@ def prune(models: Iterable[type | str] | None = None, *,
     ``keep_previous_indices`` (kept for rollback). Indices newer than the live one (a
     rebuild in progress) are never touched. ``discarded`` events go only with
     ``include_failed`` (and ``retrying`` ones never). ``dry_run`` reports only."""
-    config = config_or_current(config)
-    t = sync_events
+    config = resolve_config(config)
+    backend = admin_of(config.backend)
+    infos = resolve_models(models)
     report = PruneReport(dry_run=dry_run)
-    report.events_deleted = _delete_events(config, [State.COMPLETED.value], t.c.completed_at,
-                                           completed_older_than, dry_run)
+    report.events_deleted = _delete_events(config, State.COMPLETED, completed_older_than,
+                                           dry_run)
     if include_failed:
-        report.failed_events_deleted = _delete_events(
-            config, [State.DISCARDED.value], t.c.discarded_at, failed_older_than, dry_run)
-    for info in resolve_models(models):
-        physical = config.backend.physical_indices(info.index)
+        report.failed_events_deleted = _delete_events(config, State.DISCARDED,
+                                                      failed_older_than, dry_run)
+    for info in infos:
+        physical = backend.physical_indices(info.index)
         live = [p for p in physical if p.aliased]
         newest_live = max((p.created_at or "" for p in live), default="")
         previous = [p for p in physical if not p.aliased and (p.created_at or "") <= newest_live]
@@ -72,7 +69,7 @@ def prune(models: Iterable[type | str] | None = None, *,
         for p in physical:
             if p in previous and p not in keep:
                 if not dry_run:
-                    config.backend.delete_index(p.name)
+                    backend.delete_index(p.name)
                 report.indices_deleted.append(p.name)
             else:
                 report.indices_kept.append(p.name)

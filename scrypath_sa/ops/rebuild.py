@@ -11,21 +11,24 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
 
-from scrypath_sa import outbox, registry
-from scrypath_sa.backends.base import BulkOp, ItemResult, ItemStatus
+from scrypath_sa import documents, outbox, registry
+from scrypath_sa.backends.base import BulkOp, ItemResult, ItemStatus, admin_of
 from scrypath_sa.config import Config
+from scrypath_sa.documents import build_document
 from scrypath_sa.errors import BackendError, IndexContractError
-from scrypath_sa.ops.common import config_or_current, jsonable, resolve_models
-from scrypath_sa.ops.scan import column_pages, existing_keys, orphan_pages, row_pages
-from scrypath_sa.outbox import sync_checkpoints, sync_events
-from scrypath_sa.processor import build_document
+from scrypath_sa.install import resolve_config
+from scrypath_sa.ops.common import jsonable, resolve_models
+from scrypath_sa.ops.scan import column_pages, orphan_pages, row_pages
 from scrypath_sa.registry import ModelInfo
+from scrypath_sa.schema import VERSION_SCALE, backfill_version, version_of
+from scrypath_sa.threads import pool
 
 
 @dataclass(frozen=True)
@@ -75,20 +78,13 @@ def _model(model: type | str) -> ModelInfo:
 
 def _checkpoint(engine: Engine, name: str) -> Any:
     with engine.connect() as conn:
-        return conn.execute(select(sync_checkpoints).where(sync_checkpoints.c.name == name)
-                            ).one_or_none()
+        return outbox.checkpoint(conn, name)
 
 
 def _save_checkpoint(engine: Engine, name: str, index: str, position: list[Any] | None,
                      version: int, processed: int, finished: bool = False) -> None:
-    now = outbox.utcnow()
-    values = {"index_name": index, "position": position, "version": version,
-              "processed": processed, "updated_at": now,
-              "finished_at": now if finished else None}
     with engine.begin() as conn:
-        t = sync_checkpoints
-        if conn.execute(update(t).where(t.c.name == name).values(values)).rowcount == 0:
-            conn.execute(insert(t).values(name=name, started_at=now, **values))
+        outbox.save_checkpoint(conn, name, index, position, version, processed, finished)
 
 
 def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
@@ -104,22 +100,23 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
     the alias. ``remove_orphans`` also deletes documents whose row is gone.
     A document the backend rejects is reported in ``failures``; the rest still land.
     """
-    config = config_or_current(config)
-    engine = config.require_bind()
+    config = resolve_config(config)
+    engine = config.bind
+    backend = admin_of(config.backend)
     info = _model(model)
     target = into or info.index
     if into is None:
-        config.backend.ensure_index(info.index, info.contract, info.name, fresh=True)
+        backend.ensure_index(info.index, info.contract, info.name, fresh=True)
     name = f"backfill:{target}"
     began = time.monotonic()
     saved = _checkpoint(engine, name) if resume else None
     after: list[Any] | None = None
     if saved is not None and saved.finished_at is None and saved.position is not None:
-        after = list(registry.typed_key(info, list(saved.position)) or saved.position)
+        after = list(documents.typed_key(info, list(saved.position)) or saved.position)
         version, done = int(saved.version), int(saved.processed)
     else:
         with engine.connect() as conn:
-            version = outbox.backfill_version(outbox.high_water_mark(conn))
+            version = backfill_version(outbox.high_water_mark(conn))
         done = 0
     report = BackfillReport(info.name, target, version, resumed_from=after)
     with engine.connect() as conn:
@@ -153,7 +150,7 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
 
     # Page N+1 is read and built while page N is in flight; a page's position is saved
     # only once the backend acknowledged it.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scrypath-backfill") as sender:
+    with pool("scrypath-backfill", 1) as sender:
         in_flight = None
         for page in _document_pages(engine, info, where, after, batch_size):
             ops: list[BulkOp] = []
@@ -167,19 +164,19 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
             if in_flight is not None:
                 settle(in_flight)
             in_flight = (ops, len(page), page.position,
-                         sender.submit(config.backend.bulk, ops, wait_for_visibility=False))
+                         sender.submit(backend.bulk, ops, wait_for_visibility=False))
         if in_flight is not None:
             settle(in_flight)
-    config.backend.refresh(target)
+    backend.refresh(target)
     if remove_orphans:
-        for orphans in orphan_pages(engine, config.backend, info, target,
+        for orphans in orphan_pages(engine, backend, info, target,
                                     page_size=batch_size, known_ids=known_ids):
-            results = config.backend.bulk(
+            results = backend.bulk(
                 [BulkOp(target, doc_id, version, None) for doc_id, _ in orphans],
                 wait_for_visibility=False)
             report.orphans_removed += sum(r.status in (ItemStatus.OK, ItemStatus.CONFLICT)
                                           for r in results)
-        config.backend.refresh(target)
+        backend.refresh(target)
     _save_checkpoint(engine, name, target, None, version, done, finished=True)
     report.seconds = time.monotonic() - began
     return report
@@ -195,14 +192,14 @@ def _document_pages(engine: Engine, info: ModelInfo, where: Any, after: list[Any
                     page_size: int) -> Iterator[_Page]:
     if registry.uses_default_documents(info.cls):
         for rows in column_pages(engine, info, where=where, after=after, page_size=page_size):
-            page = _Page((registry.pk_document_id([registry.json_safe(v) for v in key]),
+            page = _Page((documents.pk_document_id([documents.json_safe(v) for v in key]),
                           "upsert", doc) for key, doc in rows)
-            page.position = [registry.json_safe(v) for v in rows[-1][0]]
+            page.position = [documents.json_safe(v) for v in rows[-1][0]]
             yield page
         return
     for objs in row_pages(engine, info, where=where, after=after, page_size=page_size):
         page = _Page((str(obj.search_document_id()), *build_document(obj)) for obj in objs)
-        page.position = registry.primary_key(objs[-1])
+        page.position = documents.primary_key(objs[-1])
         yield page
 
 
@@ -233,31 +230,27 @@ class ReindexReport:
 def _replay(config: Config, info: ModelInfo, into: str, since_event: int) -> tuple[int, int]:
     """Write the current state of every document with events after ``since_event``
     into ``into`` (at its newest event id). Returns (documents written, newest id)."""
-    engine = config.require_bind()
-    t = sync_events
+    engine = config.bind
     with engine.connect() as conn:
         # The mark first: an event committed after it is replayed next time; read after
         # the rows, an event committed in between would be skipped for good.
         newest = outbox.high_water_mark(conn)
         conn.commit()  # a fresh snapshot for the rows (SQLite reads in one otherwise)
-        rows = conn.execute(
-            select(t.c.document_id, func.max(t.c.id), func.min(t.c.id))
-            .where(t.c.index_name == info.index, t.c.id > since_event)
-            .group_by(t.c.document_id)).all()
-        pks = dict(conn.execute(select(t.c.id, t.c.pk).where(
-            t.c.id.in_([r[2] for r in rows]))).all()) if rows else {}
+        changed = outbox.changed_documents(conn, info.index, since_event)
     written = 0
-    for start in range(0, len(rows), 1000):
-        chunk = rows[start:start + 1000]
-        keys = {r[0]: registry.typed_key(info, list(pks[r[2]])) for r in chunk}
-        found = existing_keys(engine, info, [k for k in keys.values() if k is not None])
+    for start in range(0, len(changed), 1000):
+        chunk = changed[start:start + 1000]
+        keys = {doc_id: documents.typed_key(info, pk) for doc_id, _, pk in chunk}
         ops = []
-        for doc_id, version, _ in chunk:
-            key = keys[doc_id]
-            obj = found.get(key) if key is not None else None
-            action, payload = build_document(obj) if obj is not None else ("delete", None)
-            if action != "error":
-                ops.append(BulkOp(into, doc_id, outbox.version_of(int(version)), payload))
+        with Session(engine) as session:
+            found = documents.rows_by_key(session, info,
+                                          [k for k in keys.values() if k is not None])
+            for doc_id, version, _ in chunk:
+                key = keys[doc_id]
+                obj = found.get(tuple(documents.json_safe_key(key))) if key else None
+                action, payload = build_document(obj) if obj is not None else ("delete", None)
+                if action != "error":
+                    ops.append(BulkOp(into, doc_id, version_of(int(version)), payload))
         results = config.backend.bulk(ops, wait_for_visibility=False)
         written += sum(r.status in (ItemStatus.OK, ItemStatus.CONFLICT) for r in results)
     return written, max(newest, since_event)
@@ -281,20 +274,21 @@ def reindex(model: type | str, *, cutover: bool = True, batch_size: int = 1000,
     and once more right after it. Counts are verified before the alias moves
     (atomically); the previous index is kept for rollback until ``prune``.
     """
-    config = config_or_current(config)
-    engine = config.require_bind()
+    config = resolve_config(config)
+    engine = config.bind
+    backend = admin_of(config.backend)
     info = _model(model)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S%f")
     new_index = f"{info.index}_{stamp}"
     with engine.connect() as conn:
         since = outbox.high_water_mark(conn)
-    config.backend.create_index(new_index, info.contract, info.name, alias_for=info.index)
-    config.backend.set_refresh_interval(new_index, "-1")
+    backend.create_index(new_index, info.contract, info.name, alias_for=info.index)
+    backend.set_refresh_interval(new_index, "-1")
     try:
         filled = backfill(info.cls, batch_size=batch_size, into=new_index, progress=progress,
                           resume=False, config=config)
     finally:
-        config.backend.set_refresh_interval(new_index, None)
+        backend.set_refresh_interval(new_index, None)
     replayed, since_replay = _replay(config, info, new_index, since)
     report = ReindexReport(info.name, info.index, new_index, since, filled, replayed)
     report.problems += [f"document {f['document_id']}: {f['error']}" for f in filled.failures]
@@ -316,12 +310,11 @@ def _verify(config: Config, engine: Engine, info: ModelInfo, report: ReindexRepo
     report.expected_documents = _expected_documents(engine, info)
     replayed, since = _replay(config, info, report.new_index, since)
     report.replayed += replayed
-    config.backend.refresh(report.new_index)
-    report.documents = config.backend.count(report.new_index)
-    t = sync_events
+    backend = admin_of(config.backend)
+    backend.refresh(report.new_index)
+    report.documents = backend.count(report.new_index)
     with engine.connect() as conn:
-        moving = int(conn.execute(select(func.count()).where(
-            t.c.index_name == info.index, t.c.id > counted_at)).scalar_one())
+        moving = outbox.count_since(conn, info.index, counted_at)
     if abs(report.documents - report.expected_documents) > moving:
         report.problems.append(
             f"{report.new_index} holds {report.documents} documents, the database has "
@@ -331,11 +324,10 @@ def _verify(config: Config, engine: Engine, info: ModelInfo, report: ReindexRepo
 
 def _cutover(config: Config, info: ModelInfo, report: ReindexReport, since: int,
              force: bool = False) -> None:
-    engine = config.require_bind()
-    since = _verify(config, engine, info, report, since)
+    since = _verify(config, config.bind, info, report, since)
     if report.problems and not force:
         return
-    report.previous_indices = config.backend.swap_alias(info.index, report.new_index)
+    report.previous_indices = admin_of(config.backend).swap_alias(info.index, report.new_index)
     report.cut_over = True
     # Writes processed between the replay and the switch went to the old index.
     more, _ = _replay(config, info, report.new_index, since)
@@ -347,9 +339,9 @@ def cutover(model: type | str, index: str, *, force: bool = False,
             config: Config | None = None) -> ReindexReport:
     """Move ``model``'s alias to ``index`` (built by ``reindex(cutover=False)``),
     replaying the changes committed since that build started."""
-    config = config_or_current(config)
+    config = resolve_config(config)
     info = _model(model)
-    built = {p.name: p for p in config.backend.physical_indices(info.index)}
+    built = {p.name: p for p in admin_of(config.backend).physical_indices(info.index)}
     if index not in built:
         raise IndexContractError(
             f"{index!r} is not an index built for {info.index!r}; known: {sorted(built)}")
@@ -363,9 +355,8 @@ def cutover(model: type | str, index: str, *, force: bool = False,
 
 def _built_since(config: Config, index: str) -> int:
     """The high-water mark a rebuild of ``index`` started from (from its backfill)."""
-    engine = config.require_bind()
-    saved = _checkpoint(engine, f"backfill:{index}")
+    saved = _checkpoint(config.bind, f"backfill:{index}")
     if saved is None:
         raise IndexContractError(f"no backfill of {index!r} is recorded; reindex it first")
-    return int(saved.version) // outbox.VERSION_SCALE
+    return int(saved.version) // VERSION_SCALE
 

@@ -8,19 +8,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
-
 from scrypath_sa import outbox, registry
+from scrypath_sa.backends.base import admin_of
 from scrypath_sa.config import Config
+from scrypath_sa.documents import build_document
 from scrypath_sa.errors import ConfigurationError, ScrypathError
-from scrypath_sa.listeners import dispatch
-from scrypath_sa.ops.common import config_or_current, jsonable, resolve_models
+from scrypath_sa.install import resolve_config
+from scrypath_sa.modes.dispatch import redispatch
+from scrypath_sa.ops.common import jsonable, resolve_models
 from scrypath_sa.ops.rebuild import backfill, reindex
 from scrypath_sa.ops.scan import orphan_pages, row_pages
-from scrypath_sa.outbox import State, sync_events
-from scrypath_sa.processor import build_document
 from scrypath_sa.redaction import redact
 from scrypath_sa.registry import ModelInfo
+from scrypath_sa.schema import State, utcnow
 
 ACTIONS = ("retry", "backfill", "reindex")
 SAMPLE = 20
@@ -82,7 +82,7 @@ def reconcile(models: Iterable[type | str] | None = None, *, action: str | None 
     Acts only when ``action`` names the repair to perform."""
     if action is not None and action not in ACTIONS:
         raise ConfigurationError(f"unknown reconcile action {action!r}: choose one of {ACTIONS}")
-    config = config_or_current(config)
+    config = resolve_config(config)
     report = ReconcileReport(models=[], action=action)
     for info in resolve_models(models):
         drift = ModelDrift(info.name, info.index)
@@ -102,8 +102,8 @@ def reconcile(models: Iterable[type | str] | None = None, *, action: str | None 
 
 def _compare(config: Config, info: ModelInfo, drift: ModelDrift, page_size: int,
              stuck_after: dt.timedelta) -> None:
-    engine = config.require_bind()
-    backend = config.backend
+    engine = config.bind
+    backend = admin_of(config.backend)
     posture = backend.posture(info.index)
     if posture is None:
         drift.contract_matches = None
@@ -112,7 +112,6 @@ def _compare(config: Config, info: ModelInfo, drift: ModelDrift, page_size: int,
         drift.documents = backend.count(info.index)
     custom_ids = not registry.uses_default_ids(info.cls)
     known_ids: set[str] | None = set() if custom_ids else None
-    t = sync_events
     for page in row_pages(engine, info, page_size=page_size):
         wanted: dict[str, bool] = {}
         built: dict[str, Any] = {}
@@ -135,14 +134,10 @@ def _compare(config: Config, info: ModelInfo, drift: ModelDrift, page_size: int,
         drift.missing_from_index += len(missing)
         drift._sample("missing_from_index", missing)
         with engine.connect() as conn:
-            newest = dict(conn.execute(
-                select(t.c.document_id, func.max(t.c.version_sent))
-                .where(t.c.index_name == info.index, outbox.completed(),
-                       t.c.document_id.in_(list(wanted)))
-                .group_by(t.c.document_id)).all())
+            newest = outbox.newest_completed(conn, info.index, list(wanted))
         behind = [i for i, keep in wanted.items()
-                  if keep and stored.get(i) is not None and newest.get(i) is not None
-                  and stored[i] < newest[i]]
+                  if keep and stored.get(i) is not None and i in newest
+                  and stored[i] < newest[i][1]]  # type: ignore[operator]
         drift.behind_completed_version += len(behind)
         drift._sample("behind_completed_version", behind)
     if posture is not None:
@@ -150,16 +145,11 @@ def _compare(config: Config, info: ModelInfo, drift: ModelDrift, page_size: int,
                                     known_ids=known_ids):
             drift.orphaned_in_index += len(orphans)
             drift._sample("orphaned_in_index", [doc_id for doc_id, _ in orphans])
-    now = outbox.utcnow()
     with engine.connect() as conn:
-        by_state: dict[str, int] = dict(conn.execute(
-            select(t.c.state, func.count()).where(t.c.index_name == info.index)
-            .group_by(t.c.state)).all())
-        drift.stuck = int(conn.execute(
-            select(func.count()).where(
-                t.c.index_name == info.index,
-                outbox.in_states([State.REQUESTED, State.ENQUEUED, State.PROCESSING]),
-                t.c.updated_at <= now - stuck_after)).scalar_one())
+        by_state = outbox.state_counts(conn, [info.index]).get(info.index, {})
+        drift.stuck = outbox.stuck_counts(
+            conn, [info.index], [State.REQUESTED, State.ENQUEUED, State.PROCESSING],
+            utcnow() - stuck_after).get(info.index, 0)
     drift.retrying = int(by_state.get(State.RETRYING.value, 0))
     drift.discarded = int(by_state.get(State.DISCARDED.value, 0))
 
@@ -211,20 +201,8 @@ def _act(config: Config, info: ModelInfo, action: str,
     if action == "reindex":
         rebuilt = reindex(info.cls, config=config)
         return {"model": info.name, "action": action, "result": rebuilt.to_dict()}
-    engine = config.require_bind()
-    t = sync_events
-    with engine.begin() as conn:
+    with config.bind.begin() as conn:
         outbox.expire_claims(conn, stuck_after)
-        rows = conn.execute(select(t.c.id, t.c.mode).where(
-            t.c.index_name == info.index,
-            outbox.in_states([State.REQUESTED, State.ENQUEUED,
-                              State.RETRYING, State.DISCARDED]))).all()
-        ids = [r[0] for r in rows]
-        outbox.mark(conn, ids, State.REQUESTED, only_from=[
-            State.ENQUEUED, State.RETRYING, State.DISCARDED], attempts=0)
-    by_mode: dict[str, list[int]] = {}
-    for event_id, mode in rows:
-        by_mode.setdefault(mode if mode in config.modes else config.default_mode,
-                           []).append(event_id)
-    outcomes = [dispatch(config, mode, ids, engine).to_dict() for mode, ids in by_mode.items()]
+        reopened = outbox.reopen(conn, info.index)
+    outcomes = [o.to_dict() for o in redispatch(config, reopened)]
     return {"model": info.name, "action": action, "result": outcomes}

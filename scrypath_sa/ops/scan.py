@@ -8,9 +8,10 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from scrypath_sa import outbox, registry
-from scrypath_sa.backends.base import Backend
+from scrypath_sa import documents, registry
+from scrypath_sa.backends.base import AdminBackend
 from scrypath_sa.registry import ModelInfo
+from scrypath_sa.sql import after_key
 
 
 def row_pages(engine: Engine, info: ModelInfo, *, where: Any = None,
@@ -32,7 +33,7 @@ def row_pages(engine: Engine, info: ModelInfo, *, where: Any = None,
         if where is not None:
             query = query.where(where)
         if last is not None:
-            query = query.where(outbox.after_key(pk, last))
+            query = query.where(after_key(pk, last))
         with Session(engine, expire_on_commit=False) as session:
             page = list(session.scalars(query))
             if not page:
@@ -47,40 +48,24 @@ def column_pages(engine: Engine, info: ModelInfo, *, where: Any = None,
     """Like :func:`row_pages` for models with default documents: (primary key, document)
     pairs read with a plain column query, without building ORM objects."""
     pk = list(info.mapper.primary_key)
-    columns, keys, pk_keys = registry.column_query_parts(info)
+    columns, keys, pk_keys = documents.column_query_parts(info)
     last = list(after) if after is not None else None
     while True:
         query = select(*columns).order_by(*pk).limit(page_size)
         if where is not None:
             query = query.where(where)
         if last is not None:
-            query = query.where(outbox.after_key(pk, last))
+            query = query.where(after_key(pk, last))
         with engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
         if not rows:
             return
-        safe = registry.json_safe
+        safe = documents.json_safe
         yield [([row[k] for k in pk_keys], {k: safe(row[k]) for k in keys}) for row in rows]
         last = [rows[-1][k] for k in pk_keys]
 
 
-def existing_keys(engine: Engine, info: ModelInfo,
-                  keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], Any]:
-    """Which of ``keys`` exist, with their rows (for ``should_index``)."""
-    pk = list(info.mapper.primary_key)
-    found: dict[tuple[Any, ...], Any] = {}
-    if not keys:
-        return found
-    with Session(engine, expire_on_commit=False) as session:
-        conn = session.connection()
-        where = outbox.key_filter(conn, pk, keys)
-        props = registry.pk_keys(info.cls)
-        for obj in session.scalars(select(info.cls).where(where)):
-            found[tuple(getattr(obj, k) for k in props)] = obj
-    return found
-
-
-def orphan_pages(engine: Engine, backend: Backend, info: ModelInfo, index: str, *,
+def orphan_pages(engine: Engine, backend: AdminBackend, info: ModelInfo, index: str, *,
                  page_size: int = 1000,
                  known_ids: set[str] | None = None) -> Iterator[list[tuple[str, int]]]:
     """Pages of (document id, version) in ``index`` whose row is gone or must not be
@@ -97,13 +82,16 @@ def orphan_pages(engine: Engine, backend: Backend, info: ModelInfo, index: str, 
             known = known_ids or set()
             orphans = [(doc_id, v) for doc_id, v in page if doc_id not in known]
         else:
-            parsed = {doc_id: registry.parse_document_id(info, doc_id) for doc_id, _ in page}
-            rows = existing_keys(engine, info, [k for k in parsed.values() if k is not None])
-            orphans = []
-            for doc_id, version in page:
-                key = parsed[doc_id]
-                row = rows.get(key) if key is not None else None
-                if row is None or (check_should_index and not row.should_index()):
-                    orphans.append((doc_id, version))
+            parsed = {doc_id: documents.parse_document_id(info, doc_id) for doc_id, _ in page}
+            with Session(engine) as session:
+                rows = documents.rows_by_key(
+                    session, info, [k for k in parsed.values() if k is not None],
+                    load_options=False)
+                orphans = []
+                for doc_id, version in page:
+                    key = parsed[doc_id]
+                    row = rows.get(tuple(documents.json_safe_key(key))) if key else None
+                    if row is None or (check_should_index and not row.should_index()):
+                        orphans.append((doc_id, version))
         if orphans:
             yield orphans

@@ -7,17 +7,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
-
 from scrypath_sa import outbox
-from scrypath_sa.backends.base import PhysicalIndex
-from scrypath_sa.config import Config, check_mode_name
+from scrypath_sa.backends.base import PhysicalIndex, admin_of
+from scrypath_sa.config import Config
 from scrypath_sa.errors import EventError, ScrypathError
-from scrypath_sa.listeners import dispatch
-from scrypath_sa.ops.common import config_or_current, jsonable, resolve_models
-from scrypath_sa.outbox import State, sync_events
+from scrypath_sa.install import resolve_config
+from scrypath_sa.modes.dispatch import redispatch
+from scrypath_sa.ops.common import jsonable, resolve_models
 from scrypath_sa.outcome import Outcome
 from scrypath_sa.redaction import redact
+from scrypath_sa.schema import UNFINISHED, State, utcnow
 
 
 @dataclass
@@ -61,7 +60,7 @@ class ModelStatus:
 @dataclass
 class StatusReport:
     models: list[ModelStatus]
-    generated_at: dt.datetime = field(default_factory=outbox.utcnow)
+    generated_at: dt.datetime = field(default_factory=utcnow)
 
     @property
     def needs_attention(self) -> bool:
@@ -80,32 +79,17 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
     """Per model: events by state, the oldest unfinished one, retrying (and when next),
     discarded, where the alias points, document count, a rebuild in progress, and
     whether the live index was built for the model's current contract."""
-    config = config_or_current(config)
-    engine = config.require_bind()
+    config = resolve_config(config)
+    backend = admin_of(config.backend)
     infos = resolve_models(models)
-    t = sync_events
-    now = outbox.utcnow()
-    unfinished = outbox.UNFINISHED
+    now = utcnow()
     indices = [m.index for m in infos]
-    with engine.connect() as conn:
-        counts: dict[str, dict[str, int]] = {}
-        for index, state, n in conn.execute(
-                select(t.c.index_name, t.c.state, func.count())
-                .where(t.c.index_name.in_(indices)).group_by(t.c.index_name, t.c.state)):
-            counts.setdefault(index, {})[state] = n
-        oldest = dict(conn.execute(
-            select(t.c.index_name, func.min(t.c.requested_at))
-            .where(t.c.index_name.in_(indices), outbox.in_states(unfinished))
-            .group_by(t.c.index_name)).all())
-        stuck: dict[str, int] = dict(conn.execute(
-            select(t.c.index_name, func.count())
-            .where(t.c.index_name.in_(indices), outbox.in_states(unfinished),
-                   t.c.state != State.RETRYING.value, t.c.updated_at <= now - stuck_after)
-            .group_by(t.c.index_name)).all())
-        next_attempt = dict(conn.execute(
-            select(t.c.index_name, func.min(t.c.next_attempt_at))
-            .where(t.c.index_name.in_(indices), outbox.in_states([State.RETRYING]))
-            .group_by(t.c.index_name)).all())
+    with config.bind.connect() as conn:
+        counts = outbox.state_counts(conn, indices)
+        oldest = outbox.oldest_unfinished(conn, indices)
+        stuck = outbox.stuck_counts(conn, indices, UNFINISHED - {State.RETRYING},
+                                    now - stuck_after)
+        next_attempt = outbox.next_attempts(conn, indices)
     report = StatusReport(models=[])
     for info in infos:
         by_state = {s.value: counts.get(info.index, {}).get(s.value, 0) for s in State}
@@ -122,13 +106,13 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
             physical_indices=[], rebuild_in_progress=None, contract_hash=info.contract.hash,
             live_contract_hash=None, contract_matches=None)
         try:
-            posture = config.backend.posture(info.index)
-            entry.physical_indices = config.backend.physical_indices(info.index)
+            posture = backend.posture(info.index)
+            entry.physical_indices = backend.physical_indices(info.index)
             if posture is not None:
                 entry.alias_points_to = list(posture.indices)
                 entry.live_contract_hash = posture.contract_hash
                 entry.contract_matches = posture.contract_hash == info.contract.hash
-                entry.documents = config.backend.count(info.index)
+                entry.documents = backend.count(info.index)
             live = set(entry.alias_points_to)
             newest_live = max((p.created_at or "" for p in entry.physical_indices
                                if p.name in live), default="")
@@ -182,17 +166,10 @@ def failed(models: Iterable[type | str] | None = None, *, config: Config | None 
            limit: int = 50, after_id: int | None = None) -> FailedReport:
     """Retrying and discarded events, oldest first, ``limit`` at a time. Pass the
     report's ``next_after_id`` as ``after_id`` for the next page."""
-    config = config_or_current(config)
-    t = sync_events
-    query = select(t).where(outbox.in_states(states)).order_by(t.c.id).limit(limit + 1)
-    if models is not None:
-        query = query.where(t.c.index_name.in_([m.index for m in resolve_models(models)]))
-    if error_kind is not None:
-        query = query.where(t.c.error_kind == error_kind)
-    if after_id is not None:
-        query = query.where(t.c.id > after_id)
-    with config.require_bind().connect() as conn:
-        rows = conn.execute(query).all()
+    config = resolve_config(config)
+    indices = [m.index for m in resolve_models(models)] if models is not None else None
+    with config.bind.connect() as conn:
+        rows = outbox.failed(conn, states, indices, error_kind, after_id, limit + 1)
     events = [FailedEvent(
         id=r.id, model=r.model, index=r.index_name, document_id=r.document_id,
         operation=r.operation, state=r.state, attempts=r.attempts,
@@ -208,11 +185,11 @@ _RETRYABLE_FROM = (State.REQUESTED, State.ENQUEUED, State.RETRYING, State.DISCAR
 def retry(event_id: int, *, mode: str | None = None, config: Config | None = None) -> Outcome:
     """Send exactly one event again, through its original mode unless ``mode`` says
     otherwise. Its attempts start over (an explicit retry is a new series)."""
-    config = config_or_current(config)
-    engine = config.require_bind()
-    t = sync_events
-    with engine.begin() as conn:
-        row = conn.execute(select(t).where(t.c.id == event_id)).one_or_none()
+    config = resolve_config(config)
+    if mode is not None:
+        config.mode(mode)  # an unknown mode fails before anything changes
+    with config.bind.begin() as conn:
+        row = outbox.get(conn, event_id)
         if row is None:
             raise EventError(f"there is no sync event with id {event_id}")
         if row.state == State.COMPLETED.value:
@@ -230,6 +207,5 @@ def retry(event_id: int, *, mode: str | None = None, config: Config | None = Non
                 "marks it completed")
         outbox.mark(conn, [event_id], State.REQUESTED,
                     only_from=_RETRYABLE_FROM, attempts=0, next_attempt_at=None)
-    chosen = check_mode_name(mode) if mode else (row.mode if row.mode in config.modes
-                                                 else config.default_mode)
-    return dispatch(config, chosen, [event_id], engine)
+    (outcome,) = redispatch(config, [(event_id, row.mode)], mode=mode)
+    return outcome

@@ -9,10 +9,10 @@ from typing import Any
 
 from scrypath_sa import outbox
 from scrypath_sa.config import Config
-from scrypath_sa.listeners import dispatch
+from scrypath_sa.install import resolve_config
+from scrypath_sa.modes.dispatch import redispatch
 from scrypath_sa.modes.manual import ConfirmReport
 from scrypath_sa.modes.manual import confirm as _confirm
-from scrypath_sa.ops.common import config_or_current
 from scrypath_sa.outcome import Outcome
 
 
@@ -45,25 +45,17 @@ def sweep(config: Config | None = None, *, older_than: dt.timedelta = dt.timedel
     Safe on a schedule and from several processes at once: the processor claims events
     before working on them, so each is worked by one caller at a time.
     """
-    config = config_or_current(config)
-    engine = config.require_bind()
-    with engine.begin() as conn:
+    config = resolve_config(config)
+    with config.bind.begin() as conn:
         expired = outbox.expire_claims(conn, stale_after)
-    with engine.begin() as conn:
+    with config.bind.begin() as conn:
         due = expired + outbox.due(conn, older_than, enqueued_older_than, limit)
         outbox.rerequest(conn, [event_id for event_id, _ in due])
-    by_mode: dict[str, list[int]] = {}
-    for event_id, mode in due:
-        by_mode.setdefault(mode if mode in config.modes else config.default_mode, []).append(
-            event_id)
-    report = SweepReport()
-    for mode, ids in by_mode.items():
-        report.outcomes.append(dispatch(config, mode, ids, engine))
-    return report
+    return SweepReport(redispatch(config, due))
 
 
 def confirm(event_ids: Sequence[int] | None = None, *, config: Config | None = None,
             limit: int = 10_000) -> ConfirmReport:
     """Close the loop on ``manual`` mode: refresh, verify documents at their versions,
     and mark the verified events ``completed``; report the rest as missing."""
-    return _confirm(config_or_current(config), event_ids, limit)
+    return _confirm(resolve_config(config), event_ids, limit)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from scrypath_sa.outbox import UTCDateTime
+from scrypath_sa.schema import UTCDateTime
 
 revision = "sc0002_sync_checkpoints"
 down_revision = "sc0001_sync_events"

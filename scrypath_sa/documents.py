@@ -1,0 +1,237 @@
+"""How a row becomes a document: JSON-safe values, document ids <-> primary keys,
+building one document, and the one loader of rows by primary key.
+
+Primary keys travel as JSON-safe tuples (as ``sync_events.pk`` stores them); loaded rows
+are keyed the same way, whatever the column types.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import enum
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy import types as sa_types
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import instance_state
+
+from scrypath_sa.redaction import redact
+from scrypath_sa.registry import (
+    ModelInfo,
+    column_keys,
+    pk_keys,
+    uses_default_documents,
+    uses_default_ids,
+)
+from scrypath_sa.sql import Bind, connect, key_filter, rows
+
+Key = tuple[Any, ...]
+"""A primary key as a JSON-safe tuple."""
+
+Built = tuple[str, Any]
+"""('upsert', document) | ('delete', None) | ('error', message)."""
+
+def json_safe(value: Any) -> Any:
+    """Make a column value JSON-safe the way a search document wants it."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, enum.Enum):
+        return json_safe(value.value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else str(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in value]
+    return str(value)
+
+
+_PLAIN_TYPES = frozenset({
+    sa_types.String, sa_types.Text, sa_types.Unicode, sa_types.UnicodeText, sa_types.VARCHAR,
+    sa_types.CHAR, sa_types.NVARCHAR, sa_types.NCHAR, sa_types.TEXT, sa_types.Integer,
+    sa_types.BigInteger, sa_types.SmallInteger, sa_types.INTEGER, sa_types.BIGINT,
+    sa_types.SMALLINT, sa_types.Boolean, sa_types.BOOLEAN,
+})
+_FLOAT_TYPES = frozenset({sa_types.Float, sa_types.Double, sa_types.REAL, sa_types.FLOAT,
+                          sa_types.DOUBLE, sa_types.DOUBLE_PRECISION})
+
+
+def plain_json_type(column_type: Any) -> bool:
+    """True when every value a column of this SQLAlchemy type reads back is already
+    JSON-safe (str, int, float, bool or None), so :func:`json_safe` can be skipped.
+    Exact built-in types only: a subclass or a TypeDecorator may return anything."""
+    kind = type(column_type)
+    if kind in _FLOAT_TYPES:
+        return not column_type.asdecimal
+    return kind in _PLAIN_TYPES
+
+
+def column_document(obj: object) -> dict[str, Any]:
+    """The default document: every mapped column attribute, JSON-safe."""
+    return {key: json_safe(getattr(obj, key)) for key in column_keys(type(obj))}
+
+
+def _escape(part: object) -> str:
+    return str(part).replace("%", "%25").replace(":", "%3A")
+
+
+def pk_document_id(pk: list[Any] | tuple[Any, ...]) -> str:
+    """Primary key -> document id: ``"7"``, or ``"7:en"`` for a composite key."""
+    if len(pk) == 1:
+        return str(json_safe(pk[0]))
+    return ":".join(_escape(json_safe(v)) for v in pk)
+
+
+def _unescape(part: str) -> str:
+    return part.replace("%3A", ":").replace("%25", "%")
+
+
+def document_id(obj: Any, pk: list[Any]) -> str:
+    """``obj``'s document id, given its JSON-safe primary key ``pk`` (the key itself for
+    default ids, without asking the object again)."""
+    if uses_default_ids(type(obj)):
+        return pk_document_id(pk)
+    return str(obj.search_document_id())
+
+
+def column_query_parts(info: ModelInfo) -> tuple[list[Any], tuple[str, ...], tuple[str, ...]]:
+    """(labelled columns, document keys, primary-key keys) to read default documents with
+    a plain column query."""
+    mapper = info.mapper
+    keys = column_keys(info.cls)
+    columns = [mapper.get_property(k).columns[0].label(k) for k in keys]
+    return columns, keys, pk_keys(info.cls)
+
+
+def parse_document_id(info: ModelInfo, document_id: str) -> tuple[Any, ...] | None:
+    """Document id -> primary key values typed for the columns, for default ids.
+    None when the id cannot be a key of this model."""
+    columns = list(info.mapper.primary_key)
+    parts = [document_id] if len(columns) == 1 else [
+        _unescape(p) for p in document_id.split(":")]
+    return typed_key(info, parts)
+
+
+def typed_key(info: ModelInfo, parts: list[Any]) -> tuple[Any, ...] | None:
+    """JSON-safe key values -> values typed for the primary key columns (None if not)."""
+    columns = list(info.mapper.primary_key)
+    if len(parts) != len(columns):
+        return None
+    values = []
+    for column, part in zip(columns, parts, strict=True):
+        try:
+            kind = column.type.python_type
+        except NotImplementedError:
+            kind = str
+        try:
+            values.append(kind(part) if kind in (int, str, uuid.UUID, float) else part)
+            if kind in (dt.date, dt.datetime) and isinstance(part, str):
+                values[-1] = kind.fromisoformat(part)
+        except (TypeError, ValueError):
+            return None
+    return tuple(values)
+
+
+def primary_key(obj: object) -> list[Any]:
+    """The primary key of a persistent, just-inserted or just-deleted object, as a
+    JSON-safe list."""
+    identity = instance_state(obj).identity
+    # Just inserted, the identity is set only when the flush ends: the key attributes.
+    return json_safe_key(
+        identity if identity is not None else [getattr(obj, k) for k in pk_keys(type(obj))])
+
+
+def json_safe_key(values: Sequence[Any]) -> list[Any]:
+    """Primary-key values as a JSON-safe list (ints and strings as they are)."""
+    return [v if type(v) in _PLAIN_KEYS else json_safe(v) for v in values]
+
+
+_PLAIN_KEYS = (int, str)
+
+
+# ------------------------------------------------------------------ building documents
+
+def build_document(obj: Any) -> Built:
+    """('upsert', document) | ('delete', None) | ('error', message) for one row."""
+    name = type(obj).__name__
+    try:
+        if not obj.should_index():
+            return ("delete", None)
+    except Exception as exc:  # noqa: BLE001 - user code; recorded, not raised
+        return ("error", f"{name}.should_index() raised {type(exc).__name__}: {redact(exc)}")
+    try:
+        document = obj.search_document()
+    except Exception as exc:  # noqa: BLE001 - user code; recorded, not raised
+        return ("error", f"{name}.search_document() raised {type(exc).__name__}: {redact(exc)}")
+    if not isinstance(document, dict):
+        return ("error", f"{name}.search_document() must return a dict, "
+                         f"got {type(document).__name__}")
+    return ("upsert", document)
+
+
+# -------------------------------------------------------------- loading rows by key
+
+LOAD_CHUNK = 1000
+
+
+def rows_by_key(session: Session, info: ModelInfo, keys: Sequence[Sequence[Any]], *,
+                load_options: bool = True) -> dict[Key, Any]:
+    """The rows of ``info``'s model whose primary key is among ``keys`` (JSON-safe or
+    typed), keyed by their JSON-safe key; rows that are gone are absent."""
+    pk_cols = list(info.mapper.primary_key)
+    options = info.cls.search_load_options() if load_options else ()
+    found: dict[Key, Any] = {}
+    for start in range(0, len(keys), LOAD_CHUNK):
+        where = key_filter(session.connection(), pk_cols, keys[start:start + LOAD_CHUNK])
+        for obj in session.scalars(select(info.cls).where(where).options(*options)):
+            found[tuple(primary_key(obj))] = obj
+    return found
+
+
+def load_documents(bind: Bind, info: ModelInfo, keys: Sequence[Key]) -> dict[Key, Built]:
+    """JSON-safe primary key -> built document for the rows among ``keys`` that exist."""
+    if uses_default_documents(info.cls):
+        return column_documents(bind, info, keys)
+    with Session(bind, expire_on_commit=False) as session:
+        found = rows_by_key(session, info, keys)
+        # Built while the session is open, so lazy loads still work.
+        built = {key: build_document(obj) for key, obj in found.items()}
+        if isinstance(bind, Engine):
+            session.commit()  # rather than the close's ROLLBACK (see sql.connect)
+        return built
+
+
+def column_documents(bind: Bind, info: ModelInfo, keys: Sequence[Key]) -> dict[Key, Built]:
+    """The same documents for models with default documents, from a plain column query
+    (no ORM objects to build). Each document is a dict of plain values, which the cycle
+    collector does not track."""
+    pk_cols = list(info.mapper.primary_key)
+    columns, names, key_names = column_query_parts(info)
+    pk_positions = [names.index(k) for k in key_names]
+    convert = [i for i, column in enumerate(columns) if not plain_json_type(column.type)]
+    built: dict[Key, Built] = {}
+    with connect(bind) as conn:
+        for start in range(0, len(keys), LOAD_CHUNK):
+            where = key_filter(conn, pk_cols, keys[start:start + LOAD_CHUNK])
+            for row in rows(conn.execute(select(*columns).where(where))):
+                values: Any = row
+                if convert:
+                    values = list(row)
+                    for i in convert:
+                        values[i] = json_safe(values[i])
+                built[tuple([values[p] for p in pk_positions])] = (
+                    "upsert", {k: v for k, v in zip(names, values, strict=True)})
+    return built

@@ -1,0 +1,132 @@
+"""Installing sync on a session target, and finding what was installed.
+
+:func:`configure` builds a :class:`~scrypath_sa.config.Config` and listens to the
+target's session events; :func:`resolve_config` is how every operator call finds its
+configuration: the one passed, else the only one installed. With several installed, a
+call must say which (nothing picks one silently).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.orm import Session
+
+from scrypath_sa import listeners
+from scrypath_sa.backends.base import Backend
+from scrypath_sa.config import Config
+from scrypath_sa.errors import ConfigurationError, NotConfiguredError
+from scrypath_sa.modes import BUILTIN, Mode, selection
+from scrypath_sa.outcome import Outcome
+
+_installed: dict[int, tuple[Any, Config, list[tuple[str, Any]]]] = {}
+_lock = threading.Lock()
+
+
+def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engine | None = None,
+              modes: Mapping[str, Mode] | None = None, batch_size: int = 500,
+              max_attempts: int = 8, backoff_base: float = 1.0, backoff_max: float = 600.0,
+              strict: bool = False) -> Config:
+    """Install sync on ``target`` and return the configuration.
+
+    ``target`` is a ``sessionmaker``, a ``Session`` subclass, a ``scoped_session`` (e.g.
+    Flask-SQLAlchemy's ``db.session``) or one ``Session``. ``mode`` is the default mode;
+    ``modes`` adds modes such as ``{"dramatiq": DramatiqMode(...)}``. ``bind`` is the
+    engine that work outside a session runs on (workers, the operator API); it may be
+    left out when ``target`` is bound to one engine. With ``strict=True`` a commit whose
+    outcome is not what its mode promises raises
+    :class:`~scrypath_sa.errors.SyncIncompleteError` after the data committed.
+    Configuring the same target again replaces the previous installation.
+    """
+    if not isinstance(backend, Backend):
+        raise ConfigurationError(f"backend must be a scrypath_sa Backend, got {backend!r}")
+    if batch_size < 1 or max_attempts < 1:
+        raise ConfigurationError("batch_size and max_attempts must be at least 1")
+    engine = bind or _bind_of(target)
+    if engine is None:
+        raise ConfigurationError(
+            f"cannot tell which database {target!r} uses: pass bind=engine to "
+            "scrypath_sa.configure() (with Flask-SQLAlchemy, bind=db.engine inside the app "
+            "context)")
+    all_modes = build_modes(modes)
+    config = Config(target=target, backend=backend, bind=engine, modes=all_modes,
+                    default_mode=mode, batch_size=batch_size, max_attempts=max_attempts,
+                    backoff_base=backoff_base, backoff_max=backoff_max, strict=strict)
+    config.mode(mode)  # fail now if the default mode is not available
+    for mode_object in all_modes.values():
+        mode_object.attach(config)
+    with _lock:
+        listeners.install_mapper_events()
+        unconfigure(target)
+        handlers = listeners.handlers(config)
+        for name, fn in handlers:
+            event.listen(target, name, fn)
+        _installed[id(target)] = (target, config, handlers)
+        selection.offer(all_modes)
+    return config
+
+
+def unconfigure(target: Any) -> bool:
+    """Remove what :func:`configure` installed on ``target``; True if anything was."""
+    entry = _installed.pop(id(target), None)
+    if entry is None:
+        return False
+    _, config, handlers = entry
+    for name, fn in handlers:
+        event.remove(target, name, fn)
+    selection.withdraw(config.modes)
+    return True
+
+
+def installed() -> list[Config]:
+    """Every configuration installed now, oldest first."""
+    return [config for _, config, _ in _installed.values()]
+
+
+def resolve_config(config: Config | None = None) -> Config:
+    """``config`` when given, else the only installed configuration."""
+    if config is not None:
+        return config
+    found = installed()
+    if not found:
+        raise NotConfiguredError("call scrypath_sa.configure(...) first, or pass config=")
+    if len(found) > 1:
+        targets = ", ".join(type(c.target).__name__ for c in found)
+        raise ConfigurationError(
+            f"{len(found)} configurations are installed (on a {targets}): pass config= "
+            "(the Config that configure() returned) to say which one to use")
+    return found[0]
+
+
+def current_config() -> Config | None:
+    """The only installed configuration; None when there is none. With several
+    installed, raises :class:`~scrypath_sa.errors.ConfigurationError`."""
+    return resolve_config() if _installed else None
+
+
+def last_outcome(session: Session) -> Outcome | None:
+    """The outcome of ``session``'s last commit with sync work (None if it had none)."""
+    found = session.info.get(listeners.STATE_KEY)
+    return found.outcome if isinstance(found, listeners.SessionSync) else None
+
+
+def build_modes(extra: Mapping[str, Mode] | None) -> dict[str, Mode]:
+    modes: dict[str, Mode] = {name: cls() for name, cls in BUILTIN.items()}
+    for name, mode in (extra or {}).items():
+        if not isinstance(mode, Mode):
+            raise ConfigurationError(f"modes[{name!r}] must be a scrypath_sa Mode, got {mode!r}")
+        modes[name] = mode
+    return modes
+
+
+def _bind_of(target: Any) -> Engine | None:
+    factory = getattr(target, "session_factory", target)  # scoped_session -> sessionmaker
+    bind = getattr(factory, "kw", {}).get("bind") if hasattr(factory, "kw") else None
+    if bind is None and isinstance(target, Session):
+        bind = target.bind
+    if isinstance(bind, Connection):
+        return bind.engine
+    return bind if isinstance(bind, Engine) else None

@@ -1,0 +1,42 @@
+"""Handing committed or reopened events to a mode: the one path from an id list to a
+mode's ``dispatch``, for commits and for every operator command that pushes work."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from scrypath_sa.outcome import Outcome
+from scrypath_sa.redaction import redact
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from scrypath_sa.config import Config
+
+log = logging.getLogger("scrypath_sa")
+
+
+def dispatch(config: Config, mode_name: str, ids: Sequence[int],
+             engine: Engine | None = None) -> Outcome:
+    """Hand ``ids`` to mode ``mode_name``. Never raises: a failure is logged and
+    reported in the outcome, and the events stay in ``sync_events`` for ``sweep()``."""
+    try:
+        return config.mode(mode_name).dispatch(config, ids, engine=engine)
+    except Exception as exc:  # noqa: BLE001 - the commit already happened: report, never raise
+        message = redact(f"{type(exc).__name__}: {exc}")
+        log.error("scrypath_sa: dispatch of %d committed events in mode %s failed; they stay "
+                  "in sync_events for sweep(): %s", len(ids), mode_name, message)
+        return Outcome(mode=mode_name, event_ids=list(ids), error=message)
+
+
+def redispatch(config: Config, events: Iterable[tuple[int, str | None]],
+               mode: str | None = None) -> list[Outcome]:
+    """Dispatch events again, as (id, recorded mode) pairs: each through ``mode`` when
+    given, else its recorded mode when this configuration has it, else the default."""
+    by_mode: dict[str, list[int]] = {}
+    for event_id, recorded in events:
+        chosen = mode or (recorded if recorded in config.modes else config.default_mode)
+        by_mode.setdefault(chosen, []).append(event_id)
+    return [dispatch(config, name, ids, config.bind) for name, ids in by_mode.items()]

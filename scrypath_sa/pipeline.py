@@ -1,0 +1,255 @@
+"""Send prepared batches to the backend and settle their per-item results.
+
+The processor hands :class:`Prepared` batches to a :class:`Writer`. One batch (a commit)
+is sent in the caller's thread; a run of several is sent from :data:`SENDERS` threads, so
+that reading rows overlaps with the backend's indexing. Every transition is kept for the
+outcome; the final ones are written to the outbox as they come in. When the run's
+:class:`~scrypath_sa.visibility.Visibility` asks for it, accepted writes become
+``completed`` once a refresh that started after they were answered has finished.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
+
+from scrypath_sa import outbox, visibility
+from scrypath_sa.backends.base import BulkOp, ItemResult, ItemStatus
+from scrypath_sa.errors import BackendError
+from scrypath_sa.outbox import Transition
+from scrypath_sa.redaction import redact
+from scrypath_sa.registry import ModelInfo
+from scrypath_sa.schema import State, utcnow, version_of
+from scrypath_sa.sql import Bind, begin
+from scrypath_sa.threads import pool
+from scrypath_sa.visibility import Visibility
+
+if TYPE_CHECKING:
+    from scrypath_sa.config import Config
+
+SENDERS = 2
+"""Requests in flight at once in a run of several batches. Two keep the cluster busy
+while one request's answer is being read and the next one written."""
+
+PIPELINE_DEPTH = SENDERS + 1
+"""Requests handed to the sender threads, so that none waits for the caller."""
+
+RECORD_EVERY = 2000
+"""Final transitions are written once this many are waiting (fewer, larger UPDATEs)."""
+
+
+@dataclass(slots=True)
+class Doc:
+    """All claimed events of one document, coalesced: their ids and the most attempts
+    any of them had (ids rather than the claimed rows: a run holds its documents until
+    it ends, and fewer live objects keep the cycle collector away)."""
+
+    info: ModelInfo
+    document_id: str
+    pk: tuple[Any, ...]
+    event_ids: tuple[int, ...]
+    attempts: int
+
+    @property
+    def version(self) -> int:
+        return version_of(max(self.event_ids))
+
+
+@dataclass
+class Prepared:
+    """One batch of one model, ready to send."""
+
+    info: ModelInfo
+    batch: list[Doc]
+    ops: list[BulkOp] = field(default_factory=list)
+    sent: list[Doc] = field(default_factory=list)
+    failed: list[Transition] = field(default_factory=list)
+
+
+class Writer:
+    """Sends prepared batches and records what became of them (see the module)."""
+
+    def __init__(self, config: Config, bind: Bind, policy: Visibility,
+                 pipelined: bool) -> None:
+        self.config, self.bind, self.policy = config, bind, policy
+        self.pipelined = pipelined
+        self.per_request = policy is Visibility.PER_REQUEST
+        self.refreshes = policy in (Visibility.EVERY_N, Visibility.DEFERRED)
+        self.transitions: list[Transition] = []
+        self.where: dict[int, Doc] = {}  # event id -> its document
+        self.index_errors: dict[str, str | None] = {}
+        self._unrecorded: list[Transition] = []
+        self._awaiting_refresh: list[int] = []  # positions in transitions
+        self._unrefreshed: set[str] = set()
+        self._sent_since_refresh = 0
+        self._sender: ThreadPoolExecutor | None = None
+        self._refresher: ThreadPoolExecutor | None = None  # refreshes never hold a sender
+        # (batch, its request) or (None, a refresh of the indices written before it)
+        self._in_flight: deque[tuple[Prepared | None, Future[Any]]] = deque()
+
+    def record(self, transitions: list[Transition]) -> None:
+        for tr in transitions:
+            if tr.state is State.BACKEND_ACCEPTED and self.refreshes:
+                self._awaiting_refresh.append(len(self.transitions))
+            else:
+                self._unrecorded.append(tr)
+            self.transitions.append(tr)
+
+    def submit(self, prepared: Prepared) -> None:
+        info = prepared.info
+        if info.index not in self.index_errors:
+            try:
+                self.config.backend.ensure_index(info.index, info.contract, info.name)
+                self.index_errors[info.index] = None
+            except BackendError as exc:
+                self.index_errors[info.index] = redact(exc)
+        for doc in prepared.batch:
+            for event_id in doc.event_ids:
+                self.where[event_id] = doc
+        self.record(prepared.failed)
+        if not self.pipelined:  # one small batch (a commit): no thread to start
+            results = send(self.config, prepared.ops, self.per_request,
+                           self.index_errors[info.index])
+            self.record(settle(self.config, prepared, results, self.per_request))
+            return
+        if self._sender is None:
+            self._sender = pool("scrypath-bulk", SENDERS)
+        self._in_flight.append((prepared, self._sender.submit(
+            send, self.config, prepared.ops, self.per_request, self.index_errors[info.index])))
+        if self.refreshes:
+            self._unrefreshed.add(info.index)
+            self._sent_since_refresh += len(prepared.ops)
+            if self._sent_since_refresh >= visibility.REFRESH_EVERY:
+                # Starts once the requests before it are answered: then it makes all of
+                # them visible, while the senders go on with the next ones.
+                before = [future for _, future in self._in_flight]
+                if self._refresher is None:
+                    self._refresher = pool("scrypath-refresh", 1)
+                self._in_flight.append((None, self._refresher.submit(
+                    self._refresh_after, before, sorted(self._unrefreshed))))
+                self._unrefreshed, self._sent_since_refresh = set(), 0
+        while len(self._in_flight) > PIPELINE_DEPTH:
+            self._settle_oldest()
+        if len(self._unrecorded) >= RECORD_EVERY:
+            self._write()
+
+    def _settle_oldest(self) -> None:
+        prepared, future = self._in_flight.popleft()
+        if prepared is None:
+            self._complete(future.result())
+        else:
+            self.record(settle(self.config, prepared, future.result(), self.per_request))
+
+    def _write(self) -> None:
+        if self._unrecorded:
+            with begin(self.bind) as conn:
+                outbox.apply(conn, self._unrecorded)
+            self._unrecorded = []
+
+    def finish(self) -> list[Transition]:
+        """Settle what is in flight, make the remaining accepted writes visible as the
+        policy says, record everything not recorded yet; returns every transition."""
+        try:
+            while self._in_flight:
+                self._settle_oldest()
+            if self._awaiting_refresh and self.policy is Visibility.DEFERRED:
+                assert isinstance(self.bind, Engine)  # plan() defers for engines only
+                visibility.confirmer.put((self.config.backend, self.bind, self._by_index(
+                    self.transitions[i] for i in self._awaiting_refresh)))
+                self._awaiting_refresh = []
+            elif self._awaiting_refresh:
+                indices = {self.where[self.transitions[i].event_id].info.index
+                           for i in self._awaiting_refresh}
+                self._complete(visibility.refresh_all(self.config.backend, sorted(indices)))
+        finally:
+            for executor in (self._sender, self._refresher):
+                if executor is not None:
+                    executor.shutdown(wait=True)
+            self._unrecorded.extend(self.transitions[i] for i in self._awaiting_refresh)
+            self._write()
+        return self.transitions
+
+    def _by_index(self, transitions: Any) -> dict[str, list[Transition]]:
+        by_index: dict[str, list[Transition]] = {}
+        where = self.where
+        for tr in transitions:
+            index = where[tr.event_id].info.index
+            group = by_index.get(index)
+            if group is None:
+                group = by_index[index] = []
+            group.append(tr)
+        return by_index
+
+    def _complete(self, visible: dict[str, bool]) -> None:
+        """The accepted writes settled so far were followed by a refresh: those in an
+        index it reached are visible and read ``completed``; the others stay
+        ``backend_accepted``, which is the truth."""
+        for i in self._awaiting_refresh:
+            tr = self.transitions[i]
+            if visible.get(self.where[tr.event_id].info.index, False):
+                tr = self.transitions[i] = Transition(tr.event_id, State.COMPLETED, *tr[2:])
+            self._unrecorded.append(tr)
+        self._awaiting_refresh = []
+
+    def _refresh_after(self, requests: list[Future[Any]],
+                       indices: list[str]) -> dict[str, bool]:
+        wait(requests)
+        return visibility.refresh_all(self.config.backend, indices)
+
+
+def send(config: Config, ops: Sequence[BulkOp], wait_for_visibility: bool,
+         index_error: str | None) -> list[ItemResult]:
+    if not ops:
+        return []
+    if index_error is not None:
+        return [ItemResult(ItemStatus.RETRYABLE, "index_unavailable", index_error)] * len(ops)
+    return config.backend.bulk(ops, wait_for_visibility=wait_for_visibility)
+
+
+def settle(config: Config, prepared: Prepared, results: list[ItemResult],
+           visible: bool) -> list[Transition]:
+    """Turn one request's per-item results into transitions (success is ``completed``
+    when the request itself waited for visibility, else ``backend_accepted``)."""
+    transitions: list[Transition] = []
+    success = State.COMPLETED if visible else State.BACKEND_ACCEPTED
+    retry_at: dict[int, dt.datetime] = {}  # one jittered time per attempt count and batch
+    for doc, op, result in zip(prepared.sent, prepared.ops, results, strict=True):
+        operation = "delete" if op.is_delete else "upsert"
+        if result.status in (ItemStatus.OK, ItemStatus.CONFLICT):
+            transitions.extend(each(doc, success, operation=operation, version=op.version))
+        elif result.status is ItemStatus.RETRYABLE and doc.attempts < config.max_attempts:
+            transitions.extend(each(
+                doc, State.RETRYING, operation=operation, version=op.version,
+                error_kind=result.error_kind, error=result.error,
+                next_attempt_at=retry_at.setdefault(
+                    doc.attempts, utcnow() + backoff(config, doc.attempts)),
+            ))
+        else:
+            error = result.error
+            if result.status is ItemStatus.RETRYABLE:
+                error = f"gave up after {doc.attempts} attempts: {error}"
+            transitions.extend(each(doc, State.DISCARDED, operation=operation,
+                                    version=op.version, error_kind=result.error_kind,
+                                    error=error))
+    return transitions
+
+
+def each(doc: Doc, state: State, *, operation: str | None = None, version: int | None = None,
+         error_kind: str | None = None, error: str | None = None,
+         next_attempt_at: dt.datetime | None = None) -> list[Transition]:
+    """The same transition for every event of ``doc``."""
+    return [Transition(event_id, state, operation, version, error_kind, error, next_attempt_at)
+            for event_id in doc.event_ids]
+
+
+def backoff(config: Config, attempts: int) -> dt.timedelta:
+    """Exponential backoff with full jitter on the upper half: base * 2**(n-1), capped."""
+    ceiling = min(config.backoff_max, config.backoff_base * 2 ** max(attempts - 1, 0))
+    return dt.timedelta(seconds=ceiling / 2 + random.random() * ceiling / 2)

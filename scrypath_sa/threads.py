@@ -1,0 +1,137 @@
+"""Every thread the library starts, in one place.
+
+=====================  ==========================================  =====================
+thread name            what it does                                started by
+=====================  ==========================================  =====================
+``scrypath-relay``     sends ``dramatiq`` messages in the          :class:`HandOff`
+                       background and records ``enqueued``         (``modes.dramatiq``)
+``scrypath-confirm``   refreshes for many worker runs at once and  :class:`HandOff`
+                       records ``completed``                       (``visibility``)
+``scrypath-read``      claims and reads rows ahead of a long run   :func:`ahead`
+``scrypath-bulk``      sends a long run's batches (two at once)    :func:`pool`
+``scrypath-refresh``   a long run's periodic refreshes             :func:`pool`
+``scrypath-backfill``  sends a backfill's pages                    :func:`pool`
+=====================  ==========================================  =====================
+
+The hand-off threads are daemons started on first use (and again if one died); their
+queued work is flushed at interpreter exit. The others live for one run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import queue
+import threading
+from collections.abc import Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class HandOff(Generic[T]):
+    """Items for :meth:`work` in a daemon thread started by the first :meth:`put` (and
+    again if it died). :meth:`flush` waits until everything put so far is done; it also
+    runs at interpreter exit. ``work`` takes items with :meth:`next_item` and
+    :meth:`pending` and reports them with :meth:`done`."""
+
+    thread_name = "scrypath-handoff"
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[T | None] = queue.SimpleQueue()
+        self.cond = threading.Condition()
+        self._queued = self._done = 0
+        self._thread: threading.Thread | None = None
+
+    def put(self, item: T) -> None:
+        with self.cond:
+            self._queued += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self.work, name=self.thread_name,
+                                                daemon=True)
+                self._thread.start()
+                atexit.register(self.flush, 10.0)
+        self.queue.put(item)
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every item put so far is done; False on timeout."""
+        with self.cond:
+            target = self._queued
+        self.hurry()
+        with self.cond:
+            return self.cond.wait_for(lambda: self._done >= target, timeout)
+
+    def hurry(self) -> None:
+        """Called by :meth:`flush` before it waits: a thread that lingers for more items
+        can be told to stop lingering."""
+
+    def next_item(self) -> T:
+        """The next item, waiting for it."""
+        item = self.queue.get()
+        while item is None:  # a wake-up with nothing to do
+            item = self.queue.get()
+        return item
+
+    def pending(self) -> list[T]:
+        """Every item queued now, without waiting."""
+        items: list[T] = []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return items
+            if item is not None:
+                items.append(item)
+
+    def done(self, count: int) -> None:
+        with self.cond:
+            self._done += count
+            self.cond.notify_all()
+
+    def work(self) -> None:  # pragma: no cover - every subclass has its own
+        raise NotImplementedError
+
+
+def ahead(items: Iterator[T], depth: int) -> Generator[T, None, None]:
+    """Run ``items`` in a ``scrypath-read`` thread, up to ``depth`` items ahead of the
+    caller. Its exceptions reach the caller; when the caller stops, so does the thread."""
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            put(("error", exc))
+            return
+        put(("done", None))
+
+    thread = threading.Thread(target=produce, name="scrypath-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
+def pool(name: str, workers: int) -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads named ``name`` for one run (shut it down after)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)

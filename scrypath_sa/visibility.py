@@ -1,0 +1,213 @@
+"""When an accepted write counts as visible, and who makes it so.
+
+A mode declares one :class:`Visibility`; :func:`plan` fits it to one run:
+
+``NONE``
+    Nothing waits: accepted writes stay ``backend_accepted`` (``manual``; ``confirm()``
+    verifies them later).
+``PER_REQUEST``
+    The bulk request itself waits (``refresh=wait_for``): cheap for the cluster, and
+    what an ``inline`` commit that fits in one batch does.
+``EVERY_N``
+    A run of several batches refreshes explicitly, once per :data:`REFRESH_EVERY`
+    documents and once at the end, so its events turn ``completed`` as it goes.
+``DEFERRED``
+    As ``EVERY_N`` while the run goes on; what is left at its end goes to this process's
+    :class:`Confirmer`, which refreshes once for the runs of many threads and records
+    them ``completed`` (``dramatiq`` workers). Until then they read ``processing``.
+
+Refreshes of one index by many threads are shared (:class:`SharedRefresh`); a refresh
+that fails leaves its writes ``backend_accepted``, which is the truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+from sqlalchemy import Engine
+
+from scrypath_sa import outbox
+from scrypath_sa.backends.base import Backend
+from scrypath_sa.errors import BackendError
+from scrypath_sa.outbox import Transition
+from scrypath_sa.redaction import redact
+from scrypath_sa.schema import State
+from scrypath_sa.sql import Bind, begin
+from scrypath_sa.threads import HandOff
+
+log = logging.getLogger("scrypath_sa")
+
+REFRESH_EVERY = 10_000
+"""In long runs that must end visible, one refresh per this many documents: their
+events can read ``completed`` while the run goes on (progress an operator can see, and
+a short tail) at the price of a few more, small refreshes."""
+
+CONFIRM_EVERY = 0.1
+"""Under load, the confirmer refreshes at most this often (seconds)."""
+
+
+class Visibility(enum.Enum):
+    NONE = "none"
+    PER_REQUEST = "per_request"
+    EVERY_N = "every_n"
+    DEFERRED = "deferred"
+
+    @property
+    def waits(self) -> bool:
+        """True when the run's writes end ``completed`` (now or through the confirmer)."""
+        return self is not Visibility.NONE
+
+
+def plan(wanted: Visibility, events: int, batch_size: int, bind: Bind) -> Visibility:
+    """The policy for one run of ``events`` events: a mode's wish, fitted to the run.
+
+    Waiting on the request suits one batch; more batches refresh explicitly. The
+    confirmer opens connections of its own, so it serves engines only."""
+    if wanted is Visibility.DEFERRED and not isinstance(bind, Engine):
+        wanted = Visibility.PER_REQUEST
+    if wanted in (Visibility.PER_REQUEST, Visibility.EVERY_N):
+        return Visibility.PER_REQUEST if events <= batch_size else Visibility.EVERY_N
+    return wanted
+
+
+class SharedRefresh:
+    """Group refresh: concurrent callers that need ``index`` visible share refreshes.
+
+    A caller needs a refresh that *starts* after it arrived (its writes were acknowledged
+    before that). If one is running, the caller waits for the next one; whoever finds no
+    refresh running starts it for everybody waiting. So N threads cost about one or two
+    refreshes, not N, and no caller is told "visible" before it is.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._started: dict[tuple[int, str], int] = {}
+        self._finished: dict[tuple[int, str], int] = {}
+        self._running: set[tuple[int, str]] = set()
+
+    def refresh(self, backend: Backend, index: str) -> None:
+        key = (id(backend), index)
+        with self._cond:
+            needed = self._started.get(key, 0) + 1
+            while True:
+                if self._finished.get(key, 0) >= needed:
+                    return
+                if key not in self._running:
+                    self._running.add(key)
+                    ticket = self._started[key] = self._started.get(key, 0) + 1
+                    break
+                self._cond.wait()
+        try:
+            backend.refresh(index)
+        except BaseException:
+            with self._cond:
+                self._running.discard(key)
+                self._started[key] = self._finished.get(key, 0)
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._finished[key] = ticket
+            self._running.discard(key)
+            self._cond.notify_all()
+
+
+_shared = SharedRefresh()
+
+
+def refresh_all(backend: Backend, indices: Sequence[str]) -> dict[str, bool]:
+    """Refresh each index (shared with concurrent callers); index -> whether it worked."""
+    visible: dict[str, bool] = {}
+    for index in indices:
+        try:
+            _shared.refresh(backend, index)
+            visible[index] = True
+        except BackendError as exc:
+            log.warning("scrypath_sa: writes to %s were accepted but the refresh failed; "
+                        "they stay backend_accepted: %s", index, redact(exc))
+            visible[index] = False
+    return visible
+
+
+Accepted = tuple[Backend, Engine, dict[str, list[Transition]]]
+"""What a deferred run hands over: its backend, its database, and its accepted writes
+by index."""
+
+
+class Confirmer(HandOff[Accepted]):
+    """Accepted writes of ``DEFERRED`` runs, made visible and recorded off the runs'
+    threads: one thread per process takes everything handed over so far, refreshes each
+    index once, and records those events ``completed`` in one transaction per database
+    (``backend_accepted`` where the refresh failed). Under load, refreshes and UPDATEs
+    are shared by many runs, and worker threads do not queue behind each other's
+    refreshes."""
+
+    thread_name = "scrypath-confirm"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._runs = 0  # deferred runs in progress in this process
+
+    @contextlib.contextmanager
+    def run(self) -> Iterator[None]:
+        """Around a deferred run: while none is in progress, nothing more is coming
+        soon, and the confirmer does not wait for more."""
+        with self.cond:
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self._runs -= 1
+                self.cond.notify_all()
+
+    def work(self) -> None:
+        last = 0.0
+        while True:
+            first = self.next_item()
+            # Refreshes cost the cluster a segment each: while runs are in progress,
+            # one per CONFIRM_EVERY seconds, shared by everything that arrives meanwhile.
+            with self.cond:
+                self.cond.wait_for(lambda: self._runs == 0,
+                                   last + CONFIRM_EVERY - time.monotonic())
+            last = time.monotonic()
+            batch = [first, *self.pending()]
+            # Grouped by (backend, database): one refresh per index, one transaction per
+            # database; a failure in one group leaves the others alone.
+            groups: dict[tuple[int, int], Accepted] = {}
+            for backend, engine, by_index in batch:
+                key = (id(backend), id(engine))
+                if key not in groups:
+                    groups[key] = (backend, engine, {})
+                merged = groups[key][2]
+                for index, transitions in by_index.items():
+                    merged.setdefault(index, []).extend(transitions)
+            for backend, engine, by_index in groups.values():
+                try:
+                    _confirm(backend, engine, by_index)
+                except Exception as exc:  # noqa: BLE001 - they stay processing; claims expire
+                    log.warning("scrypath_sa: could not record %d visible writes; their "
+                                "claims will expire and they will be written again: %s",
+                                sum(map(len, by_index.values())), redact(exc))
+            self.done(len(batch))
+
+
+def _confirm(backend: Backend, engine: Engine, by_index: dict[str, list[Transition]]) -> None:
+    visible = refresh_all(backend, sorted(by_index))
+    with begin(engine) as conn:
+        for index, group in by_index.items():
+            outbox.apply(conn, group, as_state=State.COMPLETED if visible[index] else None)
+
+
+confirmer = Confirmer()
+
+
+def flush_confirmations(timeout: float | None = 30.0) -> bool:
+    """Wait until the accepted writes of this process's deferred runs are recorded
+    (``completed``, or ``backend_accepted`` if their refresh failed); False on timeout.
+    Called when a Dramatiq worker shuts down."""
+    return confirmer.flush(timeout)
