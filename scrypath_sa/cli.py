@@ -135,6 +135,9 @@ def cmd_confirm(config: Config, args: argparse.Namespace) -> int:
         for missing in report.missing:
             print(f"  ! event {missing['event_id']} {missing['index']}/"
                   f"{missing['document_id']}: found version {missing['found_version']}")
+        for unverified in report.unverified:
+            print(f"  ! {len(unverified['event_ids'])} events in {unverified['index']} could "
+                  f"not be verified; they stay backend_accepted: {unverified['error']}")
     return OK if report.ok else ATTENTION
 
 
@@ -158,6 +161,8 @@ def cmd_reconcile(config: Config, args: argparse.Namespace) -> int:
                   f"{m.orphaned_in_index}; behind newest completed write: "
                   f"{m.behind_completed_version}; content differs: {m.content_differs}")
             print(f"  stuck: {m.stuck}; retrying: {m.retrying}; discarded: {m.discarded}")
+            if m.error:
+                print(f"  ! could not compare: {m.error}")
             print(f"  recommendation: {m.recommendation}")
             for reason in m.reasons:
                 print(f"    - {reason}")
@@ -232,7 +237,9 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
         print(f"{verb} {report.events_deleted} completed events, "
               f"{report.failed_events_deleted} discarded events, indices: "
               f"{', '.join(report.indices_deleted) or '(none)'}")
-    return OK
+        for error in report.errors:
+            print(f"  ! indices not pruned: {error}")
+    return OK if report.ok else ATTENTION
 
 
 def build_parser() -> argparse.ArgumentParser:

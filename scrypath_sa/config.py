@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from scrypath_sa.backends.base import Backend
 from scrypath_sa.errors import ConfigurationError
+from scrypath_sa.schema import State
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from scrypath_sa.modes.base import Mode
+    from scrypath_sa.outcome import Outcome
+
+
+class SyncMode(Protocol):
+    """What a configuration holds of a mode. Subclass
+    :class:`scrypath_sa.modes.Mode` to write one."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def promise(self) -> frozenset[State]: ...
+
+    def attach(self, config: Config) -> None: ...
+
+    def dispatch(self, config: Config, event_ids: Sequence[int],
+                 engine: Engine | None = None) -> Outcome: ...
+
+    def kept_promise(self, outcome: Outcome) -> bool: ...
 
 
 @dataclass
@@ -25,14 +45,14 @@ class Config:
     backend: Backend
     bind: Engine
     default_mode: str = "inline"
-    modes: dict[str, Mode] = field(default_factory=dict)
+    modes: dict[str, SyncMode] = field(default_factory=dict)
     batch_size: int = 500
     max_attempts: int = 8
     backoff_base: float = 1.0
     backoff_max: float = 600.0
     strict: bool = False
 
-    def mode(self, name: str) -> Mode:
+    def mode(self, name: str) -> SyncMode:
         try:
             return self.modes[name]
         except KeyError:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from scrypath_sa import listeners
 from scrypath_sa.backends.base import Backend
-from scrypath_sa.config import Config
+from scrypath_sa.config import Config, SyncMode
 from scrypath_sa.errors import ConfigurationError, NotConfiguredError
 from scrypath_sa.modes import BUILTIN, Mode, selection
 from scrypath_sa.outcome import Outcome
@@ -113,8 +113,8 @@ def last_outcome(session: Session) -> Outcome | None:
     return found.outcome if isinstance(found, listeners.SessionSync) else None
 
 
-def build_modes(extra: Mapping[str, Mode] | None) -> dict[str, Mode]:
-    modes: dict[str, Mode] = {name: cls() for name, cls in BUILTIN.items()}
+def build_modes(extra: Mapping[str, Mode] | None) -> dict[str, SyncMode]:
+    modes: dict[str, SyncMode] = {name: cls() for name, cls in BUILTIN.items()}
     for name, mode in (extra or {}).items():
         if not isinstance(mode, Mode):
             raise ConfigurationError(f"modes[{name!r}] must be a scrypath_sa Mode, got {mode!r}")

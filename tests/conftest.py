@@ -4,6 +4,11 @@ Services start lazily, once per test session, each in a throwaway directory on a
 loopback port (``scripts/servicekit.py``). When ``SCRYPATH_TEST_DATABASE_URL``,
 ``SCRYPATH_TEST_OPENSEARCH_URL`` or ``SCRYPATH_TEST_REDIS_URL`` is set, that server is
 used instead. A missing binary fails with the command that installs it; nothing skips.
+
+Every test that needs one of those servers (through a fixture below, or the PostgreSQL
+case of ``database_url``) is marked ``services`` at collection, so
+``pytest -m "not services"`` runs the rest (SQLite, the embedded backend, pure logic)
+without starting Java or PostgreSQL.
 """
 
 from __future__ import annotations
@@ -24,6 +29,29 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import servicekit  # noqa: E402
 
 DATABASES = ["sqlite", "postgresql"]
+SERVICE_FIXTURES = frozenset({"services", "postgres_url", "redis_url", "opensearch_url",
+                              "index_prefix", "backend", "os_client"})
+
+
+SERVICE_PARAMS = frozenset({"postgresql", "opensearch"})
+"""Fixture parameters that start a server (``database_url``, ``any_backend``)."""
+
+
+_running: pytest.Item | None = None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    global _running
+    _running = item
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        params = {v for v in callspec.params.values() if isinstance(v, str)} if callspec else set()
+        if names & SERVICE_FIXTURES or params & SERVICE_PARAMS:
+            item.add_marker(pytest.mark.services)
 
 
 class _Services:
@@ -41,6 +69,10 @@ class _Services:
         self.running: dict[str, servicekit.Running] = {}
 
     def url(self, name: str) -> str:
+        if _running is not None and _running.get_closest_marker("services") is None:
+            pytest.fail(f"{_running.nodeid} uses {name} but is not marked `services`: add its "
+                        "fixture or parameter to SERVICE_FIXTURES or SERVICE_PARAMS",
+                        pytrace=False)
         given = os.environ.get(self.ENV[name])
         if given:
             return given
@@ -105,11 +137,16 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def index_prefix(request: pytest.FixtureRequest, opensearch_url: str) -> Iterator[str]:
+def prefix() -> str:
+    """A unique name prefix, for tests that need no OpenSearch."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def index_prefix(prefix: str, opensearch_url: str) -> Iterator[str]:
     """A unique index-name prefix; every index and alias under it is deleted afterwards."""
     from opensearchpy import OpenSearch
 
-    prefix = f"t{uuid.uuid4().hex[:10]}"
     yield prefix
     client = OpenSearch(opensearch_url)
     client.indices.delete(index=f"{prefix}*", ignore_unavailable=True, expand_wildcards="all")

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scrypath_sa import outbox
-from scrypath_sa.backends.base import admin_of
+from scrypath_sa.backends.base import AdminBackend, admin_of
 from scrypath_sa.config import Config
+from scrypath_sa.errors import BackendError
 from scrypath_sa.install import resolve_config
 from scrypath_sa.ops.common import jsonable, resolve_models
+from scrypath_sa.redaction import redact
 from scrypath_sa.schema import State, utcnow
 
 
@@ -22,7 +24,12 @@ class PruneReport:
     failed_events_deleted: int = 0
     indices_deleted: list[str] = field(default_factory=list)
     indices_kept: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
     dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = jsonable(self)
@@ -61,16 +68,26 @@ def prune(models: Iterable[type | str] | None = None, *,
         report.failed_events_deleted = _delete_events(config, State.DISCARDED,
                                                       failed_older_than, dry_run)
     for info in infos:
-        physical = backend.physical_indices(info.index)
-        live = [p for p in physical if p.aliased]
-        newest_live = max((p.created_at or "" for p in live), default="")
-        previous = [p for p in physical if not p.aliased and (p.created_at or "") <= newest_live]
-        keep = previous[len(previous) - keep_previous_indices:] if keep_previous_indices else []
-        for p in physical:
-            if p in previous and p not in keep:
-                if not dry_run:
-                    backend.delete_index(p.name)
-                report.indices_deleted.append(p.name)
-            else:
-                report.indices_kept.append(p.name)
+        try:
+            _prune_indices(backend, info.index, keep_previous_indices, dry_run, report)
+        except BackendError as exc:
+            report.errors.append(f"{info.name}: {redact(exc)}")
     return report
+
+
+def _prune_indices(backend: AdminBackend, alias: str, keep_previous_indices: int,
+                   dry_run: bool, report: PruneReport) -> None:
+    """Delete ``alias``'s physical indices that are neither live, nor being built, nor
+    among the newest ``keep_previous_indices`` previous ones."""
+    physical = backend.physical_indices(alias)
+    live = [p for p in physical if p.aliased]
+    newest_live = max((p.created_at or "" for p in live), default="")
+    previous = [p for p in physical if not p.aliased and (p.created_at or "") <= newest_live]
+    keep = previous[len(previous) - keep_previous_indices:] if keep_previous_indices else []
+    for p in physical:
+        if p in previous and p not in keep:
+            if not dry_run:
+                backend.delete_index(p.name)
+            report.indices_deleted.append(p.name)
+        else:
+            report.indices_kept.append(p.name)

@@ -64,7 +64,8 @@ class ReconcileReport:
 
     @property
     def needs_attention(self) -> bool:
-        return any(m.recommendation != "nothing" for m in self.models)
+        """True when a model needs a repair or could not be compared at all."""
+        return any(m.recommendation != "nothing" or m.error for m in self.models)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = jsonable(self)

@@ -6,7 +6,7 @@ Create Date: 2026-11-27
 
 The (index_name, document_id) index serves one kind of lookup: the newest completed
 version of some documents (reconcile, confirm). Indexing every event made each commit
-that records events maintain it (1.5 ms of the 7 ms that recording 1,000 costs). It
+that records events maintain it (a fifth of what recording costs; docs/performance.md). It
 becomes a partial index of completed events: an event enters it when it completes, an
 UPDATE that already writes index entries (it leaves the open-work index), so recording
 and the in-flight transitions stop paying for it.
