@@ -35,8 +35,7 @@ from scrypath_sa.outcome import Outcome
 from scrypath_sa.schema import Operation
 
 STATE_KEY = "scrypath_sa"
-INTERNAL = "scrypath_sa_internal"
-"""Execution option that keeps the library's own bulk statements out of capture."""
+"""The ``Session.info`` key of a session's :class:`SessionSync`."""
 
 
 class SessionSync:
@@ -98,8 +97,7 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
         _remember(session, config, conn, list(capture.values()))
 
     def do_orm_execute(orm_state: ORMExecuteState) -> Any:
-        if not (orm_state.is_update or orm_state.is_delete) or orm_state.execution_options.get(
-                INTERNAL):
+        if not (orm_state.is_update or orm_state.is_delete):
             return None
         mapper = orm_state.bind_mapper
         info = registry.info_for(mapper.class_) if mapper is not None else None

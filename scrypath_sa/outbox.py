@@ -396,16 +396,13 @@ def stuck_counts(conn: Connection, indices: Sequence[str], states: Iterable[Stat
         .group_by(t.c.index_name)).all())
 
 
-def next_attempts(conn: Connection, indices: Sequence[str],
-                  ids: Sequence[int] | None = None) -> dict[str, dt.datetime]:
-    """index -> the earliest ``next_attempt_at`` of its retrying events (among ``ids``)."""
+def next_attempts(conn: Connection, indices: Sequence[str]) -> dict[str, dt.datetime]:
+    """index -> the earliest ``next_attempt_at`` of its retrying events."""
     t = sync_events
-    query = (select(t.c.index_name, func.min(t.c.next_attempt_at))
-             .where(t.c.index_name.in_(list(indices)), in_states([State.RETRYING]))
-             .group_by(t.c.index_name))
-    if ids is not None:
-        query = query.where(id_filter(conn, t.c.id, list(ids)))
-    return dict(conn.execute(query).all())
+    return dict(conn.execute(
+        select(t.c.index_name, func.min(t.c.next_attempt_at))
+        .where(t.c.index_name.in_(list(indices)), in_states([State.RETRYING]))
+        .group_by(t.c.index_name)).all())
 
 
 def next_attempt_of(conn: Connection, ids: Sequence[int]) -> dt.datetime | None:

@@ -119,12 +119,18 @@ class SharedRefresh:
 _shared = SharedRefresh()
 
 
+def refresh(backend: Backend, index: str) -> None:
+    """Make every write to ``index`` acknowledged before this call visible (a refresh
+    shared with concurrent callers); raises :class:`BackendError`."""
+    _shared.refresh(backend, index)
+
+
 def refresh_all(backend: Backend, indices: Sequence[str]) -> dict[str, bool]:
     """Refresh each index (shared with concurrent callers); index -> whether it worked."""
     visible: dict[str, bool] = {}
     for index in indices:
         try:
-            _shared.refresh(backend, index)
+            refresh(backend, index)
             visible[index] = True
         except BackendError as exc:
             log.warning("scrypath_sa: writes to %s were accepted but the refresh failed; "

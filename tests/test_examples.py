@@ -123,3 +123,15 @@ def test_alembic_example_upgrades_app_and_library_heads(tmp_path: Path) -> None:
     tables = {r[0] for r in sqlite3.connect(tmp_path / "app.sqlite3").execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"articles", "sync_events", "sync_checkpoints", "alembic_version"} <= tables
+
+
+def test_the_example_app_tests_pass(tmp_path: Path) -> None:
+    """examples/test_app.py is the documented way to test an app: it must pass."""
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/test_app.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "SCRYPATH_EXAMPLE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout

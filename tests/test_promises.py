@@ -104,25 +104,15 @@ def test_strict_holds_custom_modes_to_their_promise(world: World) -> None:
             session.commit()
 
 
-def test_strict_accepts_enqueued_from_dramatiq(world: World, redis_url: str,
-                                                prefix: str) -> None:
-    mode = dramatiq_mode(redis_url, prefix)
+@pytest.mark.parametrize(("background", "state"), [(False, "enqueued"),
+                                                     (True, "requested")])
+def test_strict_accepts_what_dramatiq_promises(world: World, redis_url: str, prefix: str,
+                                               background: bool, state: str) -> None:
+    mode = dramatiq_mode(redis_url, prefix, background=background)
     scrypath_sa.configure(world.Session, backend=InMemoryBackend(), mode="dramatiq",
                           modes={"dramatiq": mode}, strict=True)
     try:
-        assert commit_one(world).state == "enqueued"
-    finally:
-        assert mode.flush(30)
-        mode.broker.flush_all()
-
-
-def test_strict_accepts_requested_from_dramatiq_in_the_background(
-        world: World, redis_url: str, prefix: str) -> None:
-    mode = dramatiq_mode(redis_url, prefix, background=True)
-    scrypath_sa.configure(world.Session, backend=InMemoryBackend(), mode="dramatiq",
-                          modes={"dramatiq": mode}, strict=True)
-    try:
-        assert commit_one(world).state == "requested"
+        assert commit_one(world).state == state
     finally:
         assert mode.flush(30)
         mode.broker.flush_all()

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from scrypath_sa import outbox, processor
+from scrypath_sa import outbox, processor, visibility
 from scrypath_sa.errors import BackendError
 from scrypath_sa.modes.base import Mode
 from scrypath_sa.redaction import redact
@@ -74,7 +74,7 @@ def confirm(config: Config, event_ids: Sequence[int] | None = None,
     for index, group in by_index.items():
         doc_ids = sorted({r.document_id for r in group})
         try:
-            config.backend.refresh(index)
+            visibility.refresh(config.backend, index)
             stored = config.backend.versions(index, doc_ids)
         except BackendError as exc:
             report.unverified.append({"index": index, "event_ids": [r.id for r in group],

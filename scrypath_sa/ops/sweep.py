@@ -57,5 +57,6 @@ def sweep(config: Config | None = None, *, older_than: dt.timedelta = dt.timedel
 def confirm(event_ids: Sequence[int] | None = None, *, config: Config | None = None,
             limit: int = 10_000) -> ConfirmReport:
     """Close the loop on ``manual`` mode: refresh, verify documents at their versions,
-    and mark the verified events ``completed``; report the rest as missing."""
+    and mark the verified events ``completed``; report the rest as missing, or as
+    unverified when the backend could not be asked."""
     return _confirm(resolve_config(config), event_ids, limit)
