@@ -4,8 +4,12 @@ Finds your configuration from ``--app package.module:obj`` (or ``SCRYPATH_SA_APP
 ``obj`` is the Config that ``scrypath_sa.configure()`` returned, or a callable returning
 it; without ``:obj`` the module is imported and the configuration it installed is used.
 
-Exit codes: 0 healthy, 2 needs attention, 1 error. ``--json`` on every command. No
-secret is ever printed: errors pass through the same redaction as ``last_error``.
+Exit codes, for every command: 0 when it did what was asked and what it reports is
+healthy; 2 when it worked and found something that needs attention, or did only part of
+what was asked; 1 when it could not do its job (the search backend or the database
+could not be reached, bad arguments, a refused request). ``--json`` on every command
+prints one JSON object, errors included (``{"ok": false, "error": ...}``). No secret is
+ever printed: errors pass through the same redaction as ``last_error``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import scrypath_sa
 from scrypath_sa.config import Config
@@ -74,15 +78,24 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
             if m.oldest_unfinished_age_seconds is not None:
                 print(f"  oldest unfinished: {m.oldest_unfinished_age_seconds:.0f}s ago")
             if m.retrying:
-                print(f"  retrying: {m.retrying}, next attempt {m.next_attempt_at}")
-            print(f"  alias -> {', '.join(m.alias_points_to) or '(none)'}; "
-                  f"documents: {m.documents if m.documents is not None else '?'}")
+                overdue = (m.next_attempt_at is not None
+                           and m.next_attempt_at <= report.generated_at)
+                print(f"  retrying: {m.retrying}, next attempt {m.next_attempt_at}"
+                      + (" (overdue: nothing retries it until a worker or sweep runs)"
+                         if overdue else ""))
+            if m.backend_error:
+                print("  alias -> unknown; documents: unknown")
+            else:
+                print(f"  alias -> {', '.join(m.alias_points_to) or '(none)'}; "
+                      f"documents: {m.documents if m.documents is not None else 'none'}")
             if m.rebuild_in_progress:
                 print(f"  rebuild in progress: {m.rebuild_in_progress}")
             match = {True: "matches", False: "DIFFERS", None: "unknown"}[m.contract_matches]
             print(f"  contract {m.contract_hash}: live index {match}")
             for problem in m.problems:
                 print(f"  ! {problem}")
+    if any(m.backend_error for m in report.models):
+        return ERROR
     return ATTENTION if report.needs_attention else OK
 
 
@@ -133,15 +146,22 @@ def cmd_confirm(config: Config, args: argparse.Namespace) -> int:
         print(f"confirmed {len(report.confirmed)} events; {len(report.missing)} not found "
               "at their version")
         for missing in report.missing:
+            found = missing["found_version"]
             print(f"  ! event {missing['event_id']} {missing['index']}/"
-                  f"{missing['document_id']}: found version {missing['found_version']}")
+                  f"{missing['document_id']}: " + ("not in the index" if found is None else
+                                                   f"found version {found}"))
         for unverified in report.unverified:
             print(f"  ! {len(unverified['event_ids'])} events in {unverified['index']} could "
                   f"not be verified; they stay backend_accepted: {unverified['error']}")
+    if report.unverified:
+        return ERROR
     return OK if report.ok else ATTENTION
 
 
 def _progress_bar(progress: Any) -> None:
+    """A bar redrawn in place on a terminal; nothing when stderr is not one."""
+    if not sys.stderr.isatty():
+        return
     eta = f"{progress.eta_seconds:.0f}s" if progress.eta_seconds is not None else "?"
     width = 30
     filled = int(width * progress.done / progress.total) if progress.total else width
@@ -150,28 +170,39 @@ def _progress_bar(progress: Any) -> None:
 
 
 def cmd_reconcile(config: Config, args: argparse.Namespace) -> int:
-    report = scrypath_sa.reconcile(args.model or None, action=args.action, config=config)
+    report = scrypath_sa.reconcile(args.model or None, action=args.action, force=args.force,
+                                   config=config)
     if args.json:
         _print_json(report.to_dict())
     else:
         for m in report.models:
+            if m.error:
+                print(f"{m.model} -> {m.index}: unknown (could not compare)")
+                print(f"  ! could not compare: {m.error}")
+                continue
             print(f"{m.model} -> {m.index}: {m.rows} rows ({m.indexable_rows} indexable), "
                   f"{m.documents} documents")
             print(f"  missing from index: {m.missing_from_index}; orphaned in index: "
                   f"{m.orphaned_in_index}; behind newest completed write: "
                   f"{m.behind_completed_version}; content differs: {m.content_differs}")
             print(f"  stuck: {m.stuck}; retrying: {m.retrying}; discarded: {m.discarded}")
-            if m.error:
-                print(f"  ! could not compare: {m.error}")
             print(f"  recommendation: {m.recommendation}")
             for reason in m.reasons:
                 print(f"    - {reason}")
             for kind, ids in m.samples.items():
                 print(f"  e.g. {kind}: {', '.join(ids[:5])}")
         for taken in report.actions_taken:
-            print(f"did {taken['action']} on {taken['model']}")
-    if report.action is not None:
-        return OK
+            if not taken["done"]:
+                print(f"{taken['action']} on {taken['model']}: "
+                      f"{taken.get('reason') or 'failed: ' + str(taken.get('error'))}")
+            else:
+                print(f"did {taken['action']} on {taken['model']}")
+            if taken["done"] or "error" in taken:
+                print(f"  afterwards: recommendation {taken['after']}")
+                for reason in taken.get("after_reasons", []):
+                    print(f"    - {reason}")
+    if report.failed:
+        return ERROR
     return ATTENTION if report.needs_attention else OK
 
 
@@ -183,7 +214,8 @@ def cmd_backfill(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.to_dict())
     else:
-        print(file=sys.stderr)
+        if sys.stderr.isatty():
+            print(file=sys.stderr)  # end the progress bar's line
         resumed = f" (resumed after {report.resumed_from})" if report.resumed_from else ""
         print(f"{report.model}: {report.rows_seen} rows in {report.seconds:.1f}s{resumed}: "
               f"{report.indexed} indexed, {report.deleted} deleted, {report.orphans_removed} "
@@ -202,6 +234,9 @@ def _print_reindex(report: Any, args: argparse.Namespace) -> int:
         if report.cut_over:
             print(f"  alias {report.alias} -> {report.new_index}; previous kept for rollback: "
                   f"{', '.join(report.previous_indices) or '(none)'}")
+        elif report.problems:
+            print(f"  alias {report.alias} unchanged: {report.new_index} did not check out "
+                  "(below); fix and reindex again, or cutover --force if you accept it")
         else:
             print(f"  alias {report.alias} unchanged; cut over with: scrypath-sa cutover "
                   f"{report.model} {report.new_index}")
@@ -213,8 +248,8 @@ def _print_reindex(report: Any, args: argparse.Namespace) -> int:
 def cmd_reindex(config: Config, args: argparse.Namespace) -> int:
     report = scrypath_sa.reindex(args.model, cutover=args.cutover, batch_size=args.batch_size,
                                  config=config, progress=None if args.json else _progress_bar)
-    if not args.json:
-        print(file=sys.stderr)
+    if not args.json and sys.stderr.isatty():
+        print(file=sys.stderr)  # end the progress bar's line
     return _print_reindex(report, args)
 
 
@@ -239,12 +274,28 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
               f"{', '.join(report.indices_deleted) or '(none)'}")
         for error in report.errors:
             print(f"  ! indices not pruned: {error}")
-    return OK if report.ok else ATTENTION
+    return OK if report.ok else ERROR
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments exit 1 (argparse's own 2 means "needs attention" here), as JSON
+    when ``--json`` was given."""
+
+    def error(self, message: str) -> NoReturn:
+        if _json_requested:
+            _print_json({"ok": False, "error": message})
+        else:
+            self.print_usage(sys.stderr)
+            print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(ERROR)
+
+
+_json_requested = False
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scrypath-sa", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="scrypath-sa", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--app", help="package.module[:obj] holding your configuration "
                                       "(default: $SCRYPATH_SA_APP)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -277,7 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "compare database and index both ways; recommend (or do) a repair")
     p.add_argument("--model", action="append")
     p.add_argument("--action", choices=["retry", "backfill", "reindex"],
-                   help="perform this repair where the report recommends one")
+                   help="perform this repair on the models for which it is the recommendation")
+    p.add_argument("--force", action="store_true",
+                   help="with --action: on every model that needs a repair, whatever the "
+                        "recommendation")
     p = command("backfill", cmd_backfill, "write every row of a model into its index")
     p.add_argument("model", help="model class name or index alias")
     p.add_argument("--batch-size", type=int, default=1000)
@@ -303,17 +357,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _json_requested
+    _json_requested = "--json" in (sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
     try:
         config = load_app(args.app)
         code: int = args.fn(config, args)
     except ScrypathError as exc:
-        print(f"scrypath-sa: error: {redact(exc)}", file=sys.stderr)
-        return ERROR
+        return _error(redact(exc), args.json)
     except Exception as exc:  # noqa: BLE001 - the user's app or a driver failed; say so safely
-        print(f"scrypath-sa: error: {type(exc).__name__}: {redact(exc)}", file=sys.stderr)
-        return ERROR
+        return _error(f"{type(exc).__name__}: {redact(exc)}", args.json)
     return code
+
+
+def _error(message: str, as_json: bool) -> int:
+    if as_json:
+        _print_json({"ok": False, "error": message})
+    else:
+        print(f"scrypath-sa: error: {message}", file=sys.stderr)
+    return ERROR
 
 
 if __name__ == "__main__":

@@ -61,3 +61,8 @@ def test_a_custom_mode_name_is_known_while_a_configuration_offers_it(engine: Eng
     scrypath_sa.unconfigure(target)
     with pytest.raises(ConfigurationError, match="unknown sync mode 'hold'"):
         scrypath_sa.sync_mode("hold").__enter__()
+
+
+def test_dramatiq_is_a_known_mode_only_where_it_is_configured(engine: Engine) -> None:
+    with pytest.raises(ConfigurationError, match="unknown sync mode 'dramatiq'"):
+        scrypath_sa.sync_mode("dramatiq").__enter__()

@@ -149,7 +149,7 @@ def test_cli_never_prints_a_secret(world: World) -> None:
     dead = f"http://admin:{secret}@127.0.0.1:{servicekit.free_port()}"
     result = run_cli(world, dead, "--app", "tests.cli_app:config", "status",
                      "--model", f"{world.prefix}_articles")
-    assert result.returncode == 2  # the backend is unreachable: needs attention
+    assert result.returncode == 1  # the backend is unreachable: status could not tell
     assert "backend" in result.stdout
     assert secret not in result.stdout + result.stderr
 
@@ -173,7 +173,107 @@ def test_cli_reconcile_and_backfill(world: World, opensearch_url: str, os_client
     assert model["missing_from_index"] == 1 and model["recommendation"] == "backfill"
     filled = run_cli(world, opensearch_url, *app, "backfill", f"{world.prefix}_articles")
     assert filled.returncode == 0, filled.stderr
-    assert "2 rows" in filled.stdout and "rows/s" in filled.stderr  # the progress bar
+    assert "2 rows" in filled.stdout
+    assert "rows/s" not in filled.stderr  # no progress bar drawn into a pipe
     clean = run_cli(world, opensearch_url, *app, "reconcile", "--model",
                     f"{world.prefix}_articles")
     assert clean.returncode == 0 and "recommendation: nothing" in clean.stdout
+
+
+# ------------------------------------------------------- answers an operator can trust
+
+def test_cli_errors_and_bad_arguments_exit_1_and_print_json_when_asked(
+        world: World, opensearch_url: str) -> None:
+    app = ["--app", "tests.cli_app:config"]
+    refused = run_cli(world, opensearch_url, *app, "retry", "424242", "--json")
+    assert refused.returncode == 1
+    assert json.loads(refused.stdout) == {
+        "ok": False, "error": "there is no sync event with id 424242"}
+    bad = run_cli(world, opensearch_url, *app, "status", "--no-such-flag", "--json")
+    assert bad.returncode == 1 and json.loads(bad.stdout)["ok"] is False
+    plain = run_cli(world, opensearch_url, *app, "status", "--no-such-flag")
+    assert plain.returncode == 1 and "unrecognized arguments" in plain.stderr
+
+
+def test_reconcile_acts_only_as_recommended_and_verifies(engine: Engine, index_prefix: str,
+                                                         backend: Any) -> None:
+    w = make_world(engine, index_prefix)
+    scrypath_sa.configure(w.Session, backend=backend)
+    add_articles(w, (1, "a", "1"), (2, "b", "2"))
+    changed = {"mappings": {"properties": {"title": {"type": "keyword"}}}}
+    scrypath_sa.unconfigure(w.Session)
+    w2 = make_world(engine, index_prefix, contract=changed)
+    scrypath_sa.configure(w2.Session, backend=backend)
+
+    refused = scrypath_sa.reconcile([w2.Article], action="backfill")
+    (taken,) = refused.actions_taken
+    assert taken["done"] is False and "recommends reindex" in taken["reason"]
+    assert refused.needs_attention and not refused.failed
+
+    forced = scrypath_sa.reconcile([w2.Article], action="backfill", force=True)
+    (taken,) = forced.actions_taken
+    assert taken["done"] is True and taken["after"] == "reindex"  # still not repaired
+    assert forced.needs_attention
+
+    repaired = scrypath_sa.reconcile([w2.Article], action="reindex")
+    (taken,) = repaired.actions_taken
+    assert taken["done"] is True and taken["after"] == "nothing"
+    assert not repaired.needs_attention
+    assert repaired.to_dict()["actions_taken"][0]["result"]["cut_over"] is True
+
+
+def test_cli_reconcile_exit_code_follows_what_was_done(world: World,
+                                                       opensearch_url: str) -> None:
+    add_articles(world, (1, "a", "1"))
+    with world.engine.begin() as conn:  # a row the library never saw
+        conn.execute(text("INSERT INTO articles (id, title, views, published) "
+                          "VALUES (2, 'raw', '2', true)"))
+    app = ["--app", "tests.cli_app:config", "reconcile", "--model", f"{world.prefix}_articles"]
+    refused = run_cli(world, opensearch_url, *app, "--action", "reindex")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "not done: the report recommends backfill" in refused.stdout
+    repaired = run_cli(world, opensearch_url, *app, "--action", "backfill", "--json")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    (taken,) = json.loads(repaired.stdout)["actions_taken"]
+    assert taken["done"] is True and taken["after"] == "nothing"
+
+
+def test_a_missing_alias_is_a_problem_not_a_fresh_start(world: World, os_client: Any) -> None:
+    add_articles(world, (1, "a", "1"))
+    os_client.indices.delete(index=f"{world.prefix}_articles*")
+    (entry,) = scrypath_sa.status([world.Article]).models
+    assert any("is missing" in p for p in entry.problems)
+    (drift,) = scrypath_sa.reconcile([world.Article]).models
+    assert drift.recommendation == "backfill"
+    assert any("the alias is missing" in r for r in drift.reasons)
+    after = scrypath_sa.reconcile([world.Article], action="backfill")
+    assert after.actions_taken[0]["after"] == "nothing" and not after.needs_attention
+
+
+def test_a_new_install_with_nothing_to_index_reconciles_clean(world: World) -> None:
+    report = scrypath_sa.reconcile([world.Article])
+    assert report.models[0].recommendation == "nothing"
+    assert not report.needs_attention
+
+
+def test_confirm_says_not_in_the_index(world: World, opensearch_url: str,
+                                       os_client: Any) -> None:
+    with world.Session() as session:
+        scrypath_sa.set_session_mode(session, "manual")
+        session.add(world.Article(id=1, title="accepted", views="1"))
+        session.commit()
+    os_client.delete(index=f"{world.prefix}_articles", id="1", refresh=True)
+    result = run_cli(world, opensearch_url, "--app", "tests.cli_app:config", "confirm")
+    assert result.returncode == 2
+    assert "/1: not in the index" in result.stdout
+
+
+def test_progress_counts_this_runs_rows_and_never_overshoots(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from scrypath_sa.cli import _progress_bar
+    from scrypath_sa.ops import Progress
+
+    resumed = Progress(done=150, total=200, elapsed=10.0, resumed=100)
+    assert resumed.rate == 5.0 and resumed.eta_seconds == 10.0
+    _progress_bar(resumed)  # stderr is not a terminal here
+    assert capsys.readouterr().err == ""

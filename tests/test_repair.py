@@ -98,7 +98,14 @@ def test_stuck_and_failed_work_recommends_retry(world: World) -> None:
     assert drift.recommendation == "backfill"  # row 100 is also missing from the index
     with world.engine.begin() as conn:
         conn.execute(text("UPDATE articles SET views = '100' WHERE id = 100"))
-    scrypath_sa.reconcile([world.Article], action="retry", stuck_after=dt.timedelta(0))
+    # retry is not what the report recommends (backfill): it has to be forced
+    refused = scrypath_sa.reconcile([world.Article], action="retry",
+                                    stuck_after=dt.timedelta(0))
+    assert refused.actions_taken[0]["done"] is False
+    done = scrypath_sa.reconcile([world.Article], action="retry", force=True,
+                                 stuck_after=dt.timedelta(0))
+    assert done.actions_taken[0]["done"] is True
+    assert done.actions_taken[0]["after"] == "nothing" and not done.needs_attention
     with world.engine.connect() as conn:
         states = set(conn.execute(select(sync_events.c.state)).scalars())
     assert states == {"completed"}

@@ -15,7 +15,9 @@ from scrypath_sa.errors import ConfigurationError
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-BUILTIN_NAMES = ("inline", "manual", "dramatiq")
+BUILTIN_NAMES = ("inline", "manual")
+"""Always available. ``dramatiq`` (and any custom mode) is known while a configuration
+that has it is installed."""
 SESSION_MODE_KEY = "scrypath_sa.mode"
 
 _context_mode: contextvars.ContextVar[str | None] = contextvars.ContextVar(

@@ -33,15 +33,19 @@ from scrypath_sa.threads import pool
 
 @dataclass(frozen=True)
 class Progress:
-    """Handed to a backfill's ``progress`` callback after every page."""
+    """Handed to a backfill's ``progress`` callback after every page: rows ``done`` of
+    ``total`` (never less than ``done``: rows inserted meanwhile raise it), of which
+    ``resumed`` were done by an earlier run; rate and ETA come from this run's own rows
+    and ``elapsed`` seconds."""
 
     done: int
     total: int
     elapsed: float
+    resumed: int = 0
 
     @property
     def rate(self) -> float:
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+        return (self.done - self.resumed) / self.elapsed if self.elapsed > 0 else 0.0
 
     @property
     def eta_seconds(self) -> float | None:
@@ -114,10 +118,11 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
     if saved is not None and saved.finished_at is None and saved.position is not None:
         after = list(documents.typed_key(info, list(saved.position)) or saved.position)
         version, done = int(saved.version), int(saved.processed)
+        resumed = done
     else:
         with engine.connect() as conn:
             version = backfill_version(outbox.high_water_mark(conn))
-        done = 0
+        done = resumed = 0
     report = BackfillReport(info.name, target, version, resumed_from=after)
     with engine.connect() as conn:
         count_query = select(func.count()).select_from(info.cls)
@@ -146,7 +151,7 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
         report.rows_seen += rows
         _save_checkpoint(engine, name, target, position, version, done)
         if progress is not None:
-            progress(Progress(done, total, time.monotonic() - began))
+            progress(Progress(done, max(total, done), time.monotonic() - began, resumed))
 
     # Page N+1 is read and built while page N is in flight; a page's position is saved
     # only once the backend acknowledged it.

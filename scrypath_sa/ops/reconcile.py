@@ -42,6 +42,7 @@ class ModelDrift:
     stuck: int = 0
     retrying: int = 0
     discarded: int = 0
+    completed_events: int = 0
     contract_matches: bool | None = None
     samples: dict[str, list[str]] = field(default_factory=dict)
     recommendation: str = "nothing"
@@ -58,47 +59,86 @@ class ModelDrift:
 
 @dataclass
 class ReconcileReport:
+    """Per model, what differs (``models``). With an ``action``: per model that needed a
+    repair, what was done (``actions_taken``: ``done``, ``result`` or ``error`` or the
+    reason it was not done, and ``after``, the recommendation of a fresh comparison)."""
+
     models: list[ModelDrift]
     action: str | None = None
+    forced: bool = False
     actions_taken: list[dict[str, Any]] = field(default_factory=list)
 
     @property
+    def failed(self) -> bool:
+        """True when a model could not be compared (the backend or database failed)."""
+        return any(m.error for m in self.models)
+
+    @property
     def needs_attention(self) -> bool:
-        """True when a model needs a repair or could not be compared at all."""
-        return any(m.recommendation != "nothing" or m.error for m in self.models)
+        """Without an action: a model needs a repair or could not be compared. With
+        one: something was not repaired (not done, failed, or still drifting after)."""
+        if self.action is None:
+            return any(m.recommendation != "nothing" or m.error for m in self.models)
+        return self.failed or any(not taken["done"] or taken["after"] != "nothing"
+                                  for taken in self.actions_taken)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = jsonable(self)
         data["needs_attention"] = self.needs_attention
+        data["failed"] = self.failed
         return data
 
 
 def reconcile(models: Iterable[type | str] | None = None, *, action: str | None = None,
-              config: Config | None = None, page_size: int = 1000,
+              force: bool = False, config: Config | None = None, page_size: int = 1000,
               stuck_after: dt.timedelta = dt.timedelta(minutes=5)) -> ReconcileReport:
     """Compare each model's rows and index documents in both directions, page by page:
     rows missing from the index, documents whose row is gone (or must not be indexed),
     documents older than their newest completed write, stuck and failed work, and
     contract drift. Recommends one of nothing / retry / backfill / reindex with reasons.
-    Acts only when ``action`` names the repair to perform."""
+
+    Acts only when ``action`` names the repair to perform, and only on models whose
+    recommendation it is (``force=True``: on every model that needs a repair); each
+    repair is followed by a fresh comparison, whose recommendation the report keeps."""
     if action is not None and action not in ACTIONS:
         raise ConfigurationError(f"unknown reconcile action {action!r}: choose one of {ACTIONS}")
     config = resolve_config(config)
-    report = ReconcileReport(models=[], action=action)
+    report = ReconcileReport(models=[], action=action, forced=force)
     for info in resolve_models(models):
-        drift = ModelDrift(info.name, info.index)
-        try:
-            _compare(config, info, drift, page_size, stuck_after)
-        except ScrypathError as exc:
-            drift.error = redact(exc)
-            drift.recommendation = "nothing"
-            drift.reasons.append(f"could not compare: {drift.error}")
-        else:
-            _recommend(drift)
+        drift = _drift(config, info, page_size, stuck_after)
         report.models.append(drift)
-        if action is not None and drift.error is None and drift.recommendation != "nothing":
-            report.actions_taken.append(_act(config, info, action, stuck_after))
+        if action is None or drift.error is not None or drift.recommendation == "nothing":
+            continue
+        taken: dict[str, Any] = {"model": info.name, "action": action, "done": False,
+                                 "after": drift.recommendation}
+        if action != drift.recommendation and not force:
+            taken["reason"] = (f"not done: the report recommends {drift.recommendation}; "
+                               f"force it to {action} anyway")
+        else:
+            try:
+                taken["result"] = _act(config, info, action, stuck_after)
+                taken["done"] = True
+            except ScrypathError as exc:
+                taken["error"] = redact(exc)
+            after = _drift(config, info, page_size, stuck_after)
+            taken["after"] = after.recommendation if after.error is None else "unknown"
+            taken["after_reasons"] = after.reasons
+        report.actions_taken.append(taken)
     return report
+
+
+def _drift(config: Config, info: ModelInfo, page_size: int,
+           stuck_after: dt.timedelta) -> ModelDrift:
+    drift = ModelDrift(info.name, info.index)
+    try:
+        _compare(config, info, drift, page_size, stuck_after)
+    except ScrypathError as exc:
+        drift.error = redact(exc)
+        drift.recommendation = "unknown"
+        drift.reasons.append(f"could not compare: {drift.error}")
+    else:
+        _recommend(drift)
+    return drift
 
 
 def _compare(config: Config, info: ModelInfo, drift: ModelDrift, page_size: int,
@@ -153,6 +193,7 @@ def _compare(config: Config, info: ModelInfo, drift: ModelDrift, page_size: int,
             utcnow() - stuck_after).get(info.index, 0)
     drift.retrying = int(by_state.get(State.RETRYING.value, 0))
     drift.discarded = int(by_state.get(State.DISCARDED.value, 0))
+    drift.completed_events = int(by_state.get(State.COMPLETED.value, 0))
 
 
 def _normal(document: Any) -> str:
@@ -164,7 +205,12 @@ def _recommend(drift: ModelDrift) -> None:
     reasons = drift.reasons
     if drift.contract_matches is False:
         reasons.append("the live index was built for another contract")
-    if drift.contract_matches is None:
+    missing_alias = drift.contract_matches is None and (
+        drift.indexable_rows or drift.completed_events)
+    if missing_alias and drift.completed_events:
+        reasons.append(f"the alias is missing, though {drift.completed_events} writes to it "
+                       "were completed (deleted behind the library's back?)")
+    elif missing_alias:
         reasons.append("the alias does not exist yet")
     drifted = (drift.missing_from_index + drift.orphaned_in_index
                + drift.behind_completed_version + drift.content_differs)
@@ -186,7 +232,7 @@ def _recommend(drift: ModelDrift) -> None:
         # Most of a large index is wrong: rebuilding behind the alias is safer and
         # faster than patching it in place.
         drift.recommendation = "reindex"
-    elif drifted or drift.contract_matches is None:
+    elif drifted or missing_alias:
         drift.recommendation = "backfill"
     elif drift.stuck or drift.retrying or drift.discarded:
         drift.recommendation = "retry"
@@ -194,16 +240,12 @@ def _recommend(drift: ModelDrift) -> None:
         drift.recommendation = "nothing"
 
 
-def _act(config: Config, info: ModelInfo, action: str,
-         stuck_after: dt.timedelta) -> dict[str, Any]:
+def _act(config: Config, info: ModelInfo, action: str, stuck_after: dt.timedelta) -> Any:
     if action == "backfill":
-        done = backfill(info.cls, remove_orphans=True, resume=False, config=config)
-        return {"model": info.name, "action": action, "result": done.to_dict()}
+        return backfill(info.cls, remove_orphans=True, resume=False, config=config).to_dict()
     if action == "reindex":
-        rebuilt = reindex(info.cls, config=config)
-        return {"model": info.name, "action": action, "result": rebuilt.to_dict()}
+        return reindex(info.cls, config=config).to_dict()
     with config.bind.begin() as conn:
         outbox.expire_claims(conn, stuck_after)
         reopened = outbox.reopen(conn, info.index)
-    outcomes = [o.to_dict() for o in redispatch(config, reopened)]
-    return {"model": info.name, "action": action, "result": outcomes}
+    return [o.to_dict() for o in redispatch(config, reopened)]

@@ -46,6 +46,10 @@ class ModelStatus:
         out = []
         if self.backend_error:
             out.append(f"backend: {self.backend_error}")
+        elif not self.alias_points_to and self.counts.get(State.COMPLETED.value):
+            out.append(f"the alias {self.index} is missing, though "
+                       f"{self.counts[State.COMPLETED.value]} writes to it were completed: "
+                       "backfill (or reconcile) to rebuild it")
         if self.stuck:
             out.append(f"{self.stuck} events unfinished for too long")
         if self.retrying:
