@@ -492,14 +492,15 @@ def delete_old(conn: Connection, state: State, before: dt.datetime, dry_run: boo
     return len(ids)
 
 
-def changed_documents(conn: Connection, index: str,
-                      after_id: int) -> list[tuple[str, int, list[Any]]]:
+def changed_documents(conn: Connection, index: str, after_id: int,
+                      changed_since: dt.datetime) -> list[tuple[str, int, list[Any]]]:
     """(document id, newest event id, primary key) of every document of ``index`` with
-    events after ``after_id``."""
+    events after ``after_id``, or whose state changed at or after ``changed_since``."""
     t = sync_events
     found = conn.execute(
         select(t.c.document_id, func.max(t.c.id), func.min(t.c.id))
-        .where(t.c.index_name == index, t.c.id > after_id)
+        .where(t.c.index_name == index,
+               or_(t.c.id > after_id, t.c.updated_at >= changed_since))
         .group_by(t.c.document_id)).all()
     if not found:
         return []

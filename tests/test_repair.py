@@ -242,3 +242,44 @@ def test_backfill_fast_path_writes_the_same_documents(world: World, os_client: A
 def drift_of_model(model: Any) -> Any:
     (drift,) = scrypath_sa.reconcile([model], page_size=5).models
     return drift
+
+
+def test_reindex_replays_a_transaction_that_spans_its_start(
+        postgres_url: str, index_prefix: str, backend: Any, os_client: Any) -> None:
+    """A transaction takes its event id, a later one commits (so the reindex's high-water
+    mark is above the first id), the reindex starts and reads the row, and only then the
+    first transaction commits: the new index must still get its write."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    try:
+        w = make_world(engine, index_prefix)
+        scrypath_sa.configure(w.Session, backend=backend)
+        with w.Session() as session:
+            session.add_all([w.Article(id=i, title=f"article {i}") for i in range(1, 31)])
+            session.commit()
+        spanning = w.Session()  # its own connection: the reindex runs on others
+        spanning.get(w.Article, 1).title = "changed while rebuilding"
+        spanning.flush()  # its event id is taken now
+        with w.Session() as session:
+            session.add(w.Article(id=31, title="committed before the start"))
+            session.commit()
+        commits: list[str] = []
+
+        def after_a_page(progress: Any) -> None:
+            if not commits:  # the pages read so far hold the old title of row 1
+                spanning.commit()
+                commits.append(scrypath_sa.last_outcome(spanning).state)
+
+        report = scrypath_sa.reindex(w.Article, batch_size=10, progress=after_a_page)
+        spanning.close()
+        assert commits == ["completed"]  # written to the old index, as inline promises
+        assert report.cut_over, report.problems
+        doc = os_client.get(index=f"{index_prefix}_articles", id="1")["_source"]
+        assert doc["title"] == "changed while rebuilding"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        engine.dispose()

@@ -27,7 +27,7 @@ from scrypath_sa.install import resolve_config
 from scrypath_sa.ops.common import jsonable, resolve_models
 from scrypath_sa.ops.scan import column_pages, orphan_pages, row_pages
 from scrypath_sa.registry import ModelInfo
-from scrypath_sa.schema import VERSION_SCALE, backfill_version, version_of
+from scrypath_sa.schema import VERSION_SCALE, backfill_version, utcnow, version_of
 from scrypath_sa.threads import pool
 
 
@@ -232,16 +232,46 @@ class ReindexReport:
         return data
 
 
-def _replay(config: Config, info: ModelInfo, into: str, since_event: int) -> tuple[int, int]:
-    """Write the current state of every document with events after ``since_event``
-    into ``into`` (at its newest event id). Returns (documents written, newest id)."""
-    engine = config.bind
+CLOCK_MARGIN = dt.timedelta(minutes=5)
+"""How far apart the clocks of the processes that record transitions may be."""
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Where a catch-up pass starts: events after ``event_id``, and events whose state
+    changed at or after ``at`` (less :data:`CLOCK_MARGIN`).
+
+    Ids are taken at flush, not at commit: a transaction that took its event id before
+    the mark was read and committed after it has an id below the mark. It is processed
+    after it commits, so its event changes state after the mark's time; the second
+    condition replays it. Replaying more than needed is harmless (external versions)."""
+
+    event_id: int
+    at: dt.datetime
+
+
+def _mark(engine: Engine) -> Mark:
+    at = utcnow()  # before the high-water mark: nothing between them can be missed
     with engine.connect() as conn:
-        # The mark first: an event committed after it is replayed next time; read after
-        # the rows, an event committed in between would be skipped for good.
-        newest = outbox.high_water_mark(conn)
-        conn.commit()  # a fresh snapshot for the rows (SQLite reads in one otherwise)
-        changed = outbox.changed_documents(conn, info.index, since_event)
+        return Mark(outbox.high_water_mark(conn), at)
+
+
+def _replay(config: Config, info: ModelInfo, into: str, since: Mark,
+            floor: int) -> tuple[int, Mark]:
+    """Write the current state of every document with events after ``since`` into
+    ``into``, at its newest event's version but never below ``floor``, the version the
+    rebuild's backfill wrote at: a transaction that spans the rebuild's start has an
+    event id below the backfill's version, and its write must still replace the copy
+    the backfill read before it committed (the row is read now, so it is the newer
+    one; every later event's version is above ``floor``). Returns (documents written,
+    the mark this pass started from, for the next one)."""
+    engine = config.bind
+    # The mark first: an event committed after it is replayed next time; read after the
+    # rows, an event committed in between would be skipped for good.
+    mark = _mark(engine)
+    with engine.connect() as conn:
+        changed = outbox.changed_documents(conn, info.index, since.event_id,
+                                           since.at - CLOCK_MARGIN)
     written = 0
     for start in range(0, len(changed), 1000):
         chunk = changed[start:start + 1000]
@@ -255,10 +285,11 @@ def _replay(config: Config, info: ModelInfo, into: str, since_event: int) -> tup
                 obj = found.get(tuple(documents.json_safe_key(key))) if key else None
                 action, payload = build_document(obj) if obj is not None else ("delete", None)
                 if action != "error":
-                    ops.append(BulkOp(into, doc_id, version_of(int(version)), payload))
+                    ops.append(BulkOp(into, doc_id, max(version_of(int(version)), floor),
+                                      payload))
         results = config.backend.bulk(ops, wait_for_visibility=False)
         written += sum(r.status in (ItemStatus.OK, ItemStatus.CONFLICT) for r in results)
-    return written, max(newest, since_event)
+    return written, mark
 
 
 def _expected_documents(engine: Engine, info: ModelInfo) -> int:
@@ -285,8 +316,7 @@ def reindex(model: type | str, *, cutover: bool = True, batch_size: int = 1000,
     info = _model(model)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S%f")
     new_index = f"{info.index}_{stamp}"
-    with engine.connect() as conn:
-        since = outbox.high_water_mark(conn)
+    since = _mark(engine)
     backend.create_index(new_index, info.contract, info.name, alias_for=info.index)
     backend.set_refresh_interval(new_index, "-1")
     try:
@@ -294,8 +324,8 @@ def reindex(model: type | str, *, cutover: bool = True, batch_size: int = 1000,
                           resume=False, config=config)
     finally:
         backend.set_refresh_interval(new_index, None)
-    replayed, since_replay = _replay(config, info, new_index, since)
-    report = ReindexReport(info.name, info.index, new_index, since, filled, replayed)
+    replayed, since_replay = _replay(config, info, new_index, since, filled.version)
+    report = ReindexReport(info.name, info.index, new_index, since.event_id, filled, replayed)
     report.problems += [f"document {f['document_id']}: {f['error']}" for f in filled.failures]
     if cutover:
         _cutover(config, info, report, since_replay)
@@ -305,15 +335,15 @@ def reindex(model: type | str, *, cutover: bool = True, batch_size: int = 1000,
 
 
 def _verify(config: Config, engine: Engine, info: ModelInfo, report: ReindexReport,
-            since: int) -> int:
+            since: Mark) -> Mark:
     """Compare the new index's count with the database's indexable rows. Writes keep
     landing while we look, so a difference is accepted only up to the number of events
-    recorded for this model after the database was counted. Returns the newest event id
-    the new index has caught up with."""
+    recorded for this model after the database was counted. Returns the mark the new
+    index has caught up with."""
     with engine.connect() as conn:
         counted_at = outbox.high_water_mark(conn)
     report.expected_documents = _expected_documents(engine, info)
-    replayed, since = _replay(config, info, report.new_index, since)
+    replayed, since = _replay(config, info, report.new_index, since, report.backfill.version)
     report.replayed += replayed
     backend = admin_of(config.backend)
     backend.refresh(report.new_index)
@@ -327,7 +357,7 @@ def _verify(config: Config, engine: Engine, info: ModelInfo, report: ReindexRepo
     return since
 
 
-def _cutover(config: Config, info: ModelInfo, report: ReindexReport, since: int,
+def _cutover(config: Config, info: ModelInfo, report: ReindexReport, since: Mark,
              force: bool = False) -> None:
     since = _verify(config, config.bind, info, report, since)
     if report.problems and not force:
@@ -335,7 +365,7 @@ def _cutover(config: Config, info: ModelInfo, report: ReindexReport, since: int,
     report.previous_indices = admin_of(config.backend).swap_alias(info.index, report.new_index)
     report.cut_over = True
     # Writes processed between the replay and the switch went to the old index.
-    more, _ = _replay(config, info, report.new_index, since)
+    more, _ = _replay(config, info, report.new_index, since, report.backfill.version)
     report.replayed += more
     config.backend.refresh(info.index)
 
@@ -350,18 +380,18 @@ def cutover(model: type | str, index: str, *, force: bool = False,
     if index not in built:
         raise IndexContractError(
             f"{index!r} is not an index built for {info.index!r}; known: {sorted(built)}")
-    since = _built_since(config, index)
-    replayed, since_replay = _replay(config, info, index, since)
-    empty = BackfillReport(info.name, index, since)
-    report = ReindexReport(info.name, info.index, index, since, empty, replayed)
+    since, floor = _built_since(config, index)
+    replayed, since_replay = _replay(config, info, index, since, floor)
+    empty = BackfillReport(info.name, index, floor)
+    report = ReindexReport(info.name, info.index, index, since.event_id, empty, replayed)
     _cutover(config, info, report, since_replay, force=force)
     return report
 
 
-def _built_since(config: Config, index: str) -> int:
-    """The high-water mark a rebuild of ``index`` started from (from its backfill)."""
+def _built_since(config: Config, index: str) -> tuple[Mark, int]:
+    """Where a rebuild of ``index`` started, and the version its backfill wrote at
+    (from the backfill's checkpoint)."""
     saved = _checkpoint(config.bind, f"backfill:{index}")
     if saved is None:
         raise IndexContractError(f"no backfill of {index!r} is recorded; reindex it first")
-    return int(saved.version) // VERSION_SCALE
-
+    return Mark(int(saved.version) // VERSION_SCALE, saved.started_at), int(saved.version)
