@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -44,15 +45,32 @@ def load_app(spec: str | None) -> Config:
         found: Any = module
         for part in attr.split("."):
             found = getattr(found, part)
-        if callable(found) and not isinstance(found, Config):
-            found = found()
-        if not isinstance(found, Config):
-            raise ConfigurationError(f"{spec} is not a scrypath_sa Config (got {found!r})")
-        return found
+        if not isinstance(found, Config) and _takes_no_arguments(found):
+            found = found()  # a factory: create_app, or a function returning the Config
+        if isinstance(found, Config):
+            return found
+        # An application object (a Flask or FastAPI app): making it configured the library.
+        config = current_config()
+        if config is None:
+            raise ConfigurationError(
+                f"{spec} is not a scrypath_sa Config, and loading it did not call "
+                "scrypath_sa.configure(); point --app at the Config configure() returned")
+        return config
     config = current_config()
     if config is None:
         raise ConfigurationError(f"importing {module_name} did not call scrypath_sa.configure()")
     return config
+
+
+def _takes_no_arguments(obj: Any) -> bool:
+    if not callable(obj):
+        return False
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               for p in signature.parameters.values())
 
 
 def _seconds(value: str) -> dt.timedelta:

@@ -135,3 +135,19 @@ def test_the_example_app_tests_pass(tmp_path: Path) -> None:
         env={**os.environ, "SCRYPATH_EXAMPLE_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_cli_finds_the_configuration_through_a_flask_app_or_its_factory(
+        tmp_path: Path) -> None:
+    import os
+
+    (tmp_path / "wsgi.py").write_text("from examples.flask_app import create_app\n"
+                                      "app = create_app()\n")
+    env = {**os.environ, "SCRYPATH_EXAMPLE_DIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    for app in ("wsgi:app", "examples.flask_app:create_app"):
+        result = subprocess.run([sys.executable, "-m", "scrypath_sa.cli", "--app", app,
+                                 "status"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=120, env=env)
+        assert result.returncode == 0, (app, result.stdout, result.stderr)
+        assert "Note -> notes" in result.stdout

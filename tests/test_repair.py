@@ -283,3 +283,30 @@ def test_reindex_replays_a_transaction_that_spans_its_start(
         with engine.begin() as conn:
             conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
         engine.dispose()
+
+
+def test_a_killed_rebuild_is_told_apart_and_prune_keeps_the_last_live_index(
+        world: World, os_client: Any) -> None:
+    alias = f"{world.prefix}_articles"
+    original = list(os_client.indices.get_alias(name=alias))
+    first = scrypath_sa.reindex(world.Article)  # original -> first
+    assert first.cut_over and first.previous_indices == original
+
+    def killed(progress: Any) -> None:
+        raise KeyboardInterrupt  # the operator's Ctrl-C, or the process killed midway
+
+    with pytest.raises(KeyboardInterrupt):
+        scrypath_sa.reindex(world.Article, batch_size=10, progress=killed)
+    (entry,) = scrypath_sa.status([world.Article]).models
+    (rebuild,) = entry.rebuilds
+    assert rebuild["state"] == "running" and entry.rebuild_in_progress == rebuild["index"]
+    (entry,) = scrypath_sa.status([world.Article], stuck_after=dt.timedelta(0)).models
+    assert entry.rebuilds[0]["state"] == "abandoned" and entry.rebuild_in_progress is None
+    assert any("stopped making progress" in p for p in entry.problems)
+    abandoned = rebuild["index"]
+
+    second = scrypath_sa.reindex(world.Article)  # first -> second
+    assert second.cut_over and second.previous_indices == [first.new_index]
+    pruned = scrypath_sa.prune([world.Article], keep_previous_indices=1)
+    assert sorted(pruned.indices_deleted) == sorted([*original, abandoned])
+    assert first.new_index in pruned.indices_kept  # the rollback copy is the last live one

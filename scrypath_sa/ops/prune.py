@@ -68,22 +68,30 @@ def prune(models: Iterable[type | str] | None = None, *,
         report.failed_events_deleted = _delete_events(config, State.DISCARDED,
                                                       failed_older_than, dry_run)
     for info in infos:
+        with config.bind.connect() as conn:
+            last = outbox.checkpoint(conn, f"cutover:{info.index}")
+        last_live = list(last.position or []) if last is not None else []
         try:
-            _prune_indices(backend, info.index, keep_previous_indices, dry_run, report)
+            _prune_indices(backend, info.index, keep_previous_indices, last_live, dry_run,
+                           report)
         except BackendError as exc:
             report.errors.append(f"{info.name}: {redact(exc)}")
     return report
 
 
 def _prune_indices(backend: AdminBackend, alias: str, keep_previous_indices: int,
-                   dry_run: bool, report: PruneReport) -> None:
-    """Delete ``alias``'s physical indices that are neither live, nor being built, nor
-    among the newest ``keep_previous_indices`` previous ones."""
+                   last_live: list[str], dry_run: bool, report: PruneReport) -> None:
+    """Delete ``alias``'s physical indices that are neither live, nor newer than the
+    live one (a rebuild), nor kept for rollback: the ``keep_previous_indices`` kept are
+    first those the alias pointed to before its last cutover (``last_live``), then the
+    newest others (an abandoned rebuild never served, so it comes last)."""
     physical = backend.physical_indices(alias)
     live = [p for p in physical if p.aliased]
     newest_live = max((p.created_at or "" for p in live), default="")
     previous = [p for p in physical if not p.aliased and (p.created_at or "") <= newest_live]
-    keep = previous[len(previous) - keep_previous_indices:] if keep_previous_indices else []
+    ranked = sorted(previous, key=lambda p: (p.name in last_live, p.created_at or ""),
+                    reverse=True)
+    keep = ranked[:keep_previous_indices]
     for p in physical:
         if p in previous and p not in keep:
             if not dry_run:

@@ -364,6 +364,9 @@ def _cutover(config: Config, info: ModelInfo, report: ReindexReport, since: Mark
         return
     report.previous_indices = admin_of(config.backend).swap_alias(info.index, report.new_index)
     report.cut_over = True
+    with config.bind.begin() as conn:  # prune keeps these first for rollback
+        outbox.save_checkpoint(conn, f"cutover:{info.index}", report.new_index,
+                               report.previous_indices, 0, 0, finished=True)
     # Writes processed between the replay and the switch went to the old index.
     more, _ = _replay(config, info, report.new_index, since, report.backfill.version)
     report.replayed += more

@@ -36,6 +36,7 @@ class ModelStatus:
     documents: int | None
     physical_indices: list[PhysicalIndex]
     rebuild_in_progress: str | None
+    rebuilds: list[dict[str, Any]]
     contract_hash: str
     live_contract_hash: str | None
     contract_matches: bool | None
@@ -58,6 +59,10 @@ class ModelStatus:
             out.append(f"{self.discarded} events discarded")
         if self.contract_matches is False:
             out.append("the live index was built for another contract: reindex")
+        for rebuild in self.rebuilds:
+            if rebuild["state"] == "abandoned":
+                out.append(f"rebuild {rebuild['index']} stopped making progress at "
+                           f"{rebuild['last_progress_at']}: reindex again; prune removes it")
         return out
 
 
@@ -107,7 +112,8 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
             stuck=stuck.get(info.index, 0), retrying=by_state[State.RETRYING.value],
             next_attempt_at=next_attempt.get(info.index),
             discarded=by_state[State.DISCARDED.value], alias_points_to=[], documents=None,
-            physical_indices=[], rebuild_in_progress=None, contract_hash=info.contract.hash,
+            physical_indices=[], rebuild_in_progress=None, rebuilds=[],
+            contract_hash=info.contract.hash,
             live_contract_hash=None, contract_matches=None)
         try:
             posture = backend.posture(info.index)
@@ -122,11 +128,33 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
                                if p.name in live), default="")
             building = [p.name for p in entry.physical_indices
                         if p.name not in live and (p.created_at or "") > newest_live]
-            entry.rebuild_in_progress = building[-1] if building else None
+            entry.rebuilds = _rebuilds(config, building, now - stuck_after)
+            running = [r["index"] for r in entry.rebuilds if r["state"] == "running"]
+            entry.rebuild_in_progress = running[-1] if running else None
         except ScrypathError as exc:
             entry.backend_error = redact(exc)
         report.models.append(entry)
     return report
+
+
+def _rebuilds(config: Config, names: list[str],
+              stale_before: dt.datetime) -> list[dict[str, Any]]:
+    """Each unaliased index newer than the live one, with what its backfill recorded:
+    ``running`` (progress since ``stale_before``), ``abandoned`` (none since: the run
+    died or was stopped), ``built`` (finished, not cut over), ``unknown`` (no record)."""
+    found = []
+    with config.bind.connect() as conn:
+        for name in names:
+            saved = outbox.checkpoint(conn, f"backfill:{name}")
+            if saved is None:
+                state, last = "unknown", None
+            elif saved.finished_at is not None:
+                state, last = "built", saved.finished_at
+            else:
+                last = saved.updated_at
+                state = "running" if last > stale_before else "abandoned"
+            found.append({"index": name, "state": state, "last_progress_at": last})
+    return found
 
 
 @dataclass
