@@ -202,7 +202,8 @@ def cmd_reconcile(config: Config, args: argparse.Namespace) -> int:
                   f"{m.documents} documents")
             print(f"  missing from index: {m.missing_from_index}; orphaned in index: "
                   f"{m.orphaned_in_index}; behind newest completed write: "
-                  f"{m.behind_completed_version}; content differs: {m.content_differs}")
+                  f"{m.behind_completed_version}; content differs: {m.content_differs}; "
+                  f"ahead of the database: {m.ahead_of_database}")
             print(f"  stuck: {m.stuck}; retrying: {m.retrying}; discarded: {m.discarded}")
             print(f"  recommendation: {m.recommendation}")
             for reason in m.reasons:

@@ -428,13 +428,18 @@ def failed(conn: Connection, states: Sequence[str], indices: Sequence[str] | Non
     return list(conn.execute(query).all())
 
 
-def reopen(conn: Connection, index: str) -> list[tuple[int, str | None]]:
-    """Every open or discarded event of ``index`` back to ``requested`` with its attempts
-    reset (an operator's repair); returns their (id, mode) pairs."""
+def reopen(conn: Connection, index: str,
+           discarded_as: str | None = None) -> list[tuple[int, str | None]]:
+    """Every open or discarded event of ``index`` (only the events discarded with error
+    kind ``discarded_as``, when given) back to ``requested`` with its attempts reset (an
+    operator's repair); returns their (id, mode) pairs."""
     t = sync_events
+    if discarded_as is None:
+        which = in_states([State.REQUESTED, State.ENQUEUED, State.RETRYING, State.DISCARDED])
+    else:
+        which = in_states([State.DISCARDED]) & (t.c.error_kind == discarded_as)
     found = [(row[0], row[1]) for row in conn.execute(select(t.c.id, t.c.mode).where(
-        t.c.index_name == index,
-        in_states([State.REQUESTED, State.ENQUEUED, State.RETRYING, State.DISCARDED])))]
+        t.c.index_name == index, which))]
     mark(conn, [i for i, _ in found], State.REQUESTED,
          only_from=[State.ENQUEUED, State.RETRYING, State.DISCARDED], attempts=0)
     return found

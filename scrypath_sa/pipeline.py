@@ -26,8 +26,8 @@ from scrypath_sa.errors import BackendError
 from scrypath_sa.outbox import Transition
 from scrypath_sa.redaction import redact
 from scrypath_sa.registry import ModelInfo
-from scrypath_sa.schema import State, utcnow, version_of
-from scrypath_sa.sql import Bind, begin
+from scrypath_sa.schema import State, utcnow, version_ceiling, version_of
+from scrypath_sa.sql import Bind, begin, connect
 from scrypath_sa.threads import pool
 from scrypath_sa.visibility import Visibility
 
@@ -117,7 +117,7 @@ class Writer:
         if not self.pipelined:  # one small batch (a commit): no thread to start
             results = send(self.config, prepared.ops, self.per_request,
                            self.index_errors[info.index])
-            self.record(settle(self.config, prepared, results, self.per_request))
+            self.record(settle(self.config, self.bind, prepared, results, self.per_request))
             return
         if self._sender is None:
             self._sender = pool("scrypath-bulk", SENDERS)
@@ -145,7 +145,8 @@ class Writer:
         if prepared is None:
             self._complete(future.result())
         else:
-            self.record(settle(self.config, prepared, future.result(), self.per_request))
+            self.record(settle(self.config, self.bind, prepared, future.result(),
+                               self.per_request))
 
     def _write(self) -> None:
         if self._unrecorded:
@@ -213,15 +214,31 @@ def send(config: Config, ops: Sequence[BulkOp], wait_for_visibility: bool,
     return config.backend.bulk(ops, wait_for_visibility=wait_for_visibility)
 
 
-def settle(config: Config, prepared: Prepared, results: list[ItemResult],
+def settle(config: Config, bind: Bind, prepared: Prepared, results: list[ItemResult],
            visible: bool) -> list[Transition]:
     """Turn one request's per-item results into transitions (success is ``completed``
-    when the request itself waited for visibility, else ``backend_accepted``)."""
+    when the request itself waited for visibility, else ``backend_accepted``).
+
+    A version conflict is success when the index holds a version this database issued
+    (a newer event of the document, or a rebuild's copy): the newer write wins. A
+    version above every one it issued is drift (see :func:`ahead_of_database`)."""
     transitions: list[Transition] = []
     success = State.COMPLETED if visible else State.BACKEND_ACCEPTED
     retry_at: dict[int, dt.datetime] = {}  # one jittered time per attempt count and batch
+    ceiling: list[int] = []  # the highest version issued, read at the first conflict
     for doc, op, result in zip(prepared.sent, prepared.ops, results, strict=True):
         operation = "delete" if op.is_delete else "upsert"
+        if result.status is ItemStatus.CONFLICT and result.stored_version is not None:
+            if not ceiling:
+                with connect(bind) as conn:
+                    ceiling.append(version_ceiling(outbox.high_water_mark(conn)))
+            if result.stored_version > ceiling[0]:
+                transitions.extend(each(
+                    doc, State.DISCARDED, operation=operation, version=op.version,
+                    error_kind="index_ahead",
+                    error=ahead_of_database(prepared.info.index, result.stored_version,
+                                            ceiling[0])))
+                continue
         if result.status in (ItemStatus.OK, ItemStatus.CONFLICT):
             transitions.extend(each(doc, success, operation=operation, version=op.version))
         elif result.status is ItemStatus.RETRYABLE and doc.attempts < config.max_attempts:
@@ -239,6 +256,16 @@ def settle(config: Config, prepared: Prepared, results: list[ItemResult],
                                     version=op.version, error_kind=result.error_kind,
                                     error=error))
     return transitions
+
+
+def ahead_of_database(index: str, stored: int, ceiling: int) -> str:
+    """The reason given for a write that the index refused with a version above every
+    version this database issued."""
+    return (f"{index} holds this document at version {stored}, above every version this "
+            f"database issued ({ceiling}): the database was restored from an older backup, "
+            "or another writer uses the index. Nothing this database writes can replace "
+            "it: `scrypath-sa reconcile --action reindex` rebuilds the index from the "
+            "database, after which changes sync again.")
 
 
 def each(doc: Doc, state: State, *, operation: str | None = None, version: int | None = None,

@@ -160,6 +160,13 @@ def version_of(event_id: int) -> int:
     return event_id * VERSION_SCALE
 
 
+def version_ceiling(high_water_mark: int) -> int:
+    """The highest version this database has issued while its newest event id is
+    ``high_water_mark`` (a backfill's included). An index holding a document above it
+    holds something this database never wrote."""
+    return (high_water_mark + 1) * VERSION_SCALE - 1
+
+
 def backfill_version(high_water_mark: int) -> int:
     """A backfill that started after event ``high_water_mark`` writes just below the
     next event's version: above every earlier write (and out-of-band bumps of them),

@@ -34,11 +34,13 @@ class BulkOp:
 
 
 class ItemResult(NamedTuple):
-    """What the backend did with one write."""
+    """What the backend did with one write (for a ``CONFLICT``, the version the index
+    holds when the backend says)."""
 
     status: ItemStatus
     error_kind: str | None = None
     error: str | None = None
+    stored_version: int | None = None
 
 
 OK = ItemResult(ItemStatus.OK)

@@ -190,7 +190,8 @@ class EmbeddedBackend(AdminBackend):
                 stored = conn.execute("SELECT version FROM docs WHERE index_name = ? AND id = ?",
                                       (index, op.id)).fetchone()
                 if stored is not None and op.version < stored[0]:
-                    results.append(ItemResult(ItemStatus.CONFLICT, "version_conflict"))
+                    results.append(ItemResult(ItemStatus.CONFLICT, "version_conflict",
+                                              stored_version=int(stored[0])))
                     continue
                 if op.document is None:
                     source = None

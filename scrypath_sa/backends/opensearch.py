@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,6 +34,8 @@ _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _BULK_WITHOUT_ERRORS = '{"errors":false,'
 
 META_KEY = "scrypath"
+# In a version_conflict_engine_exception's reason: "current version [8192] is higher ..."
+_CURRENT_VERSION = re.compile(r"current version \[(\d+)\]")
 
 
 class _Serializer(JSONSerializer):
@@ -230,7 +233,10 @@ class OpenSearchBackend(AdminBackend):
         error = result.get("error") or {}
         kind = str(error.get("type", f"http_{status}")) if isinstance(error, dict) else "error"
         if status == 409:
-            return ItemResult(ItemStatus.CONFLICT, kind)
+            found = _CURRENT_VERSION.search(str(error.get("reason", "")) if isinstance(
+                error, dict) else "")
+            return ItemResult(ItemStatus.CONFLICT, kind,
+                              stored_version=int(found.group(1)) if found else None)
         if kind == "index_not_found_exception":
             return ItemResult(ItemStatus.RETRYABLE, "index_unavailable",
                               redact(f"{op.index} is gone: {error.get('reason', '')}"))

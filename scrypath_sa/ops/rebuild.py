@@ -24,10 +24,18 @@ from scrypath_sa.config import Config
 from scrypath_sa.documents import build_document
 from scrypath_sa.errors import BackendError, IndexContractError
 from scrypath_sa.install import resolve_config
+from scrypath_sa.modes.dispatch import redispatch
 from scrypath_sa.ops.common import jsonable, resolve_models
 from scrypath_sa.ops.scan import column_pages, orphan_pages, row_pages
+from scrypath_sa.pipeline import ahead_of_database
 from scrypath_sa.registry import ModelInfo
-from scrypath_sa.schema import VERSION_SCALE, backfill_version, utcnow, version_of
+from scrypath_sa.schema import (
+    VERSION_SCALE,
+    backfill_version,
+    utcnow,
+    version_ceiling,
+    version_of,
+)
 from scrypath_sa.threads import pool
 
 
@@ -140,9 +148,18 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
             raise BackendError(
                 f"backfill of {info.name} stopped after {done} rows: {retryable[0].error}. "
                 "Its position is saved: run it again to resume.")
+        ahead = [r.stored_version for r in results if r.status is ItemStatus.CONFLICT
+                 and r.stored_version is not None and r.stored_version > version]
+        if ahead:  # above the backfill: a newer event's write, or above the database
+            with engine.connect() as conn:
+                ceiling = version_ceiling(outbox.high_water_mark(conn))
         for op, result in zip(ops, results, strict=True):
             if result.status is ItemStatus.PERMANENT:
                 report.failures.append({"document_id": op.id, "error": result.error})
+            elif (ahead and result.stored_version is not None
+                  and result.stored_version > ceiling):
+                report.failures.append({"document_id": op.id, "error": ahead_of_database(
+                    target, result.stored_version, ceiling)})
             elif op.is_delete:
                 report.deleted += 1
             else:
@@ -216,6 +233,7 @@ class ReindexReport:
     since_event: int
     backfill: BackfillReport
     replayed: int = 0
+    retried: int = 0
     expected_documents: int = 0
     documents: int = 0
     cut_over: bool = False
@@ -370,6 +388,11 @@ def _cutover(config: Config, info: ModelInfo, report: ReindexReport, since: Mark
     # Writes processed between the replay and the switch went to the old index.
     more, _ = _replay(config, info, report.new_index, since, report.backfill.version)
     report.replayed += more
+    # Writes the old index refused as being behind it (a restored database) can land
+    # now: the new index was built from this database's versions.
+    with config.bind.begin() as conn:
+        refused = outbox.reopen(conn, info.index, discarded_as="index_ahead")
+    report.retried = sum(len(o.event_ids) for o in redispatch(config, refused))
     config.backend.refresh(info.index)
 
 

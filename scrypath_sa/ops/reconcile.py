@@ -20,7 +20,7 @@ from scrypath_sa.ops.rebuild import backfill, reindex
 from scrypath_sa.ops.scan import orphan_pages, row_pages
 from scrypath_sa.redaction import redact
 from scrypath_sa.registry import ModelInfo
-from scrypath_sa.schema import State, utcnow
+from scrypath_sa.schema import State, utcnow, version_ceiling
 
 ACTIONS = ("retry", "backfill", "reindex")
 SAMPLE = 20
@@ -38,6 +38,7 @@ class ModelDrift:
     missing_from_index: int = 0
     orphaned_in_index: int = 0
     behind_completed_version: int = 0
+    ahead_of_database: int = 0
     content_differs: int = 0
     stuck: int = 0
     retrying: int = 0
@@ -151,6 +152,8 @@ def _compare(config: Config, info: ModelInfo, drift: ModelDrift, page_size: int,
     else:
         drift.contract_matches = posture.contract_hash == info.contract.hash
         drift.documents = backend.count(info.index)
+    with engine.connect() as conn:
+        ceiling = version_ceiling(outbox.high_water_mark(conn))
     custom_ids = not registry.uses_default_ids(info.cls)
     known_ids: set[str] | None = set() if custom_ids else None
     for page in row_pages(engine, info, page_size=page_size):
@@ -171,6 +174,9 @@ def _compare(config: Config, info: ModelInfo, drift: ModelDrift, page_size: int,
                    and _normal(found[i][1]) != _normal(built[i])]  # type: ignore[index]
         drift.content_differs += len(differs)
         drift._sample("content_differs", differs)
+        ahead = [i for i, version in stored.items() if version is not None and version > ceiling]
+        drift.ahead_of_database += len(ahead)
+        drift._sample("ahead_of_database", ahead)
         missing = [i for i, keep in wanted.items() if keep and stored.get(i) is None]
         drift.missing_from_index += len(missing)
         drift._sample("missing_from_index", missing)
@@ -213,7 +219,12 @@ def _recommend(drift: ModelDrift) -> None:
     elif missing_alias:
         reasons.append("the alias does not exist yet")
     drifted = (drift.missing_from_index + drift.orphaned_in_index
-               + drift.behind_completed_version + drift.content_differs)
+               + drift.behind_completed_version + drift.content_differs
+               + drift.ahead_of_database)
+    if drift.ahead_of_database:
+        reasons.append(f"{drift.ahead_of_database} documents are at versions above every "
+                       "version this database issued (restored from an older backup, or "
+                       "another writer): nothing written in place can replace them")
     if drift.missing_from_index:
         reasons.append(f"{drift.missing_from_index} rows are missing from the index")
     if drift.orphaned_in_index:
@@ -228,7 +239,8 @@ def _recommend(drift: ModelDrift) -> None:
         reasons.append(f"{drift.stuck} events are stuck (requested, enqueued or processing)")
     if drift.retrying or drift.discarded:
         reasons.append(f"{drift.retrying} events retrying, {drift.discarded} discarded")
-    if drift.contract_matches is False or drifted > max(drift.indexable_rows // 2, 10_000):
+    if (drift.contract_matches is False or drift.ahead_of_database
+            or drifted > max(drift.indexable_rows // 2, 10_000)):
         # Most of a large index is wrong: rebuilding behind the alias is safer and
         # faster than patching it in place.
         drift.recommendation = "reindex"
