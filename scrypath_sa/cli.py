@@ -19,6 +19,7 @@ import datetime as dt
 import importlib
 import inspect
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -378,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     global _json_requested
     _json_requested = "--json" in (sys.argv[1:] if argv is None else list(argv))
+    library_log = logging.getLogger("scrypath_sa")
+    if not library_log.handlers:  # the commands print what they found; once is enough
+        library_log.addHandler(logging.NullHandler())
     args = build_parser().parse_args(argv)
     try:
         config = load_app(args.app)

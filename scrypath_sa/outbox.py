@@ -396,6 +396,17 @@ def stuck_counts(conn: Connection, indices: Sequence[str], states: Iterable[Stat
         .group_by(t.c.index_name)).all())
 
 
+def unconfirmed_counts(conn: Connection, indices: Sequence[str],
+                       error_kind: str) -> dict[str, int]:
+    """index -> ``backend_accepted`` events that confirm() marked with ``error_kind``."""
+    t = sync_events
+    return dict(conn.execute(
+        select(t.c.index_name, func.count())
+        .where(t.c.index_name.in_(list(indices)), in_states([State.BACKEND_ACCEPTED]),
+               t.c.error_kind == error_kind)
+        .group_by(t.c.index_name)).all())
+
+
 def next_attempts(conn: Connection, indices: Sequence[str]) -> dict[str, dt.datetime]:
     """index -> the earliest ``next_attempt_at`` of its retrying events."""
     t = sync_events

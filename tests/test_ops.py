@@ -266,6 +266,17 @@ def test_confirm_says_not_in_the_index(world: World, opensearch_url: str,
     result = run_cli(world, opensearch_url, "--app", "tests.cli_app:config", "confirm")
     assert result.returncode == 2
     assert "/1: not in the index" in result.stdout
+    # status says so at once, not after stuck_after
+    (entry,) = scrypath_sa.status([world.Article]).models
+    assert entry.lost == 1 and any("not found by confirm" in p for p in entry.problems)
+    status = run_cli(world, opensearch_url, "--app", "tests.cli_app:config", "status")
+    assert status.returncode == 2
+    # the event may be retried (here the delete left a tombstone above its version,
+    # so only a backfill writes the document again: reconcile says so)
+    retried = run_cli(world, opensearch_url, "--app", "tests.cli_app:config", "retry",
+                      str(event_of(world, "1").id))
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert retried.stderr == ""  # the outcome is printed once, on stdout
 
 
 def test_progress_counts_this_runs_rows_and_never_overshoots(

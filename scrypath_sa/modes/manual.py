@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from scrypath_sa.outcome import Outcome
 
 
+NOT_FOUND = "not_found_at_version"
+"""The error kind confirm() leaves on an accepted write it did not find in the index."""
+
+
 class ManualMode(Mode):
     """Send after commit without waiting: success is ``backend_accepted``."""
 
@@ -103,4 +107,9 @@ def confirm(config: Config, event_ids: Sequence[int] | None = None,
                 })
     with engine.begin() as conn:
         outbox.mark(conn, report.confirmed, State.COMPLETED, only_from=[State.BACKEND_ACCEPTED])
+        # Still accepted, and now known not to be in the index: status says so at once.
+        outbox.mark(conn, [m["event_id"] for m in report.missing], State.BACKEND_ACCEPTED,
+                    only_from=[State.BACKEND_ACCEPTED], error_kind=NOT_FOUND,
+                    last_error="confirm() did not find the document at the version sent: "
+                               "the write was lost; retry the event, or reconcile")
     return report

@@ -13,6 +13,7 @@ from scrypath_sa.config import Config
 from scrypath_sa.errors import EventError, ScrypathError
 from scrypath_sa.install import resolve_config
 from scrypath_sa.modes.dispatch import redispatch
+from scrypath_sa.modes.manual import NOT_FOUND
 from scrypath_sa.ops.common import jsonable, resolve_models
 from scrypath_sa.outcome import Outcome
 from scrypath_sa.redaction import redact
@@ -29,6 +30,7 @@ class ModelStatus:
     oldest_unfinished_at: dt.datetime | None
     oldest_unfinished_age_seconds: float | None
     stuck: int
+    lost: int
     retrying: int
     next_attempt_at: dt.datetime | None
     discarded: int
@@ -53,6 +55,9 @@ class ModelStatus:
                        "backfill (or reconcile) to rebuild it")
         if self.stuck:
             out.append(f"{self.stuck} events unfinished for too long")
+        if self.lost:
+            out.append(f"{self.lost} accepted writes were not found by confirm(): retry "
+                       "them, or reconcile")
         if self.retrying:
             out.append(f"{self.retrying} events retrying")
         if self.discarded:
@@ -99,6 +104,7 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
         stuck = outbox.stuck_counts(conn, indices, UNFINISHED - {State.RETRYING},
                                     now - stuck_after)
         next_attempt = outbox.next_attempts(conn, indices)
+        lost = outbox.unconfirmed_counts(conn, indices, NOT_FOUND)
     report = StatusReport(models=[])
     for info in infos:
         by_state = {s.value: counts.get(info.index, {}).get(s.value, 0) for s in State}
@@ -109,7 +115,8 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
             model=info.name, index=info.index, counts=by_state,
             oldest_unfinished_at=started,
             oldest_unfinished_age_seconds=(now - started).total_seconds() if started else None,
-            stuck=stuck.get(info.index, 0), retrying=by_state[State.RETRYING.value],
+            stuck=stuck.get(info.index, 0), lost=lost.get(info.index, 0),
+            retrying=by_state[State.RETRYING.value],
             next_attempt_at=next_attempt.get(info.index),
             discarded=by_state[State.DISCARDED.value], alias_points_to=[], documents=None,
             physical_indices=[], rebuild_in_progress=None, rebuilds=[],
@@ -233,11 +240,12 @@ def retry(event_id: int, *, mode: str | None = None, config: Config | None = Non
                 f"event {event_id} is being processed since {row.processing_at} by "
                 f"{row.claimed_by or 'a worker'}; if that worker died, sweep with a "
                 "stale_after expires its claim")
-        if row.state == State.BACKEND_ACCEPTED.value:
+        if row.state == State.BACKEND_ACCEPTED.value and row.error_kind != NOT_FOUND:
             raise EventError(
                 f"event {event_id} was accepted by the backend; confirm() verifies it and "
                 "marks it completed")
         outbox.mark(conn, [event_id], State.REQUESTED,
-                    only_from=_RETRYABLE_FROM, attempts=0, next_attempt_at=None)
+                    only_from=[*_RETRYABLE_FROM, State.BACKEND_ACCEPTED], attempts=0,
+                    next_attempt_at=None)
     (outcome,) = redispatch(config, [(event_id, row.mode)], mode=mode)
     return outcome
