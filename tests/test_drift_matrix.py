@@ -1,0 +1,85 @@
+"""Every kind of drift made behind the library's back, as the API reports it, as the CLI
+prints it (text and --json), and as the exit code says: real PostgreSQL and SQLite, the
+real OpenSearch node."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+import scrypath_sa
+from tests.models import World
+from tests.test_ops import add_articles, run_cli, world  # noqa: F401 - the fixture
+
+
+def _sql(statement: str) -> Callable[[World, Any], None]:
+    def make(w: World, client: Any) -> None:
+        with w.engine.begin() as conn:
+            conn.execute(text(statement))
+    return make
+
+
+def _index_edit(w: World, client: Any) -> None:
+    stored = client.get(index=f"{w.prefix}_articles", id="2")
+    client.index(index=f"{w.prefix}_articles", id="2", body={**stored["_source"],
+                                                            "title": "edited in the index"},
+                 params={"version": stored["_version"] + 1, "version_type": "external",
+                         "refresh": "true"})
+
+
+def _foreign_version(w: World, client: Any) -> None:
+    client.index(index=f"{w.prefix}_articles", id="2", body={"id": 2, "title": "foreign"},
+                 params={"version": 10**15, "version_type": "external", "refresh": "true"})
+
+
+# (drift kind, how it is made, the report's counter, its CLI text, the recommendation)
+DRIFTS = [
+    ("row inserted by raw SQL",
+     _sql("INSERT INTO articles (id, title, views, published) VALUES (9, 'raw', '9', true)"),
+     "missing_from_index", "missing from index: 1", "backfill"),
+    ("row deleted by raw SQL", _sql("DELETE FROM articles WHERE id = 2"),
+     "orphaned_in_index", "orphaned in index: 1", "backfill"),
+    ("row updated by raw SQL", _sql("UPDATE articles SET title = 'raw edit' WHERE id = 2"),
+     "content_differs", "content differs: 1", "backfill"),
+    ("should_index flipped by raw SQL", _sql("UPDATE articles SET published = false WHERE id = 2"),
+     "orphaned_in_index", "orphaned in index: 1", "backfill"),
+    ("document deleted in the index",
+     lambda w, c: c.delete(index=f"{w.prefix}_articles", id="2", refresh=True),
+     "missing_from_index", "missing from index: 1", "backfill"),
+    ("document edited in the index", _index_edit,
+     "content_differs", "content differs: 1", "backfill"),
+    ("document at a foreign, higher version", _foreign_version,
+     "ahead_of_database", "ahead of the database: 1", "reindex"),
+    ("index dropped",
+     lambda w, c: c.indices.delete(index=f"{w.prefix}_articles*"),
+     "completed_events", "the alias is missing", "backfill"),
+]
+
+
+@pytest.mark.parametrize(("kind", "make", "counter", "says", "recommended"), DRIFTS,
+                         ids=[d[0] for d in DRIFTS])
+def test_each_drift_kind_is_reported_everywhere(
+        world: World, opensearch_url: str, os_client: Any, kind: str,  # noqa: F811
+        make: Callable[[World, Any], None], counter: str, says: str,
+        recommended: str) -> None:
+    add_articles(world, (1, "a", "1"), (2, "b", "2"), (3, "c", "3"))
+    make(world, os_client)
+
+    report = scrypath_sa.reconcile([world.Article])
+    (drift,) = report.models
+    assert drift.recommendation == recommended, drift.reasons
+    assert getattr(drift, counter) >= 1 and report.needs_attention
+
+    app = ["--app", "tests.cli_app:config", "reconcile", "--model", f"{world.prefix}_articles"]
+    printed = run_cli(world, opensearch_url, *app)
+    assert printed.returncode == 2, printed.stdout + printed.stderr
+    assert says in printed.stdout and f"recommendation: {recommended}" in printed.stdout
+    as_json = run_cli(world, opensearch_url, *app, "--json")
+    assert as_json.returncode == 2
+    (model,) = json.loads(as_json.stdout)["models"]
+    assert model[counter] >= 1 and model["recommendation"] == recommended
+    assert json.loads(as_json.stdout)["needs_attention"] is True
