@@ -244,45 +244,54 @@ def drift_of_model(model: Any) -> Any:
     return drift
 
 
-def test_reindex_replays_a_transaction_that_spans_its_start(
-        postgres_url: str, index_prefix: str, backend: Any, os_client: Any) -> None:
-    """A transaction takes its event id, a later one commits (so the reindex's high-water
-    mark is above the first id), the reindex starts and reads the row, and only then the
-    first transaction commits: the new index must still get its write."""
+@pytest.fixture
+def pg_world(postgres_url: str, index_prefix: str, backend: Any) -> Any:
+    """A configured world on PostgreSQL only, on a public schema of its own."""
     from sqlalchemy import create_engine
 
     engine = create_engine(postgres_url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    try:
-        w = make_world(engine, index_prefix)
-        scrypath_sa.configure(w.Session, backend=backend)
-        with w.Session() as session:
-            session.add_all([w.Article(id=i, title=f"article {i}") for i in range(1, 31)])
-            session.commit()
-        spanning = w.Session()  # its own connection: the reindex runs on others
-        spanning.get(w.Article, 1).title = "changed while rebuilding"
-        spanning.flush()  # its event id is taken now
-        with w.Session() as session:
-            session.add(w.Article(id=31, title="committed before the start"))
-            session.commit()
-        commits: list[str] = []
 
-        def after_a_page(progress: Any) -> None:
-            if not commits:  # the pages read so far hold the old title of row 1
-                spanning.commit()
-                commits.append(scrypath_sa.last_outcome(spanning).state)
-
-        report = scrypath_sa.reindex(w.Article, batch_size=10, progress=after_a_page)
-        spanning.close()
-        assert commits == ["completed"]  # written to the old index, as inline promises
-        assert report.cut_over, report.problems
-        doc = os_client.get(index=f"{index_prefix}_articles", id="1")["_source"]
-        assert doc["title"] == "changed while rebuilding"
-    finally:
+    def reset() -> None:
+        engine.dispose()
         with engine.begin() as conn:
             conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-        engine.dispose()
+
+    reset()
+    w = make_world(engine, index_prefix)
+    scrypath_sa.configure(w.Session, backend=backend)
+    yield w
+    reset()
+    engine.dispose()
+
+
+def test_reindex_replays_a_transaction_that_spans_its_start(pg_world: World,
+                                                            os_client: Any) -> None:
+    """A transaction takes its event id, a later one commits (so the reindex's high-water
+    mark is above the first id), the reindex starts and reads the row, and only then the
+    first transaction commits: the new index must still get its write."""
+    w = pg_world
+    with w.Session() as session:
+        session.add_all([w.Article(id=i, title=f"article {i}") for i in range(1, 31)])
+        session.commit()
+    spanning = w.Session()  # its own connection: the reindex runs on others
+    spanning.get(w.Article, 1).title = "changed while rebuilding"
+    spanning.flush()  # its event id is taken now
+    with w.Session() as session:
+        session.add(w.Article(id=31, title="committed before the start"))
+        session.commit()
+    commits: list[str] = []
+
+    def after_a_page(progress: Any) -> None:
+        if not commits:  # the pages read so far hold the old title of row 1
+            spanning.commit()
+            commits.append(scrypath_sa.last_outcome(spanning).state)
+
+    report = scrypath_sa.reindex(w.Article, batch_size=10, progress=after_a_page)
+    spanning.close()
+    assert commits == ["completed"]  # written to the old index, as inline promises
+    assert report.cut_over, report.problems
+    doc = os_client.get(index=f"{w.prefix}_articles", id="1")["_source"]
+    assert doc["title"] == "changed while rebuilding"
 
 
 def test_a_killed_rebuild_is_told_apart_and_prune_keeps_the_last_live_index(
@@ -313,8 +322,7 @@ def test_a_killed_rebuild_is_told_apart_and_prune_keeps_the_last_live_index(
 
 
 def test_a_database_restored_from_an_older_backup_is_found_and_repaired(
-        postgres_url: str, index_prefix: str, backend: Any, os_client: Any,
-        tmp_path: Any) -> None:
+        pg_world: World, os_client: Any, tmp_path: Any) -> None:
     """pg_dump, later writes (the index moves to higher versions), pg_restore of the
     dump (event ids start lower again): a new commit of a restored row is not reported
     completed over a stale document, reconcile finds it, and one reindex brings index and
@@ -322,60 +330,46 @@ def test_a_database_restored_from_an_older_backup_is_found_and_repaired(
     import os
     import subprocess
 
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
-
-    url = make_url(postgres_url)
+    w, url = pg_world, pg_world.engine.url
     env = {**os.environ, "PGPASSWORD": url.password or ""}
     where = ["-h", url.host or "127.0.0.1", "-p", str(url.port), "-U", url.username or "",
              "-d", url.database or "postgres"]
-    engine = create_engine(postgres_url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    try:
-        w = make_world(engine, index_prefix)
-        scrypath_sa.configure(w.Session, backend=backend)
+    with w.Session() as session:
+        session.add_all([w.Article(id=i, title=f"article {i}") for i in (1, 2, 3)])
+        session.commit()
+    dump = tmp_path / "backup.dump"
+    subprocess.run(["pg_dump", *where, "-n", "public", "-Fc", "-f", str(dump)],
+                   env=env, check=True, capture_output=True)
+    for n in range(5):  # after the backup: the index moves on to higher versions
         with w.Session() as session:
-            session.add_all([w.Article(id=i, title=f"article {i}") for i in (1, 2, 3)])
+            session.get(w.Article, 1).title = f"after the backup {n}"
             session.commit()
-        dump = tmp_path / "backup.dump"
-        subprocess.run(["pg_dump", *where, "-n", "public", "-Fc", "-f", str(dump)],
-                       env=env, check=True, capture_output=True)
-        for n in range(5):  # after the backup: the index moves on to higher versions
-            with w.Session() as session:
-                session.get(w.Article, 1).title = f"after the backup {n}"
-                session.commit()
-        engine.dispose()
-        subprocess.run(["pg_restore", *where, "--clean", "--if-exists", "--no-owner",
-                        str(dump)], env=env, check=True, capture_output=True)
+    w.engine.dispose()
+    subprocess.run(["pg_restore", *where, "--clean", "--if-exists", "--no-owner",
+                    str(dump)], env=env, check=True, capture_output=True)
 
-        with w.Session() as session:  # a change to a restored row, below the index
-            session.get(w.Article, 1).title = "written after the restore"
-            session.commit()
-            outcome = scrypath_sa.last_outcome(session)
-        assert outcome.state == "discarded"
-        (failure,) = outcome.failures
-        assert failure.error_kind == "index_ahead" and "reconcile --action reindex" in (
-            failure.error or "")
+    with w.Session() as session:  # a change to a restored row, below the index
+        session.get(w.Article, 1).title = "written after the restore"
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert outcome.state == "discarded"
+    (failure,) = outcome.failures
+    assert failure.error_kind == "index_ahead" and "reconcile --action reindex" in (
+        failure.error or "")
 
-        filled = scrypath_sa.backfill(w.Article)  # cannot repair it in place, and says so
-        assert not filled.ok and [f["document_id"] for f in filled.failures] == ["1"]
-        assert "above every version this database issued" in filled.failures[0]["error"]
-        (drift,) = scrypath_sa.reconcile([w.Article]).models
-        assert drift.ahead_of_database == 1 and drift.recommendation == "reindex"
-        repaired = scrypath_sa.reconcile([w.Article], action="reindex")
-        assert repaired.actions_taken[0]["after"] == "nothing", repaired.actions_taken
-        doc = os_client.get(index=f"{index_prefix}_articles", id="1")["_source"]
-        assert doc["title"] == "written after the restore"
+    filled = scrypath_sa.backfill(w.Article)  # cannot repair it in place, and says so
+    assert not filled.ok and [f["document_id"] for f in filled.failures] == ["1"]
+    assert "above every version this database issued" in filled.failures[0]["error"]
+    (drift,) = scrypath_sa.reconcile([w.Article]).models
+    assert drift.ahead_of_database == 1 and drift.recommendation == "reindex"
+    repaired = scrypath_sa.reconcile([w.Article], action="reindex")
+    assert repaired.actions_taken[0]["after"] == "nothing", repaired.actions_taken
+    doc = os_client.get(index=f"{w.prefix}_articles", id="1")["_source"]
+    assert doc["title"] == "written after the restore"
 
-        with w.Session() as session:  # and changes sync again
-            session.get(w.Article, 2).title = "synced again"
-            session.commit()
-            assert scrypath_sa.last_outcome(session).state == "completed"
-        doc = os_client.get(index=f"{index_prefix}_articles", id="2")["_source"]
-        assert doc["title"] == "synced again"
-    finally:
-        engine.dispose()
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-        engine.dispose()
+    with w.Session() as session:  # and changes sync again
+        session.get(w.Article, 2).title = "synced again"
+        session.commit()
+        assert scrypath_sa.last_outcome(session).state == "completed"
+    doc = os_client.get(index=f"{w.prefix}_articles", id="2")["_source"]
+    assert doc["title"] == "synced again"
