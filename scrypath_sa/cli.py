@@ -212,12 +212,21 @@ def cmd_reconcile(config: Config, args: argparse.Namespace) -> int:
             for kind, ids in m.samples.items():
                 print(f"  e.g. {kind}: {', '.join(ids[:5])}")
         for taken in report.actions_taken:
-            if not taken["done"]:
-                print(f"{taken['action']} on {taken['model']}: "
-                      f"{taken.get('reason') or 'failed: ' + str(taken.get('error'))}")
+            action, model = taken["action"], taken["model"]
+            result = taken.get("result")
+            if "reason" in taken:
+                print(f"{action} on {model}: {taken['reason']}")
+            elif "error" in taken:
+                print(f"{action} on {model} failed: {taken['error']}")
+            elif not taken["done"] and isinstance(result, dict):
+                trouble = result.get("problems") or [
+                    f"{f['document_id']}: {f['error']}" for f in result.get("failures", [])]
+                print(f"{action} on {model} ran but did not check out:")
+                for line in trouble[:10]:
+                    print(f"    ! {line}")
             else:
-                print(f"did {taken['action']} on {taken['model']}")
-            if taken["done"] or "error" in taken:
+                print(f"did {action} on {model}")
+            if "result" in taken or "error" in taken:
                 print(f"  afterwards: recommendation {taken['after']}")
                 for reason in taken.get("after_reasons", []):
                     print(f"    - {reason}")

@@ -117,8 +117,9 @@ def reconcile(models: Iterable[type | str] | None = None, *, action: str | None 
                                f"force it to {action} anyway")
         else:
             try:
-                taken["result"] = _act(config, info, action, stuck_after)
-                taken["done"] = True
+                result = taken["result"] = _act(config, info, action, stuck_after)
+                # A rebuild that did not check out left the alias where it was.
+                taken["done"] = not isinstance(result, dict) or result.get("ok", True)
             except ScrypathError as exc:
                 taken["error"] = redact(exc)
             after = _drift(config, info, page_size, stuck_after)
