@@ -83,3 +83,29 @@ def test_each_drift_kind_is_reported_everywhere(
     (model,) = json.loads(as_json.stdout)["models"]
     assert model[counter] >= 1 and model["recommendation"] == recommended
     assert json.loads(as_json.stdout)["needs_attention"] is True
+
+
+def test_a_changed_contract_is_reported_everywhere(engine: Any, index_prefix: str,
+                                                   backend: Any, opensearch_url: str) -> None:
+    from tests.models import make_world
+
+    changed = {"mappings": {"properties": {"title": {"type": "keyword"}}}}
+    old = make_world(engine, index_prefix, contract=changed)  # the index was built for it
+    scrypath_sa.configure(old.Session, backend=backend)
+    add_articles(old, (1, "a", "1"))
+    scrypath_sa.unconfigure(old.Session)
+    new = make_world(engine, index_prefix)  # the app's contract now (the CLI app's too)
+    scrypath_sa.configure(new.Session, backend=backend)
+
+    report = scrypath_sa.reconcile([new.Article])
+    assert report.models[0].contract_matches is False
+    assert report.models[0].recommendation == "reindex" and report.needs_attention
+    app = ["--app", "tests.cli_app:config", "reconcile", "--model", f"{index_prefix}_articles"]
+    printed = run_cli(new, opensearch_url, *app)
+    assert printed.returncode == 2
+    assert "the live index was built for another contract" in printed.stdout
+    assert "recommendation: reindex" in printed.stdout
+    as_json = run_cli(new, opensearch_url, *app, "--json")
+    assert as_json.returncode == 2
+    (model,) = json.loads(as_json.stdout)["models"]
+    assert model["contract_matches"] is False and model["recommendation"] == "reindex"

@@ -66,3 +66,10 @@ def test_a_custom_mode_name_is_known_while_a_configuration_offers_it(engine: Eng
 def test_dramatiq_is_a_known_mode_only_where_it_is_configured(engine: Engine) -> None:
     with pytest.raises(ConfigurationError, match="unknown sync mode 'dramatiq'"):
         scrypath_sa.sync_mode("dramatiq").__enter__()
+
+
+def test_an_unconfigured_mode_says_how_to_configure_it(engine: Engine) -> None:
+    config = scrypath_sa.configure(sessionmaker(engine), backend=InMemoryBackend())
+    with pytest.raises(ConfigurationError,
+                       match=r"modes=\{'dramatiq': DramatiqMode\(broker\)\}"):
+        config.mode("dramatiq")

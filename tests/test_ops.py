@@ -288,3 +288,19 @@ def test_progress_counts_this_runs_rows_and_never_overshoots(
     assert resumed.rate == 5.0 and resumed.eta_seconds == 10.0
     _progress_bar(resumed)  # stderr is not a terminal here
     assert capsys.readouterr().err == ""
+
+
+def test_cli_says_an_overdue_retry_and_a_rebuild_that_did_not_check_out(
+        world: World, opensearch_url: str) -> None:
+    add_articles(world, (1, "a", "1"), (2, "b", "not a number"))  # 2 is rejected
+    with world.engine.begin() as conn:  # a retry that nothing ran at its time
+        conn.execute(sync_events.update().where(sync_events.c.document_id == "1").values(
+            state="retrying", completed_at=None,
+            next_attempt_at=outbox.utcnow() - dt.timedelta(hours=1)))
+    app = ["--app", "tests.cli_app:config"]
+    status = run_cli(world, opensearch_url, *app, "status", "--model",
+                     f"{world.prefix}_articles")
+    assert status.returncode == 2 and "(overdue:" in status.stdout
+    rebuilt = run_cli(world, opensearch_url, *app, "reindex", "Article")
+    assert rebuilt.returncode == 2
+    assert "did not check out" in rebuilt.stdout and "cut over with" not in rebuilt.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from typing import Any
 
@@ -14,6 +15,7 @@ from scrypath_sa import outbox, sync_events
 from scrypath_sa.backends import ItemResult, ItemStatus, OpenSearchBackend
 from scrypath_sa.errors import BackendError
 from tests.models import World, make_world
+from tests.test_ops import run_cli
 
 
 @pytest.fixture
@@ -295,7 +297,7 @@ def test_reindex_replays_a_transaction_that_spans_its_start(pg_world: World,
 
 
 def test_a_killed_rebuild_is_told_apart_and_prune_keeps_the_last_live_index(
-        world: World, os_client: Any) -> None:
+        world: World, os_client: Any, opensearch_url: str) -> None:
     alias = f"{world.prefix}_articles"
     original = list(os_client.indices.get_alias(name=alias))
     first = scrypath_sa.reindex(world.Article)  # original -> first
@@ -313,6 +315,12 @@ def test_a_killed_rebuild_is_told_apart_and_prune_keeps_the_last_live_index(
     assert entry.rebuilds[0]["state"] == "abandoned" and entry.rebuild_in_progress is None
     assert any("stopped making progress" in p for p in entry.problems)
     abandoned = rebuild["index"]
+    status = ["--app", "tests.cli_app:config", "status", "--stuck-after", "0"]
+    printed = run_cli(world, opensearch_url, *status)
+    assert printed.returncode == 2 and "stopped making progress" in printed.stdout
+    as_json = run_cli(world, opensearch_url, *status, "--json")
+    assert as_json.returncode == 2
+    assert json.loads(as_json.stdout)["models"][0]["rebuilds"][0]["state"] == "abandoned"
 
     second = scrypath_sa.reindex(world.Article)  # first -> second
     assert second.cut_over and second.previous_indices == [first.new_index]
@@ -322,7 +330,7 @@ def test_a_killed_rebuild_is_told_apart_and_prune_keeps_the_last_live_index(
 
 
 def test_a_database_restored_from_an_older_backup_is_found_and_repaired(
-        pg_world: World, os_client: Any, tmp_path: Any) -> None:
+        pg_world: World, os_client: Any, tmp_path: Any, opensearch_url: str) -> None:
     """pg_dump, later writes (the index moves to higher versions), pg_restore of the
     dump (event ids start lower again): a new commit of a restored row is not reported
     completed over a stale document, reconcile finds it, and one reindex brings index and
@@ -362,6 +370,15 @@ def test_a_database_restored_from_an_older_backup_is_found_and_repaired(
     assert "above every version this database issued" in filled.failures[0]["error"]
     (drift,) = scrypath_sa.reconcile([w.Article]).models
     assert drift.ahead_of_database == 1 and drift.recommendation == "reindex"
+    reconcile = ["--app", "tests.cli_app:config", "reconcile", "--model",
+                 f"{w.prefix}_articles"]
+    printed = run_cli(w, opensearch_url, *reconcile)
+    assert printed.returncode == 2 and "ahead of the database: 1" in printed.stdout
+    assert "recommendation: reindex" in printed.stdout
+    as_json = run_cli(w, opensearch_url, *reconcile, "--json")
+    assert as_json.returncode == 2
+    (model,) = json.loads(as_json.stdout)["models"]
+    assert model["ahead_of_database"] == 1 and model["recommendation"] == "reindex"
     repaired = scrypath_sa.reconcile([w.Article], action="reindex")
     assert repaired.actions_taken[0]["after"] == "nothing", repaired.actions_taken
     doc = os_client.get(index=f"{w.prefix}_articles", id="1")["_source"]
