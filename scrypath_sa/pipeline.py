@@ -26,7 +26,7 @@ from scrypath_sa.errors import BackendError
 from scrypath_sa.outbox import Transition
 from scrypath_sa.redaction import redact
 from scrypath_sa.registry import ModelInfo
-from scrypath_sa.schema import State, utcnow, version_ceiling, version_of
+from scrypath_sa.schema import VERSION_SCALE, State, utcnow, version_ceiling, version_of
 from scrypath_sa.sql import Bind, begin, connect
 from scrypath_sa.threads import pool
 from scrypath_sa.visibility import Visibility
@@ -221,7 +221,9 @@ def settle(config: Config, bind: Bind, prepared: Prepared, results: list[ItemRes
 
     A version conflict is success when the index holds a version this database issued
     (a newer event of the document, or a rebuild's copy): the newer write wins. A
-    version above every one it issued is drift (see :func:`ahead_of_database`)."""
+    version above every one it issued is drift (see :func:`ahead_of_database`), and so
+    is one just above this write's own, which only a delete or an edit made in the
+    index directly produces."""
     transitions: list[Transition] = []
     success = State.COMPLETED if visible else State.BACKEND_ACCEPTED
     retry_at: dict[int, dt.datetime] = {}  # one jittered time per attempt count and batch
@@ -238,6 +240,17 @@ def settle(config: Config, bind: Bind, prepared: Prepared, results: list[ItemRes
                     error_kind="index_ahead",
                     error=ahead_of_database(prepared.info.index, result.stored_version,
                                             ceiling[0])))
+                continue
+            if op.version < result.stored_version < op.version + VERSION_SCALE - 1:
+                # Just above what this very write carries, and no event's or rebuild's
+                # version: the document was deleted or edited in the index directly.
+                transitions.extend(each(
+                    doc, State.DISCARDED, operation=operation, version=op.version,
+                    error_kind="index_changed",
+                    error=(f"{prepared.info.index} holds this document at version "
+                           f"{result.stored_version}: it was deleted or edited in the index "
+                           "directly after this write; `scrypath-sa backfill` (or reconcile) "
+                           "writes it again")))
                 continue
         if result.status in (ItemStatus.OK, ItemStatus.CONFLICT):
             transitions.extend(each(doc, success, operation=operation, version=op.version))

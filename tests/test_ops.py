@@ -271,12 +271,17 @@ def test_confirm_says_not_in_the_index(world: World, opensearch_url: str,
     assert entry.lost == 1 and any("not found by confirm" in p for p in entry.problems)
     status = run_cli(world, opensearch_url, "--app", "tests.cli_app:config", "status")
     assert status.returncode == 2
-    # the event may be retried (here the delete left a tombstone above its version,
-    # so only a backfill writes the document again: reconcile says so)
+    # the event may be retried; here the delete left a tombstone just above its version,
+    # which the retry reports (not "completed"), naming the repair
     retried = run_cli(world, opensearch_url, "--app", "tests.cli_app:config", "retry",
                       str(event_of(world, "1").id))
-    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert retried.returncode == 2, retried.stdout + retried.stderr
+    assert "deleted or edited in the index directly" in retried.stdout
     assert retried.stderr == ""  # the outcome is printed once, on stdout
+    filled = run_cli(world, opensearch_url, "--app", "tests.cli_app:config", "backfill",
+                     "Article")
+    assert filled.returncode == 0, filled.stdout + filled.stderr
+    assert os_client.get(index=f"{world.prefix}_articles", id="1")["found"]
 
 
 def test_progress_counts_this_runs_rows_and_never_overshoots(
