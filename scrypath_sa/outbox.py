@@ -40,6 +40,7 @@ from scrypath_sa.schema import (
     sync_checkpoints,
     sync_events,
     utcnow,
+    version_ceiling,
     version_of,
 )
 from scrypath_sa.sql import chunks, id_filter, rows
@@ -328,6 +329,13 @@ def expire_claims(conn: Connection, older_than: dt.timedelta) -> list[tuple[int,
 def high_water_mark(conn: Connection) -> int:
     """The newest event id so far (0 when there is none)."""
     return int(conn.execute(select(func.max(sync_events.c.id))).scalar() or 0)
+
+
+def highest_issued_version(conn: Connection) -> int:
+    """The highest external version this database has issued so far (a backfill's
+    included): an index holding a document above it holds what this database never
+    wrote."""
+    return version_ceiling(high_water_mark(conn))
 
 
 def rerequest(conn: Connection, ids: Sequence[int]) -> None:

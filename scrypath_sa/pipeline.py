@@ -26,7 +26,7 @@ from scrypath_sa.errors import BackendError
 from scrypath_sa.outbox import Transition
 from scrypath_sa.redaction import redact
 from scrypath_sa.registry import ModelInfo
-from scrypath_sa.schema import VERSION_SCALE, State, utcnow, version_ceiling, version_of
+from scrypath_sa.schema import VERSION_SCALE, State, utcnow, version_of
 from scrypath_sa.sql import Bind, begin, connect
 from scrypath_sa.threads import pool
 from scrypath_sa.visibility import Visibility
@@ -227,30 +227,19 @@ def settle(config: Config, bind: Bind, prepared: Prepared, results: list[ItemRes
     transitions: list[Transition] = []
     success = State.COMPLETED if visible else State.BACKEND_ACCEPTED
     retry_at: dict[int, dt.datetime] = {}  # one jittered time per attempt count and batch
-    ceiling: list[int] = []  # the highest version issued, read at the first conflict
+    ceiling: int | None = None  # the highest version issued, read at the first conflict
     for doc, op, result in zip(prepared.sent, prepared.ops, results, strict=True):
         operation = "delete" if op.is_delete else "upsert"
         if result.status is ItemStatus.CONFLICT and result.stored_version is not None:
-            if not ceiling:
+            if ceiling is None:
                 with connect(bind) as conn:
-                    ceiling.append(version_ceiling(outbox.high_water_mark(conn)))
-            if result.stored_version > ceiling[0]:
-                transitions.extend(each(
-                    doc, State.DISCARDED, operation=operation, version=op.version,
-                    error_kind="index_ahead",
-                    error=ahead_of_database(prepared.info.index, result.stored_version,
-                                            ceiling[0])))
-                continue
-            if op.version < result.stored_version < op.version + VERSION_SCALE - 1:
-                # Just above what this very write carries, and no event's or rebuild's
-                # version: the document was deleted or edited in the index directly.
-                transitions.extend(each(
-                    doc, State.DISCARDED, operation=operation, version=op.version,
-                    error_kind="index_changed",
-                    error=(f"{prepared.info.index} holds this document at version "
-                           f"{result.stored_version}: it was deleted or edited in the index "
-                           "directly after this write; `scrypath-sa backfill` (or reconcile) "
-                           "writes it again")))
+                    ceiling = outbox.highest_issued_version(conn)
+            drift = _conflict_drift(prepared.info.index, op.version, result.stored_version,
+                                    ceiling)
+            if drift is not None:
+                kind, reason = drift
+                transitions.extend(each(doc, State.DISCARDED, operation=operation,
+                                        version=op.version, error_kind=kind, error=reason))
                 continue
         if result.status in (ItemStatus.OK, ItemStatus.CONFLICT):
             transitions.extend(each(doc, success, operation=operation, version=op.version))
@@ -269,6 +258,22 @@ def settle(config: Config, bind: Bind, prepared: Prepared, results: list[ItemRes
                                     version=op.version, error_kind=result.error_kind,
                                     error=error))
     return transitions
+
+
+def _conflict_drift(index: str, sent: int, stored: int,
+                    ceiling: int) -> tuple[str, str] | None:
+    """(error kind, reason) when a conflict is not a newer write of this database's:
+    the index holds a version above every one it issued, or one just above this very
+    write's own (no event's or rebuild's version: a delete or an edit made in the
+    index directly). None when the newer write simply wins."""
+    if stored > ceiling:
+        return "index_ahead", ahead_of_database(index, stored, ceiling)
+    if sent < stored < sent + VERSION_SCALE - 1:
+        return "index_changed", (
+            f"{index} holds this document at version {stored}: it was deleted or edited in "
+            "the index directly after this write; `scrypath-sa backfill` (or reconcile) "
+            "writes it again")
+    return None
 
 
 def ahead_of_database(index: str, stored: int, ceiling: int) -> str:

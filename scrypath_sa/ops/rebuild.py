@@ -33,7 +33,6 @@ from scrypath_sa.schema import (
     VERSION_SCALE,
     backfill_version,
     utcnow,
-    version_ceiling,
     version_of,
 )
 from scrypath_sa.threads import pool
@@ -148,15 +147,15 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
             raise BackendError(
                 f"backfill of {info.name} stopped after {done} rows: {retryable[0].error}. "
                 "Its position is saved: run it again to resume.")
-        ahead = [r.stored_version for r in results if r.status is ItemStatus.CONFLICT
-                 and r.stored_version is not None and r.stored_version > version]
-        if ahead:  # above the backfill: a newer event's write, or above the database
+        ceiling = version  # conflicts at or below it cannot be above the database
+        if any(r.status is ItemStatus.CONFLICT and (r.stored_version or 0) > version
+               for r in results):  # a newer event's write, or above the database
             with engine.connect() as conn:
-                ceiling = version_ceiling(outbox.high_water_mark(conn))
+                ceiling = outbox.highest_issued_version(conn)
         for op, result in zip(ops, results, strict=True):
             if result.status is ItemStatus.PERMANENT:
                 report.failures.append({"document_id": op.id, "error": result.error})
-            elif (ahead and result.stored_version is not None
+            elif (result.status is ItemStatus.CONFLICT and result.stored_version is not None
                   and result.stored_version > ceiling):
                 report.failures.append({"document_id": op.id, "error": ahead_of_database(
                     target, result.stored_version, ceiling)})

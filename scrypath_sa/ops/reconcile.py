@@ -20,7 +20,7 @@ from scrypath_sa.ops.rebuild import backfill, reindex
 from scrypath_sa.ops.scan import orphan_pages, row_pages
 from scrypath_sa.redaction import redact
 from scrypath_sa.registry import ModelInfo
-from scrypath_sa.schema import State, utcnow, version_ceiling
+from scrypath_sa.schema import State, utcnow
 
 ACTIONS = ("retry", "backfill", "reindex")
 SAMPLE = 20
@@ -154,7 +154,7 @@ def _compare(config: Config, info: ModelInfo, drift: ModelDrift, page_size: int,
         drift.contract_matches = posture.contract_hash == info.contract.hash
         drift.documents = backend.count(info.index)
     with engine.connect() as conn:
-        ceiling = version_ceiling(outbox.high_water_mark(conn))
+        ceiling = outbox.highest_issued_version(conn)
     custom_ids = not registry.uses_default_ids(info.cls)
     known_ids: set[str] | None = set() if custom_ids else None
     for page in row_pages(engine, info, page_size=page_size):
