@@ -113,6 +113,8 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
             print(f"  contract {m.contract_hash}: live index {match}")
             for problem in m.problems:
                 print(f"  ! {problem}")
+        for problem in report.problems:
+            print(f"! {problem}")
     if any(m.backend_error for m in report.models):
         return ERROR
     return ATTENTION if report.needs_attention else OK
@@ -190,7 +192,7 @@ def _progress_bar(progress: Any) -> None:
 
 def cmd_reconcile(config: Config, args: argparse.Namespace) -> int:
     report = scrypath_sa.reconcile(args.model or None, action=args.action, force=args.force,
-                                   config=config)
+                                   config=config, stuck_after=_seconds(args.stuck_after))
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -205,7 +207,8 @@ def cmd_reconcile(config: Config, args: argparse.Namespace) -> int:
                   f"{m.orphaned_in_index}; behind newest completed write: "
                   f"{m.behind_completed_version}; content differs: {m.content_differs}; "
                   f"ahead of the database: {m.ahead_of_database}")
-            print(f"  stuck: {m.stuck}; retrying: {m.retrying}; discarded: {m.discarded}")
+            print(f"  in flight: {m.in_flight}; stuck: {m.stuck}; retrying: {m.retrying}; "
+                  f"discarded: {m.discarded}")
             print(f"  recommendation: {m.recommendation}")
             for reason in m.reasons:
                 print(f"    - {reason}")
@@ -218,11 +221,9 @@ def cmd_reconcile(config: Config, args: argparse.Namespace) -> int:
                 print(f"{action} on {model}: {taken['reason']}")
             elif "error" in taken:
                 print(f"{action} on {model} failed: {taken['error']}")
-            elif not taken["done"] and isinstance(result, dict):
-                trouble = result.get("problems") or [
-                    f"{f['document_id']}: {f['error']}" for f in result.get("failures", [])]
+            elif not taken["done"]:
                 print(f"{action} on {model} ran but did not check out:")
-                for line in trouble[:10]:
+                for line in _trouble(result)[:10]:
                     print(f"    ! {line}")
             else:
                 print(f"did {action} on {model}")
@@ -233,6 +234,21 @@ def cmd_reconcile(config: Config, args: argparse.Namespace) -> int:
     if report.failed:
         return ERROR
     return ATTENTION if report.needs_attention else OK
+
+
+def _trouble(result: Any) -> list[str]:
+    """What went wrong in a repair's result: a rebuild's problems or rejected documents,
+    or a retry's dispatch errors and failed events."""
+    if isinstance(result, dict):
+        return list(result.get("problems") or [
+            f"{f['document_id']}: {f['error']}" for f in result.get("failures", [])])
+    lines = []
+    for outcome in result or []:
+        if outcome["error"]:
+            lines.append(f"mode {outcome['mode']}: {outcome['error']}")
+        lines.extend(f"event {f['event_id']} {f['state']}: {f['error']}"
+                     for f in outcome["failures"])
+    return lines
 
 
 def cmd_backfill(config: Config, args: argparse.Namespace) -> int:
@@ -361,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="with --action: on every model that needs a repair, whatever the "
                         "recommendation")
+    p.add_argument("--stuck-after", default="300",
+                   help="seconds after which unfinished events count as stuck (default 300)")
     p = command("backfill", cmd_backfill, "write every row of a model into its index")
     p.add_argument("model", help="model class name or index alias")
     p.add_argument("--batch-size", type=int, default=1000)

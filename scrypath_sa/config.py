@@ -33,6 +33,8 @@ class SyncMode(Protocol):
 
     def kept_promise(self, outcome: Outcome) -> bool: ...
 
+    def check(self) -> str | None: ...
+
 
 @dataclass
 class Config:

@@ -478,6 +478,18 @@ def newest_completed(conn: Connection, index: str,
     return newest
 
 
+def in_flight(conn: Connection, index: str, document_ids: Sequence[str]) -> set[str]:
+    """Those of ``document_ids`` with an event still on its way (neither completed nor
+    discarded): the index may lag their rows, and that is not drift."""
+    t = sync_events
+    found: set[str] = set()
+    for part in chunks(list(document_ids), 1000):
+        found.update(conn.execute(select(t.c.document_id).distinct().where(
+            t.c.index_name == index, t.c.document_id.in_(part),
+            in_states(UNFINISHED))).scalars())
+    return found
+
+
 def accepted(conn: Connection, ids: Sequence[int] | None, limit: int) -> list[Any]:
     """``backend_accepted`` events (among ``ids``), oldest first, up to ``limit``."""
     t = sync_events

@@ -14,6 +14,14 @@ from tests.models import define_models
 env = os.environ
 Base, Article, Comment, Translation = define_models(env["SCRYPATH_TEST_PREFIX"])
 engine = create_engine(env["SCRYPATH_TEST_DATABASE_URL"])
+modes = {}
+if env.get("SCRYPATH_TEST_BROKER_URL"):  # a Dramatiq mode on this Redis broker
+    from dramatiq.brokers.redis import RedisBroker
+
+    from scrypath_sa.modes.dramatiq import DramatiqMode
+
+    modes["dramatiq"] = DramatiqMode(RedisBroker(url=env["SCRYPATH_TEST_BROKER_URL"]))
 config = scrypath_sa.configure(
-    sessionmaker(engine), bind=engine,
+    sessionmaker(engine), bind=engine, modes=modes,
+    mode="dramatiq" if modes else "inline",
     backend=OpenSearchBackend(env["SCRYPATH_TEST_OPENSEARCH_URL"], max_retries=0, timeout=5))

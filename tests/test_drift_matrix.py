@@ -4,12 +4,13 @@ real OpenSearch node."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 import scrypath_sa
 from tests.models import World
@@ -109,3 +110,63 @@ def test_a_changed_contract_is_reported_everywhere(engine: Any, index_prefix: st
     assert as_json.returncode == 2
     (model,) = json.loads(as_json.stdout)["models"]
     assert model["contract_matches"] is False and model["recommendation"] == "reindex"
+
+
+def test_an_unreachable_broker_is_reported_everywhere(world: World, backend: Any,  # noqa: F811
+                                                      opensearch_url: str) -> None:
+    """A Dramatiq mode whose Redis cannot be reached (nothing listens on its port): the
+    commit stands and its event stays requested; status, sweep and a reconcile retry
+    say so in the API, CLI text, --json and exit code 2, and never print its password."""
+    import servicekit
+    from dramatiq.brokers.redis import RedisBroker
+
+    from scrypath_sa import sync_events
+    from scrypath_sa.modes.dramatiq import DramatiqMode
+
+    broker_url = f"redis://:s3cret-pw@127.0.0.1:{servicekit.free_port()}/0"
+    mode = DramatiqMode(RedisBroker(url=broker_url))
+    scrypath_sa.configure(world.Session, backend=backend, mode="dramatiq",
+                          modes={"dramatiq": mode})
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="a", views="1"))
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert outcome.state == "requested" and outcome.error is not None
+    assert "s3cret-pw" not in outcome.error
+
+    report = scrypath_sa.status([world.Article])
+    assert report.mode_errors["dramatiq"].startswith("broker unreachable")
+    assert report.needs_attention and report.to_dict()["problems"]
+    run = dict(SCRYPATH_TEST_BROKER_URL=broker_url)
+    status = ["--app", "tests.cli_app:config", "status"]
+    printed = run_cli(world, opensearch_url, *status, **run)
+    assert printed.returncode == 2, printed.stdout + printed.stderr
+    assert "! mode dramatiq: broker unreachable" in printed.stdout
+    as_json = run_cli(world, opensearch_url, *status, "--json", **run)
+    assert as_json.returncode == 2
+    data = json.loads(as_json.stdout)
+    assert data["needs_attention"] is True and "dramatiq" in data["mode_errors"]
+
+    sweep = ["--app", "tests.cli_app:config", "sweep", "--older-than", "0"]
+    printed = run_cli(world, opensearch_url, *sweep, **run)
+    assert printed.returncode == 2 and "dispatch error: broker did not accept" in printed.stdout
+    as_json = run_cli(world, opensearch_url, *sweep, "--json", **run)
+    assert as_json.returncode == 2
+    assert json.loads(as_json.stdout)["outcomes"][0]["state"] == "requested"
+
+    (drift,) = scrypath_sa.reconcile([world.Article], stuck_after=dt.timedelta(0)).models
+    assert drift.in_flight == 1 and drift.missing_from_index == 0  # late, not drift
+    assert drift.recommendation == "retry", drift.reasons
+    retry = ["--app", "tests.cli_app:config", "reconcile", "--action", "retry",
+             "--stuck-after", "0"]
+    printed = run_cli(world, opensearch_url, *retry, **run)
+    assert printed.returncode == 2, printed.stdout + printed.stderr
+    assert "retry on Article ran but did not check out" in printed.stdout
+    as_json = run_cli(world, opensearch_url, *retry, "--json", **run)
+    assert as_json.returncode == 2
+    (taken,) = json.loads(as_json.stdout)["actions_taken"]
+    assert taken["done"] is False and taken["after"] == "retry"
+    for output in (printed, as_json):
+        assert "s3cret-pw" not in output.stdout + output.stderr
+    with world.engine.connect() as conn:  # nothing lost: sweep sends it once Redis is back
+        assert conn.execute(select(sync_events.c.state)).scalars().all() == ["requested"]

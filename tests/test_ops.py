@@ -108,8 +108,9 @@ def test_retry_one_event_after_fixing_the_row(world: World, os_client: Any) -> N
         scrypath_sa.retry(999999)
 
 
-def run_cli(world: World, opensearch_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SCRYPATH_TEST_PREFIX": world.prefix,
+def run_cli(world: World, opensearch_url: str, *args: str,
+            **extra_env: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **extra_env, "SCRYPATH_TEST_PREFIX": world.prefix,
            "SCRYPATH_TEST_DATABASE_URL": world.engine.url.render_as_string(hide_password=False),
            "SCRYPATH_TEST_OPENSEARCH_URL": opensearch_url,
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}

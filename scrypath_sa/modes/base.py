@@ -39,6 +39,11 @@ class Mode(abc.ABC):
                  engine: Engine | None = None) -> Outcome:
         """Run or hand over the work for ``event_ids``."""
 
+    def check(self) -> str | None:
+        """Why this mode could not hand work over right now (its broker cannot be
+        reached), redacted; None when it can, or when there is nothing to check."""
+        return None
+
     def kept_promise(self, outcome: Outcome) -> bool:
         """True when ``outcome`` is what this mode promises: no failure, no dispatch
         error, and every event in a promised state."""

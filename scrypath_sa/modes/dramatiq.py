@@ -230,6 +230,20 @@ class DramatiqMode(Mode):
             return error
         return None
 
+    def check(self) -> str | None:
+        """Ask the broker something cheap: a Redis broker's PING, a RabbitMQ broker's
+        queue counts (which also declares the queue). Other brokers are not asked."""
+        try:
+            client = getattr(self.broker, "client", None)
+            counts = getattr(self.broker, "get_queue_message_counts", None)
+            if client is not None and callable(getattr(client, "ping", None)):
+                client.ping()
+            elif callable(counts):
+                counts(self.queue_name)
+        except Exception as exc:  # noqa: BLE001 - any failure means it cannot take work
+            return redact(f"broker unreachable: {type(exc).__name__}: {exc}")
+        return None
+
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every send and ``enqueued`` mark queued so far is done; False on
         timeout."""

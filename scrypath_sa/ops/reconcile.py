@@ -40,6 +40,7 @@ class ModelDrift:
     behind_completed_version: int = 0
     ahead_of_database: int = 0
     content_differs: int = 0
+    in_flight: int = 0
     stuck: int = 0
     retrying: int = 0
     discarded: int = 0
@@ -117,9 +118,7 @@ def reconcile(models: Iterable[type | str] | None = None, *, action: str | None 
                                f"force it to {action} anyway")
         else:
             try:
-                result = taken["result"] = _act(config, info, action, stuck_after)
-                # A rebuild that did not check out left the alias where it was.
-                taken["done"] = not isinstance(result, dict) or result.get("ok", True)
+                taken["result"], taken["done"] = _act(config, info, action, stuck_after)
             except ScrypathError as exc:
                 taken["error"] = redact(exc)
             after = _drift(config, info, page_size, stuck_after)
@@ -171,28 +170,37 @@ def _compare(config: Config, info: ModelInfo, drift: ModelDrift, page_size: int,
             known_ids.update(i for i, keep in wanted.items() if keep)
         found = backend.documents(info.index, list(wanted)) if posture is not None else {}
         stored = {i: (hit[0] if hit is not None else None) for i, hit in found.items()}
-        differs = [i for i, keep in wanted.items() if keep and found.get(i) is not None
-                   and _normal(found[i][1]) != _normal(built[i])]  # type: ignore[index]
-        drift.content_differs += len(differs)
-        drift._sample("content_differs", differs)
         ahead = [i for i, version in stored.items() if version is not None and version > ceiling]
         drift.ahead_of_database += len(ahead)
         drift._sample("ahead_of_database", ahead)
-        missing = [i for i, keep in wanted.items() if keep and stored.get(i) is None]
-        drift.missing_from_index += len(missing)
-        drift._sample("missing_from_index", missing)
         with engine.connect() as conn:
             newest = outbox.newest_completed(conn, info.index, list(wanted))
+            moving = outbox.in_flight(conn, info.index, list(wanted))
+        lagging = {i for i in wanted if i in moving}  # their events are on the way
+        differs = [i for i, keep in wanted.items() if keep and i not in lagging
+                   and found.get(i) is not None
+                   and _normal(found[i][1]) != _normal(built[i])]  # type: ignore[index]
+        drift.content_differs += len(differs)
+        drift._sample("content_differs", differs)
+        missing = [i for i, keep in wanted.items()
+                   if keep and i not in lagging and stored.get(i) is None]
+        drift.missing_from_index += len(missing)
+        drift._sample("missing_from_index", missing)
         behind = [i for i, keep in wanted.items()
-                  if keep and stored.get(i) is not None and i in newest
+                  if keep and i not in lagging and stored.get(i) is not None and i in newest
                   and stored[i] < newest[i][1]]  # type: ignore[operator]
         drift.behind_completed_version += len(behind)
         drift._sample("behind_completed_version", behind)
+        drift.in_flight += len(lagging)
     if posture is not None:
         for orphans in orphan_pages(engine, backend, info, info.index, page_size=page_size,
                                     known_ids=known_ids):
-            drift.orphaned_in_index += len(orphans)
-            drift._sample("orphaned_in_index", [doc_id for doc_id, _ in orphans])
+            with engine.connect() as conn:
+                moving = outbox.in_flight(conn, info.index, [i for i, _ in orphans])
+            orphaned = [doc_id for doc_id, _ in orphans if doc_id not in moving]
+            drift.orphaned_in_index += len(orphaned)
+            drift.in_flight += len(orphans) - len(orphaned)
+            drift._sample("orphaned_in_index", orphaned)
     with engine.connect() as conn:
         by_state = outbox.state_counts(conn, [info.index]).get(info.index, {})
         drift.stuck = outbox.stuck_counts(
@@ -213,7 +221,7 @@ def _recommend(drift: ModelDrift) -> None:
     if drift.contract_matches is False:
         reasons.append("the live index was built for another contract")
     missing_alias = drift.contract_matches is None and (
-        drift.indexable_rows or drift.completed_events)
+        drift.indexable_rows > drift.in_flight or drift.completed_events)
     if missing_alias and drift.completed_events:
         reasons.append(f"the alias is missing, though {drift.completed_events} writes to it "
                        "were completed (deleted behind the library's back?)")
@@ -236,6 +244,9 @@ def _recommend(drift: ModelDrift) -> None:
     if drift.content_differs:
         reasons.append(f"{drift.content_differs} documents differ from what their row "
                        "builds (a change the library did not see, e.g. raw SQL)")
+    if drift.in_flight:
+        reasons.append(f"{drift.in_flight} documents have events still on their way "
+                       "(not drift: status shows how far behind they are)")
     if drift.stuck:
         reasons.append(f"{drift.stuck} events are stuck (requested, enqueued or processing)")
     if drift.retrying or drift.discarded:
@@ -253,12 +264,20 @@ def _recommend(drift: ModelDrift) -> None:
         drift.recommendation = "nothing"
 
 
-def _act(config: Config, info: ModelInfo, action: str, stuck_after: dt.timedelta) -> Any:
+def _act(config: Config, info: ModelInfo, action: str,
+         stuck_after: dt.timedelta) -> tuple[Any, bool]:
+    """Run the repair; its result, and whether it did all it set out to do (a rebuild
+    that did not check out left the alias where it was; a retry whose events the mode
+    could not hand over, e.g. to an unreachable broker, did not retry them)."""
     if action == "backfill":
-        return backfill(info.cls, remove_orphans=True, resume=False, config=config).to_dict()
+        built = backfill(info.cls, remove_orphans=True, resume=False, config=config)
+        return built.to_dict(), built.ok
     if action == "reindex":
-        return reindex(info.cls, config=config).to_dict()
+        rebuilt = reindex(info.cls, config=config)
+        return rebuilt.to_dict(), rebuilt.ok
     with config.bind.begin() as conn:
         outbox.expire_claims(conn, stuck_after)
         reopened = outbox.reopen(conn, info.index)
-    return [o.to_dict() for o in redispatch(config, reopened)]
+    outcomes = redispatch(config, reopened)
+    kept = all(config.mode(o.mode).kept_promise(o) for o in outcomes)
+    return [o.to_dict() for o in outcomes], kept

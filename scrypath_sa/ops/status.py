@@ -73,17 +73,28 @@ class ModelStatus:
 
 @dataclass
 class StatusReport:
+    """Per model, its posture; per configured mode, why it could not hand work over
+    now (``mode_errors``: a broker that cannot be reached), if it could not."""
+
     models: list[ModelStatus]
+    mode_errors: dict[str, str] = field(default_factory=dict)
     generated_at: dt.datetime = field(default_factory=utcnow)
 
     @property
+    def problems(self) -> list[str]:
+        """What needs attention beyond any one model."""
+        return [f"mode {name}: {error}: committed events stay requested until it is "
+                "back (sweep sends them)" for name, error in self.mode_errors.items()]
+
+    @property
     def needs_attention(self) -> bool:
-        return any(m.problems for m in self.models)
+        return bool(self.problems) or any(m.problems for m in self.models)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = jsonable(self)
         for entry, model in zip(data["models"], self.models, strict=True):
             entry["problems"] = model.problems
+        data["problems"] = self.problems
         data["needs_attention"] = self.needs_attention
         return data
 
@@ -105,7 +116,9 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
                                     now - stuck_after)
         next_attempt = outbox.next_attempts(conn, indices)
         lost = outbox.unconfirmed_counts(conn, indices, NOT_FOUND)
-    report = StatusReport(models=[])
+    report = StatusReport(models=[], mode_errors={
+        name: error for name, mode in sorted(config.modes.items())
+        if (error := mode.check()) is not None})
     for info in infos:
         by_state = {s.value: counts.get(info.index, {}).get(s.value, 0) for s in State}
         started = oldest.get(info.index)
