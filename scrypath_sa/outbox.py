@@ -8,6 +8,8 @@ and states are in :mod:`scrypath_sa.schema`.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -558,12 +560,42 @@ def checkpoint(conn: Connection, name: str) -> Any:
     return conn.execute(select(t).where(t.c.name == name)).one_or_none()
 
 
+def this_process() -> str:
+    """Who is running: host and pid, as a long run's owner (and a worker's claim) say."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_gone(owner: str | None) -> bool:
+    """True when ``owner`` (from :func:`this_process`) ran on this host and its process
+    no longer exists. False when it lives, ran elsewhere, or is not known."""
+    host, _, pid = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, owned by another user
+        return False
+    return False
+
+
 def save_checkpoint(conn: Connection, name: str, index: str, position: list[Any] | None,
-                    version: int, processed: int, finished: bool = False) -> None:
+                    version: int, processed: int, state: str = "running",
+                    error: str | None = None) -> None:
+    """Record the long run ``name``'s progress, and that this process owns it."""
     now = utcnow()
     values = {"index_name": index, "position": position, "version": version,
               "processed": processed, "updated_at": now,
-              "finished_at": now if finished else None}
+              "finished_at": now if state == "finished" else None,
+              "owner": this_process(), "state": state, "last_error": error}
     t = sync_checkpoints
     if conn.execute(update(t).where(t.c.name == name).values(values)).rowcount == 0:
         conn.execute(insert(t).values(name=name, started_at=now, **values))
+
+
+def fail_checkpoint(conn: Connection, name: str, error: str) -> None:
+    """The long run ``name`` stopped with ``error``; its saved position stays."""
+    t = sync_checkpoints
+    conn.execute(update(t).where(t.c.name == name).values(
+        state="failed", last_error=error, updated_at=utcnow()))

@@ -145,8 +145,13 @@ sync_checkpoints = Table(
     Column("started_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime(), nullable=True),
+    Column("owner", String(255), nullable=True),
+    Column("state", String(16), nullable=True),
+    Column("last_error", Text, nullable=True),
 )
-"""Progress of long operator runs (backfill), so an interrupted run resumes."""
+"""Progress of long operator runs (backfill), so an interrupted run resumes, and who
+runs it (``owner``: host and pid), in which ``state`` (``running``, ``failed`` with
+``last_error``, ``finished``), last heard from at ``updated_at``."""
 
 
 VERSION_SCALE = 1024

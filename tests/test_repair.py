@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, select, text, update
 
 import scrypath_sa
 from scrypath_sa import outbox, sync_events
 from scrypath_sa.backends import ItemResult, ItemStatus, OpenSearchBackend
 from scrypath_sa.errors import BackendError
+from scrypath_sa.schema import sync_checkpoints
 from tests.models import World, make_world
-from tests.test_ops import run_cli
+from tests.test_ops import ROOT, run_cli
 
 
 @pytest.fixture
@@ -303,29 +308,57 @@ def test_a_killed_rebuild_is_told_apart_and_prune_keeps_the_last_live_index(
     first = scrypath_sa.reindex(world.Article)  # original -> first
     assert first.cut_over and first.previous_indices == original
 
-    def killed(progress: Any) -> None:
-        raise KeyboardInterrupt  # the operator's Ctrl-C, or the process killed midway
+    def interrupted(progress: Any) -> None:
+        raise KeyboardInterrupt  # the operator's Ctrl-C
 
     with pytest.raises(KeyboardInterrupt):
-        scrypath_sa.reindex(world.Article, batch_size=10, progress=killed)
+        scrypath_sa.reindex(world.Article, batch_size=10, progress=interrupted)
     (entry,) = scrypath_sa.status([world.Article]).models
-    (rebuild,) = entry.rebuilds
-    assert rebuild["state"] == "running" and entry.rebuild_in_progress == rebuild["index"]
-    (entry,) = scrypath_sa.status([world.Article], stuck_after=dt.timedelta(0)).models
-    assert entry.rebuilds[0]["state"] == "abandoned" and entry.rebuild_in_progress is None
-    assert any("stopped making progress" in p for p in entry.problems)
-    abandoned = rebuild["index"]
-    status = ["--app", "tests.cli_app:config", "status", "--stuck-after", "0"]
+    (stopped,) = entry.rebuilds
+    assert stopped["state"] == "failed" and "KeyboardInterrupt" in stopped["error"]
+    assert entry.rebuild_in_progress is None
+    assert any(f"rebuild {stopped['index']} failed" in p for p in entry.problems)
+
+    # A process killed outright records nothing: its owner's pid is gone from this host.
+    env = {**os.environ, "SCRYPATH_TEST_PREFIX": world.prefix,
+           "SCRYPATH_TEST_DATABASE_URL": world.engine.url.render_as_string(hide_password=False),
+           "SCRYPATH_TEST_OPENSEARCH_URL": opensearch_url}
+    killed = subprocess.Popen([sys.executable, "-c", (
+        "import os, signal, scrypath_sa\n"
+        "from tests import cli_app\n"
+        "scrypath_sa.reindex(cli_app.Article, batch_size=10,\n"
+        "    progress=lambda p: os.kill(os.getpid(), signal.SIGKILL))\n")],
+        cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    _, stderr = killed.communicate(timeout=120)
+    assert killed.returncode == -signal.SIGKILL, stderr
+    (entry,) = scrypath_sa.status([world.Article]).models  # stuck_after: 5 minutes
+    (dead,) = [r for r in entry.rebuilds if r["index"] != stopped["index"]]
+    assert dead["state"] == "abandoned" and dead["owner"].endswith(f":{killed.pid}")
+    assert any(f"rebuild {dead['index']} by {dead['owner']} was abandoned" in p
+               for p in entry.problems)
+    status = ["--app", "tests.cli_app:config", "status"]
     printed = run_cli(world, opensearch_url, *status)
-    assert printed.returncode == 2 and "stopped making progress" in printed.stdout
+    assert printed.returncode == 2 and "was abandoned" in printed.stdout
     as_json = run_cli(world, opensearch_url, *status, "--json")
     assert as_json.returncode == 2
-    assert json.loads(as_json.stdout)["models"][0]["rebuilds"][0]["state"] == "abandoned"
+    states = {r["index"]: r["state"] for r in json.loads(as_json.stdout)["models"][0]["rebuilds"]}
+    assert states == {stopped["index"]: "failed", dead["index"]: "abandoned"}
+
+    # A run on another host is judged by when it was last heard from.
+    with world.engine.begin() as conn:
+        conn.execute(update(sync_checkpoints).where(
+            sync_checkpoints.c.name == f"backfill:{dead['index']}").values(
+            owner="another-host:4242"))
+    (entry,) = scrypath_sa.status([world.Article]).models
+    assert entry.rebuild_in_progress == dead["index"]
+    (entry,) = scrypath_sa.status([world.Article], stuck_after=dt.timedelta(0)).models
+    assert entry.rebuild_in_progress is None
 
     second = scrypath_sa.reindex(world.Article)  # first -> second
     assert second.cut_over and second.previous_indices == [first.new_index]
     pruned = scrypath_sa.prune([world.Article], keep_previous_indices=1)
-    assert sorted(pruned.indices_deleted) == sorted([*original, abandoned])
+    assert sorted(pruned.indices_deleted) == sorted([*original, stopped["index"],
+                                                     dead["index"]])
     assert first.new_index in pruned.indices_kept  # the rollback copy is the last live one
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import socket
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -49,7 +47,7 @@ log = logging.getLogger("scrypath_sa")
 
 
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+    return f"{outbox.this_process()}:{threading.get_ident()}"
 
 
 class _Relay(HandOff[tuple["Engine", list[int], bool]]):

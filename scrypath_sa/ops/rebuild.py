@@ -9,6 +9,7 @@ first, and the backfill's copy wins over everything older.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -28,6 +29,7 @@ from scrypath_sa.modes.dispatch import redispatch
 from scrypath_sa.ops.common import jsonable, resolve_models
 from scrypath_sa.ops.scan import column_pages, orphan_pages, row_pages
 from scrypath_sa.pipeline import ahead_of_database
+from scrypath_sa.redaction import redact
 from scrypath_sa.registry import ModelInfo
 from scrypath_sa.schema import (
     VERSION_SCALE,
@@ -36,6 +38,8 @@ from scrypath_sa.schema import (
     version_of,
 )
 from scrypath_sa.threads import pool
+
+log = logging.getLogger("scrypath_sa")
 
 
 @dataclass(frozen=True)
@@ -93,9 +97,10 @@ def _checkpoint(engine: Engine, name: str) -> Any:
 
 
 def _save_checkpoint(engine: Engine, name: str, index: str, position: list[Any] | None,
-                     version: int, processed: int, finished: bool = False) -> None:
+                     version: int, processed: int, state: str = "running",
+                     error: str | None = None) -> None:
     with engine.begin() as conn:
-        outbox.save_checkpoint(conn, name, index, position, version, processed, finished)
+        outbox.save_checkpoint(conn, name, index, position, version, processed, state, error)
 
 
 def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
@@ -169,38 +174,53 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
         if progress is not None:
             progress(Progress(done, max(total, done), time.monotonic() - began, resumed))
 
-    # Page N+1 is read and built while page N is in flight; a page's position is saved
-    # only once the backend acknowledged it.
-    with pool("scrypath-backfill", 1) as sender:
-        in_flight = None
-        for page in _document_pages(engine, info, where, after, batch_size):
-            ops: list[BulkOp] = []
-            for doc_id, action, payload in page:
-                if action == "error":
-                    report.failures.append({"document_id": doc_id, "error": payload})
-                    continue
-                if known_ids is not None and action == "upsert":
-                    known_ids.add(doc_id)
-                ops.append(BulkOp(target, doc_id, version, payload))
+    try:
+        # Page N+1 is read and built while page N is in flight; a page's position is saved
+        # only once the backend acknowledged it.
+        with pool("scrypath-backfill", 1) as sender:
+            in_flight = None
+            for page in _document_pages(engine, info, where, after, batch_size):
+                ops: list[BulkOp] = []
+                for doc_id, action, payload in page:
+                    if action == "error":
+                        report.failures.append({"document_id": doc_id, "error": payload})
+                        continue
+                    if known_ids is not None and action == "upsert":
+                        known_ids.add(doc_id)
+                    ops.append(BulkOp(target, doc_id, version, payload))
+                if in_flight is not None:
+                    settle(in_flight)
+                in_flight = (ops, len(page), page.position,
+                             sender.submit(backend.bulk, ops, wait_for_visibility=False))
             if in_flight is not None:
                 settle(in_flight)
-            in_flight = (ops, len(page), page.position,
-                         sender.submit(backend.bulk, ops, wait_for_visibility=False))
-        if in_flight is not None:
-            settle(in_flight)
-    backend.refresh(target)
-    if remove_orphans:
-        for orphans in orphan_pages(engine, backend, info, target,
-                                    page_size=batch_size, known_ids=known_ids):
-            results = backend.bulk(
-                [BulkOp(target, doc_id, version, None) for doc_id, _ in orphans],
-                wait_for_visibility=False)
-            report.orphans_removed += sum(r.status in (ItemStatus.OK, ItemStatus.CONFLICT)
-                                          for r in results)
         backend.refresh(target)
-    _save_checkpoint(engine, name, target, None, version, done, finished=True)
+        if remove_orphans:
+            for orphans in orphan_pages(engine, backend, info, target,
+                                        page_size=batch_size, known_ids=known_ids):
+                results = backend.bulk(
+                    [BulkOp(target, doc_id, version, None) for doc_id, _ in orphans],
+                    wait_for_visibility=False)
+                report.orphans_removed += sum(r.status in (ItemStatus.OK, ItemStatus.CONFLICT)
+                                              for r in results)
+            backend.refresh(target)
+    except BaseException as exc:  # a failure or an interrupt: say so, keep the position
+        _record_failure(engine, name, target, exc)
+        raise
+    _save_checkpoint(engine, name, target, None, version, done, state="finished")
     report.seconds = time.monotonic() - began
     return report
+
+
+def _record_failure(engine: Engine, name: str, target: str, exc: BaseException) -> None:
+    """Mark the run ``failed`` with why, keeping its saved position (the last page the
+    backend acknowledged) for the next run to resume from."""
+    try:
+        with engine.begin() as conn:
+            outbox.fail_checkpoint(conn, name, redact(f"{type(exc).__name__}: {exc}"))
+    except Exception as also:  # noqa: BLE001 - the database may be what failed
+        log.warning("scrypath_sa: could not record that %s of %s stopped: %s", name,
+                    target, redact(also))
 
 
 class _Page(list[tuple[str, str, Any]]):
@@ -383,7 +403,7 @@ def _cutover(config: Config, info: ModelInfo, report: ReindexReport, since: Mark
     report.cut_over = True
     with config.bind.begin() as conn:  # prune keeps these first for rollback
         outbox.save_checkpoint(conn, f"cutover:{info.index}", report.new_index,
-                               report.previous_indices, 0, 0, finished=True)
+                               report.previous_indices, 0, 0, state="finished")
     # Writes processed between the replay and the switch went to the old index.
     more, _ = _replay(config, info, report.new_index, since, report.backfill.version)
     report.replayed += more

@@ -66,8 +66,14 @@ class ModelStatus:
             out.append("the live index was built for another contract: reindex")
         for rebuild in self.rebuilds:
             if rebuild["state"] == "abandoned":
-                out.append(f"rebuild {rebuild['index']} stopped making progress at "
-                           f"{rebuild['last_progress_at']}: reindex again; prune removes it")
+                owner = rebuild["owner"] or "an unknown process"
+                out.append(f"rebuild {rebuild['index']} by {owner} was abandoned (its "
+                           "process is gone, or it stopped making progress at "
+                           f"{rebuild['last_progress_at']}): reindex again; prune removes it")
+            elif rebuild["state"] == "failed":
+                out.append(f"rebuild {rebuild['index']} failed at "
+                           f"{rebuild['last_progress_at']}: {rebuild['error']}: reindex "
+                           "again; prune removes it")
         return out
 
 
@@ -160,20 +166,29 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
 def _rebuilds(config: Config, names: list[str],
               stale_before: dt.datetime) -> list[dict[str, Any]]:
     """Each unaliased index newer than the live one, with what its backfill recorded:
-    ``running`` (progress since ``stale_before``), ``abandoned`` (none since: the run
-    died or was stopped), ``built`` (finished, not cut over), ``unknown`` (no record)."""
+    ``running`` (its owner is alive, or elsewhere and heard from since
+    ``stale_before``), ``failed`` (it stopped on an error or an interrupt: ``error``
+    says which), ``abandoned`` (its process is gone from this host, or it has not been
+    heard from since ``stale_before``), ``built`` (finished, not cut over), ``unknown``
+    (no record)."""
     found = []
     with config.bind.connect() as conn:
         for name in names:
             saved = outbox.checkpoint(conn, f"backfill:{name}")
-            if saved is None:
-                state, last = "unknown", None
-            elif saved.finished_at is not None:
-                state, last = "built", saved.finished_at
-            else:
-                last = saved.updated_at
-                state = "running" if last > stale_before else "abandoned"
-            found.append({"index": name, "state": state, "last_progress_at": last})
+            entry: dict[str, Any] = {"index": name, "state": "unknown",
+                                     "last_progress_at": None, "owner": None, "error": None}
+            if saved is not None:
+                entry.update(last_progress_at=saved.updated_at, owner=saved.owner,
+                             error=saved.last_error)
+                if saved.finished_at is not None:
+                    entry["state"] = "built"
+                elif saved.state == "failed":
+                    entry["state"] = "failed"
+                elif outbox.process_gone(saved.owner) or saved.updated_at <= stale_before:
+                    entry["state"] = "abandoned"
+                else:
+                    entry["state"] = "running"
+            found.append(entry)
     return found
 
 
