@@ -26,7 +26,7 @@ from scrypath_sa.errors import BackendError
 from scrypath_sa.outbox import Transition
 from scrypath_sa.redaction import redact
 from scrypath_sa.registry import ModelInfo
-from scrypath_sa.schema import VERSION_SCALE, State, utcnow, version_of
+from scrypath_sa.schema import VERSION_SCALE, State, is_rebuild_version, utcnow, version_of
 from scrypath_sa.sql import Bind, begin, connect
 from scrypath_sa.threads import pool
 from scrypath_sa.visibility import Visibility
@@ -220,44 +220,70 @@ def settle(config: Config, bind: Bind, prepared: Prepared, results: list[ItemRes
     when the request itself waited for visibility, else ``backend_accepted``).
 
     A version conflict is success when the index holds a version this database issued
-    (a newer event of the document, or a rebuild's copy): the newer write wins. A
-    version above every one it issued is drift (see :func:`ahead_of_database`), and so
-    is one just above this write's own, which only a delete or an edit made in the
-    index directly produces."""
+    for a newer event of the document: the newer write wins. A version above every one
+    it issued is drift (see :func:`ahead_of_database`), and so is one just above this
+    write's own, which only a delete or an edit made in the index directly produces.
+
+    A conflict with a rebuild's copy (see :func:`~scrypath_sa.schema.is_rebuild_version`)
+    is neither: the rebuild may have read the row before this write's transaction
+    committed (ids are taken at flush, so this event's id can be below the rebuild's
+    high-water mark). The document, read after that commit, is sent again at the
+    rebuild's version, which it may replace; that is its outcome."""
+    judged = _Judge(config, bind, prepared.info.index, visible)
     transitions: list[Transition] = []
-    success = State.COMPLETED if visible else State.BACKEND_ACCEPTED
-    retry_at: dict[int, dt.datetime] = {}  # one jittered time per attempt count and batch
-    ceiling: int | None = None  # the highest version issued, read at the first conflict
+    again: list[tuple[Doc, BulkOp]] = []
     for doc, op, result in zip(prepared.sent, prepared.ops, results, strict=True):
+        stored = result.stored_version
+        if (result.status is ItemStatus.CONFLICT and stored is not None
+                and stored > op.version and is_rebuild_version(stored)
+                and stored <= judged.ceiling()):
+            again.append((doc, BulkOp(op.index, op.id, stored, op.document)))
+        else:
+            transitions.extend(judged(doc, op, result))
+    if again:
+        ops = [op for _, op in again]
+        for (doc, op), result in zip(again, send(config, ops, visible, None), strict=True):
+            transitions.extend(judged(doc, op, result))
+    return transitions
+
+
+class _Judge:
+    """What one item's result makes of its document's events."""
+
+    def __init__(self, config: Config, bind: Bind, index: str, visible: bool) -> None:
+        self.config, self.bind, self.index = config, bind, index
+        self.success = State.COMPLETED if visible else State.BACKEND_ACCEPTED
+        self.retry_at: dict[int, dt.datetime] = {}  # one jittered time per attempt count
+        self._ceiling: int | None = None
+
+    def ceiling(self) -> int:
+        """The highest version this database issued, read at the first conflict."""
+        if self._ceiling is None:
+            with connect(self.bind) as conn:
+                self._ceiling = outbox.highest_issued_version(conn)
+        return self._ceiling
+
+    def __call__(self, doc: Doc, op: BulkOp, result: ItemResult) -> list[Transition]:
         operation = "delete" if op.is_delete else "upsert"
         if result.status is ItemStatus.CONFLICT and result.stored_version is not None:
-            if ceiling is None:
-                with connect(bind) as conn:
-                    ceiling = outbox.highest_issued_version(conn)
-            drift = _conflict_drift(prepared.info.index, op.version, result.stored_version,
-                                    ceiling)
+            drift = _conflict_drift(self.index, op.version, result.stored_version,
+                                    self.ceiling())
             if drift is not None:
                 kind, reason = drift
-                transitions.extend(each(doc, State.DISCARDED, operation=operation,
-                                        version=op.version, error_kind=kind, error=reason))
-                continue
+                return each(doc, State.DISCARDED, operation=operation, version=op.version,
+                            error_kind=kind, error=reason)
         if result.status in (ItemStatus.OK, ItemStatus.CONFLICT):
-            transitions.extend(each(doc, success, operation=operation, version=op.version))
-        elif result.status is ItemStatus.RETRYABLE and doc.attempts < config.max_attempts:
-            transitions.extend(each(
-                doc, State.RETRYING, operation=operation, version=op.version,
-                error_kind=result.error_kind, error=result.error,
-                next_attempt_at=retry_at.setdefault(
-                    doc.attempts, utcnow() + backoff(config, doc.attempts)),
-            ))
-        else:
-            error = result.error
-            if result.status is ItemStatus.RETRYABLE:
-                error = f"gave up after {doc.attempts} attempts: {error}"
-            transitions.extend(each(doc, State.DISCARDED, operation=operation,
-                                    version=op.version, error_kind=result.error_kind,
-                                    error=error))
-    return transitions
+            return each(doc, self.success, operation=operation, version=op.version)
+        if result.status is ItemStatus.RETRYABLE and doc.attempts < self.config.max_attempts:
+            return each(doc, State.RETRYING, operation=operation, version=op.version,
+                        error_kind=result.error_kind, error=result.error,
+                        next_attempt_at=self.retry_at.setdefault(
+                            doc.attempts, utcnow() + backoff(self.config, doc.attempts)))
+        error = result.error
+        if result.status is ItemStatus.RETRYABLE:
+            error = f"gave up after {doc.attempts} attempts: {error}"
+        return each(doc, State.DISCARDED, operation=operation, version=op.version,
+                    error_kind=result.error_kind, error=error)
 
 
 def _conflict_drift(index: str, sent: int, stored: int,

@@ -181,5 +181,11 @@ def backfill_version(high_water_mark: int) -> int:
 
 
 
+def is_rebuild_version(version: int) -> bool:
+    """True for the versions :func:`backfill_version` gives, which no event's write
+    (:func:`version_of`) and no single out-of-band bump of one can have."""
+    return version % VERSION_SCALE == VERSION_SCALE - 1
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)

@@ -301,6 +301,36 @@ def test_reindex_replays_a_transaction_that_spans_its_start(pg_world: World,
     assert doc["title"] == "changed while rebuilding"
 
 
+@pytest.mark.parametrize("rebuild", ["backfill", "reindex"])
+def test_a_transaction_committed_after_a_rebuild_read_its_row_is_not_lost(
+        pg_world: World, os_client: Any, rebuild: str) -> None:
+    """A transaction takes its event id, the rebuild reads its high-water mark (above
+    that id) and the row's old content, and only after the rebuild ended (the alias
+    moved) does the transaction commit: its own write, below the rebuild's version, must
+    still replace the copy the rebuild wrote."""
+    w = pg_world
+    with w.Session() as session:
+        session.add_all([w.Article(id=i, title=f"article {i}") for i in range(1, 6)])
+        session.commit()
+    spanning = w.Session()
+    spanning.get(w.Article, 1).title = "changed during the rebuild"
+    spanning.flush()  # its event id is taken now; the row is not committed
+    with w.Session() as session:
+        session.add(w.Article(id=6, title="committed before the start"))
+        session.commit()
+    if rebuild == "backfill":
+        assert scrypath_sa.backfill(w.Article).ok
+    else:
+        assert scrypath_sa.reindex(w.Article).cut_over
+    spanning.commit()
+    outcome = scrypath_sa.last_outcome(spanning)
+    spanning.close()
+    assert outcome.state == "completed", outcome.describe()
+    doc = os_client.get(index=f"{w.prefix}_articles", id="1")["_source"]
+    assert doc["title"] == "changed during the rebuild"
+    assert scrypath_sa.reconcile([w.Article]).models[0].recommendation == "nothing"
+
+
 def test_a_killed_rebuild_is_told_apart_and_prune_keeps_the_last_live_index(
         world: World, os_client: Any, opensearch_url: str) -> None:
     alias = f"{world.prefix}_articles"
