@@ -201,6 +201,21 @@ def rows_by_key(session: Session, info: ModelInfo, keys: Sequence[Sequence[Any]]
     return found
 
 
+def rows_by_document_id(session: Session, info: ModelInfo,
+                        keys: Mapping[str, Sequence[Any] | None], *,
+                        load_options: bool = True) -> dict[str, Any]:
+    """Document id -> its row, for the ids of ``keys`` (id -> primary key, JSON-safe or
+    typed, or None when unknown) whose row exists."""
+    found = rows_by_key(session, info, [k for k in keys.values() if k is not None],
+                        load_options=load_options)
+    rows = {}
+    for doc_id, key in keys.items():
+        row = found.get(tuple(json_safe_key(key))) if key is not None else None
+        if row is not None:
+            rows[doc_id] = row
+    return rows
+
+
 def load_documents(bind: Bind, info: ModelInfo, keys: Sequence[Key]) -> dict[Key, Built]:
     """JSON-safe primary key -> built document for the rows among ``keys`` that exist."""
     if uses_default_documents(info.cls):

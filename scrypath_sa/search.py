@@ -55,12 +55,11 @@ def search(session: Session, model: type[T], query: str | dict[str, Any], *, pag
     hits = config.backend.search(info.index, query, offset=(page - 1) * per_page,
                                  limit=per_page, fields=fields)
     keys = {doc_id: documents.parse_document_id(info, doc_id) for doc_id in hits.ids}
-    found = documents.rows_by_key(session, info, [k for k in keys.values() if k is not None])
+    found = documents.rows_by_document_id(session, info, keys)
     items: list[T] = []
     missing: list[str] = []
     for doc_id in hits.ids:
-        key = keys[doc_id]
-        hit = found.get(tuple(documents.json_safe_key(key))) if key is not None else None
+        hit = found.get(doc_id)
         if hit is None:
             missing.append(doc_id)
         else:

@@ -315,11 +315,9 @@ def _replay(config: Config, info: ModelInfo, into: str, since: Mark,
         keys = {doc_id: documents.typed_key(info, pk) for doc_id, _, pk in chunk}
         ops = []
         with Session(engine) as session:
-            found = documents.rows_by_key(session, info,
-                                          [k for k in keys.values() if k is not None])
+            found = documents.rows_by_document_id(session, info, keys)
             for doc_id, version, _ in chunk:
-                key = keys[doc_id]
-                obj = found.get(tuple(documents.json_safe_key(key))) if key else None
+                obj = found.get(doc_id)
                 action, payload = build_document(obj) if obj is not None else ("delete", None)
                 if action != "error":
                     ops.append(BulkOp(into, doc_id, max(version_of(int(version)), floor),

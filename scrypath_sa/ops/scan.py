@@ -84,13 +84,11 @@ def orphan_pages(engine: Engine, backend: AdminBackend, info: ModelInfo, index: 
         else:
             parsed = {doc_id: documents.parse_document_id(info, doc_id) for doc_id, _ in page}
             with Session(engine) as session:
-                rows = documents.rows_by_key(
-                    session, info, [k for k in parsed.values() if k is not None],
-                    load_options=False)
+                rows = documents.rows_by_document_id(session, info, parsed,
+                                                     load_options=False)
                 orphans = []
                 for doc_id, version in page:
-                    key = parsed[doc_id]
-                    row = rows.get(tuple(documents.json_safe_key(key))) if key else None
+                    row = rows.get(doc_id)
                     if row is None or (check_should_index and not row.should_index()):
                         orphans.append((doc_id, version))
         if orphans:
