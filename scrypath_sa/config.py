@@ -53,6 +53,7 @@ class Config:
     backoff_base: float = 1.0
     backoff_max: float = 600.0
     strict: bool = False
+    inline_timeout: float | None = 30.0
 
     def mode(self, name: str) -> SyncMode:
         try:

@@ -29,7 +29,7 @@ _lock = threading.Lock()
 def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engine | None = None,
               modes: Mapping[str, Mode] | None = None, batch_size: int = 500,
               max_attempts: int = 8, backoff_base: float = 1.0, backoff_max: float = 600.0,
-              strict: bool = False) -> Config:
+              strict: bool = False, inline_timeout: float | None = 30.0) -> Config:
     """Install sync on ``target`` and return the configuration.
 
     ``target`` is a ``sessionmaker``, a ``Session`` subclass, a ``scoped_session`` (e.g.
@@ -40,6 +40,10 @@ def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engi
     outcome is not what its mode promises raises
     :class:`~scrypath_sa.errors.SyncIncompleteError` after the data committed.
     Configuring the same target again replaces the previous installation.
+    ``inline_timeout`` bounds how long an inline commit sends writes (seconds; None:
+    no bound); a run also stops sending after a request that got no answer, so a
+    stalled cluster holds a commit for about one request timeout. What is not sent is
+    ``retrying``.
     """
     if not isinstance(backend, Backend):
         raise ConfigurationError(f"backend must be a scrypath_sa Backend, got {backend!r}")
@@ -54,7 +58,8 @@ def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engi
     all_modes = build_modes(modes)
     config = Config(target=target, backend=backend, bind=engine, modes=all_modes,
                     default_mode=mode, batch_size=batch_size, max_attempts=max_attempts,
-                    backoff_base=backoff_base, backoff_max=backoff_max, strict=strict)
+                    backoff_base=backoff_base, backoff_max=backoff_max, strict=strict,
+                    inline_timeout=inline_timeout)
     config.mode(mode)  # fail now if the default mode is not available
     for mode_object in all_modes.values():
         mode_object.attach(config)

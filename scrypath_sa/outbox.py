@@ -328,6 +328,26 @@ def expire_claims(conn: Connection, older_than: dt.timedelta) -> list[tuple[int,
     return [(row[0], row[1]) for row in conn.execute(stmt)]
 
 
+def expire_dead_claims(conn: Connection) -> list[tuple[int, str | None]]:
+    """``processing`` claims whose worker process is gone from this host (killed, or
+    stopped before it finished): hand them back as ``retrying``, due now, whatever
+    their age. Returns their (id, mode) pairs."""
+    t = sync_events
+    owners = conn.execute(select(t.c.claimed_by).distinct()
+                          .where(in_states([State.PROCESSING]))).scalars()
+    expired: list[tuple[int, str | None]] = []
+    now = utcnow()
+    for owner in [o for o in owners if process_gone(o)]:
+        stmt = (update(t)
+                .where(in_states([State.PROCESSING]), t.c.claimed_by == owner)
+                .values(state=State.RETRYING.value, updated_at=now, next_attempt_at=now,
+                        error_kind="claim_expired",
+                        last_error=f"the worker holding the claim ({owner}) is gone")
+                .returning(t.c.id, t.c.mode))
+        expired.extend((row[0], row[1]) for row in conn.execute(stmt))
+    return expired
+
+
 def high_water_mark(conn: Connection) -> int:
     """The newest event id so far (0 when there is none)."""
     return int(conn.execute(select(func.max(sync_events.c.id))).scalar() or 0)
@@ -346,7 +366,8 @@ def rerequest(conn: Connection, ids: Sequence[int]) -> None:
     mark(conn, ids, State.REQUESTED, only_from=[State.RETRYING, State.ENQUEUED])
 
 
-def due(conn: Connection, older_than: dt.timedelta, enqueued_older_than: dt.timedelta,
+def due(conn: Connection, older_than: dt.timedelta | None,
+        enqueued_older_than: dt.timedelta | None,
         limit: int) -> list[tuple[int, str | None]]:
     """Events that need a push, as (id, mode) pairs, oldest first:
 
@@ -355,14 +376,22 @@ def due(conn: Connection, older_than: dt.timedelta, enqueued_older_than: dt.time
     * ``retrying`` whose ``next_attempt_at`` is more than ``older_than`` past (whoever
       scheduled the retry, e.g. Dramatiq's own retry, had its chance first);
     * ``enqueued`` for longer than ``enqueued_older_than`` (the message was lost).
+
+    ``None`` leaves those states alone.
     """
     t = sync_events
     now = utcnow()
-    conditions = [
-        (t.c.state == State.REQUESTED.value) & (t.c.requested_at <= now - older_than),
-        (t.c.state == State.RETRYING.value) & (t.c.next_attempt_at <= now - older_than),
-        (t.c.state == State.ENQUEUED.value) & (t.c.enqueued_at <= now - enqueued_older_than),
-    ]
+    conditions = []
+    if enqueued_older_than is not None:
+        conditions.append((t.c.state == State.ENQUEUED.value)
+                          & (t.c.enqueued_at <= now - enqueued_older_than))
+    if older_than is not None:
+        conditions += [
+            (t.c.state == State.REQUESTED.value) & (t.c.requested_at <= now - older_than),
+            (t.c.state == State.RETRYING.value) & (t.c.next_attempt_at <= now - older_than),
+        ]
+    if not conditions:
+        return []
     query = (select(t.c.id, t.c.mode).where(t.c.completed_at.is_(None), or_(*conditions))
              .order_by(t.c.id).limit(limit))
     return [(row[0], row[1]) for row in conn.execute(query)]
@@ -568,7 +597,8 @@ def this_process() -> str:
 def process_gone(owner: str | None) -> bool:
     """True when ``owner`` (from :func:`this_process`) ran on this host and its process
     no longer exists. False when it lives, ran elsewhere, or is not known."""
-    host, _, pid = (owner or "").rpartition(":")
+    host, _, rest = (owner or "").partition(":")
+    pid = rest.split(":")[0]  # a worker's claim adds its thread
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
@@ -577,7 +607,17 @@ def process_gone(owner: str | None) -> bool:
         return True
     except OSError:  # it exists, owned by another user
         return False
-    return False
+    return _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """A process that died but was not reaped yet (Linux; elsewhere: not known)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read()
+    except OSError:
+        return False
+    return fields[fields.rindex(b")") + 2:][:1] == b"Z"
 
 
 def save_checkpoint(conn: Connection, name: str, index: str, position: list[Any] | None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -77,9 +78,11 @@ class Writer:
     """Sends prepared batches and records what became of them (see the module)."""
 
     def __init__(self, config: Config, bind: Bind, policy: Visibility,
-                 pipelined: bool) -> None:
+                 pipelined: bool, deadline: float | None = None) -> None:
         self.config, self.bind, self.policy = config, bind, policy
         self.pipelined = pipelined
+        self.deadline = deadline  # time.monotonic() after which nothing more is sent
+        self.stopped: str | None = None  # why this run sends nothing more
         self.per_request = policy is Visibility.PER_REQUEST
         self.refreshes = policy in (Visibility.EVERY_N, Visibility.DEFERRED)
         self.transitions: list[Transition] = []
@@ -115,14 +118,13 @@ class Writer:
                 self.where[event_id] = doc
         self.record(prepared.failed)
         if not self.pipelined:  # one small batch (a commit): no thread to start
-            results = send(self.config, prepared.ops, self.per_request,
-                           self.index_errors[info.index])
+            results = self.send(prepared.ops, self.index_errors[info.index])
             self.record(settle(self.config, self.bind, prepared, results, self.per_request))
             return
         if self._sender is None:
             self._sender = pool("scrypath-bulk", SENDERS)
         self._in_flight.append((prepared, self._sender.submit(
-            send, self.config, prepared.ops, self.per_request, self.index_errors[info.index])))
+            self.send, prepared.ops, self.index_errors[info.index])))
         if self.refreshes:
             self._unrefreshed.add(info.index)
             self._sent_since_refresh += len(prepared.ops)
@@ -205,13 +207,24 @@ class Writer:
         return visibility.refresh_all(self.config.backend, indices)
 
 
-def send(config: Config, ops: Sequence[BulkOp], wait_for_visibility: bool,
-         index_error: str | None) -> list[ItemResult]:
-    if not ops:
-        return []
-    if index_error is not None:
-        return [ItemResult(ItemStatus.RETRYABLE, "index_unavailable", index_error)] * len(ops)
-    return config.backend.bulk(ops, wait_for_visibility=wait_for_visibility)
+    def send(self, ops: Sequence[BulkOp], index_error: str | None) -> list[ItemResult]:
+        """One request (from a sender thread in a pipelined run). Once a request of the
+        run got no answer, or the run's deadline passed, the rest are not sent: their
+        events are ``retrying`` with the reason, and the caller waits about one request
+        timeout for a stalled cluster, not one per batch."""
+        if not ops:
+            return []
+        if index_error is not None:
+            return [ItemResult(ItemStatus.RETRYABLE, "index_unavailable", index_error)] * len(ops)
+        if self.stopped is None and self.deadline is not None and time.monotonic() > self.deadline:
+            self.stopped = "not sent: the run's deadline passed before this batch's turn"
+        if self.stopped is not None:
+            return [ItemResult(ItemStatus.RETRYABLE, "not_sent", self.stopped)] * len(ops)
+        results = self.config.backend.bulk(ops, wait_for_visibility=self.per_request)
+        if results and all(r.error_kind == "connection_error" for r in results):
+            self.stopped = (f"not sent: an earlier request of this run got no answer "
+                            f"({results[0].error})")
+        return results
 
 
 def settle(config: Config, bind: Bind, prepared: Prepared, results: list[ItemResult],
@@ -241,8 +254,8 @@ def settle(config: Config, bind: Bind, prepared: Prepared, results: list[ItemRes
         else:
             transitions.extend(judged(doc, op, result))
     if again:
-        ops = [op for _, op in again]
-        for (doc, op), result in zip(again, send(config, ops, visible, None), strict=True):
+        answers = config.backend.bulk([op for _, op in again], wait_for_visibility=visible)
+        for (doc, op), result in zip(again, answers, strict=True):
             transitions.extend(judged(doc, op, result))
     return transitions
 

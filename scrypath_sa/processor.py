@@ -40,7 +40,7 @@ one per batch."""
 
 def process(config: Config, event_ids: Sequence[int], *, mode: str,
             visibility: Visibility = Visibility.PER_REQUEST, bind: Bind | None = None,
-            worker: str | None = None) -> Outcome:
+            worker: str | None = None, timeout: float | None = None) -> Outcome:
     """Claim ``event_ids``, write their documents, and record every outcome.
 
     A successful write ends ``completed`` (visible to search) unless ``visibility`` is
@@ -55,12 +55,16 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
     are final as they come in (so an interrupted run keeps what it finished; events
     claimed but not written when a run fails stay ``processing`` until their claim
     expires).
+
+    ``timeout`` (seconds) bounds the run: no request is sent after it, and none after
+    one that got no answer; the events not sent are ``retrying`` with the reason.
     """
     bind = bind or config.bind
     ids = list(dict.fromkeys(event_ids))
     outcome = Outcome(mode=mode, event_ids=ids)
     policy = plan(visibility, len(ids), config.batch_size, bind)
-    writer = Writer(config, bind, policy, pipelined=len(ids) > config.batch_size)
+    writer = Writer(config, bind, policy, pipelined=len(ids) > config.batch_size,
+                    deadline=None if timeout is None else time.monotonic() + timeout)
     if policy is Visibility.DEFERRED:
         with confirmer.run():
             return _process(config, bind, ids, outcome, writer, mode, worker)

@@ -19,7 +19,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -30,7 +30,7 @@ import servicekit  # noqa: E402
 
 DATABASES = ["sqlite", "postgresql"]
 SERVICE_FIXTURES = frozenset({"services", "postgres_url", "redis_url", "opensearch_url",
-                              "index_prefix", "backend", "os_client"})
+                              "index_prefix", "backend", "os_client", "faults"})
 
 
 SERVICE_PARAMS = frozenset({"postgresql", "opensearch"})
@@ -82,6 +82,18 @@ class _Services:
             except servicekit.MissingTool as exc:
                 pytest.fail(str(exc), pytrace=False)
         return self.running[name].url
+
+    def process(self, name: str) -> servicekit.Running:
+        """The running server behind ``name``'s URL: started by this harness, or by
+        ``scripts/services`` (its state file); fault tests signal or restart it."""
+        url = self.url(name)
+        if name in self.running:
+            return self.running[name]
+        for running in servicekit.load_state(ROOT / ".services" / "state.json").values():
+            if running.name == name and running.url == url and running.alive():
+                return running
+        pytest.fail(f"{name} at {url} was not started by this harness or scripts/services: "
+                    "a fault test cannot stop or restart it", pytrace=False)
 
     def stop(self) -> None:
         for running in self.running.values():
@@ -181,3 +193,16 @@ def _unconfigure_all() -> Iterator[None]:
 
     for config in install.installed():
         install.unconfigure(config.target)
+
+
+@pytest.fixture
+def faults(services: _Services) -> Iterator[Any]:
+    """Fault injection on the real servers (see tests/faults.py); every fault is undone
+    when the test ends, whatever happened."""
+    from tests.faults import Faults
+
+    injected = Faults(services.process)
+    try:
+        yield injected
+    finally:
+        injected.undo()

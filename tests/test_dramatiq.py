@@ -2,84 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import servicekit
 from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 import scrypath_sa
 from scrypath_sa import sync_events
 from scrypath_sa.modes.dramatiq import DramatiqMode
+from tests.faults import TERMINAL, Workers, all_terminal, states, wait_for
 from tests.models import World, make_world
-
-ROOT = Path(__file__).resolve().parent.parent
-TERMINAL = {"completed", "discarded"}
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 90) -> None:
-    """Poll a real state (rows in sync_events, files a worker wrote) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def states(engine: Engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        rows = conn.execute(select(sync_events.c.state, func.count())
-                            .group_by(sync_events.c.state)).all()
-    return {state: n for state, n in rows}
-
-
-def all_terminal(engine: Engine) -> Callable[[], bool]:
-    return lambda: set(states(engine)) <= TERMINAL and bool(states(engine))
-
-
-class Workers:
-    """Starts real `dramatiq` worker processes on the test's app module."""
-
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
-        self.tmp_path, self.env = tmp_path, env
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, threads: int = 2, **overrides: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **self.env, **overrides,
-               "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}
-        log = (self.tmp_path / f"worker{len(self.procs)}.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "tests.dramatiq_app", "--processes", "1",
-             "--threads", str(threads), "--queues", self.env["SCRYPATH_TEST_QUEUE"]],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        proc.wait(timeout=60)
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                self.kill(proc, signal.SIGTERM)
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:]
-                         for p in sorted(self.tmp_path.glob("worker*.log")))
 
 
 @pytest.fixture
@@ -260,6 +200,38 @@ def test_worker_killed_mid_batch_loses_nothing(setup: Any, tmp_path: Path,
     wait_for(all_terminal(world.engine), "a new worker to finish the orphaned batch")
     assert states(world.engine) == {"completed": 5}, workers.logs()
     assert len(index_state(os_client, world)) == 5
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_a_worker_stopped_mid_batch_strands_nothing(setup: Any, tmp_path: Path,
+                                                    os_client: Any, sig: int) -> None:
+    """Many messages; the worker is mid-bulk on some and holds more in its prefetch when
+    it is killed (SIGKILL) or stopped (SIGTERM, its in-flight threads cut off by the
+    shutdown timeout). A plain sweep() (after a kill) or just a new worker on this host
+    (after a stop) finishes everything: no event is left enqueued or processing, none
+    is counted twice, and the index equals the database."""
+    world, workers, config = setup
+    config.mode("dramatiq").chunk_size = 5  # 8 messages
+    with world.Session() as session:
+        session.add_all([world.Article(id=i, title=f"survives {i}") for i in range(1, 41)])
+        session.commit()
+    stall = tmp_path / "stalled"
+    doomed = workers.start(2, "--worker-shutdown-timeout", "500",
+                           SCRYPATH_TEST_STALL_FILE=str(stall))
+    wait_for(lambda: states(world.engine).get("processing", 0) >= 10,
+             "both worker threads to be mid-bulk")
+    workers.kill(doomed, sig)
+    left = states(world.engine)
+    assert left.get("processing", 0) >= 10 and left.get("enqueued", 0) > 0, left
+
+    if sig == signal.SIGKILL:
+        report = scrypath_sa.sweep()  # default ages: the dead claims are found by pid
+        unfinished = sum(n for state, n in left.items() if state not in TERMINAL)
+        assert report.dispatched == unfinished  # each event once
+    workers.start()  # its boot finds the claims of the worker that died on this host
+    wait_for(all_terminal(world.engine), "the events of the stopped worker to finish")
+    assert states(world.engine) == {"completed": 40}, workers.logs()
+    assert index_state(os_client, world) == db_state(world)
 
 
 def test_redelivery_and_two_workers_never_double_process(setup: Any, os_client: Any) -> None:

@@ -3,10 +3,12 @@ mode's ``dispatch``, for commits and for every operator command that pushes work
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from scrypath_sa import outbox
 from scrypath_sa.outcome import Outcome
 from scrypath_sa.redaction import redact
 
@@ -40,3 +42,26 @@ def redispatch(config: Config, events: Iterable[tuple[int, str | None]],
         chosen = mode or (recorded if recorded in config.modes else config.default_mode)
         by_mode.setdefault(chosen, []).append(event_id)
     return [dispatch(config, name, ids, config.bind) for name, ids in by_mode.items()]
+
+
+def push_due(config: Config, *, older_than: dt.timedelta | None,
+             enqueued_older_than: dt.timedelta | None, stale_after: dt.timedelta | None,
+             limit: int) -> list[Outcome]:
+    """Dispatch again what fell behind (see :func:`scrypath_sa.sweep`), each event once.
+
+    Claims older than ``stale_after`` expire, and so do claims whose worker process is
+    gone from this host, at any age. When a claim expired, a worker died holding
+    messages nobody can see (its prefetch, which the broker hands back only much
+    later): then every ``enqueued`` event is sent again. A duplicate is harmless: the
+    claim lets one worker write each event, and it reads the row when it does.
+    ``None`` leaves that kind of event alone (dead workers' claims always expire)."""
+    with config.bind.begin() as conn:
+        expired = outbox.expire_claims(conn, stale_after) if stale_after is not None else []
+        expired += outbox.expire_dead_claims(conn)
+    if expired:
+        enqueued_older_than = dt.timedelta(0)
+    with config.bind.begin() as conn:
+        due = dict(expired)
+        due.update(outbox.due(conn, older_than, enqueued_older_than, limit))
+        outbox.rerequest(conn, list(due))
+    return redispatch(config, due.items())

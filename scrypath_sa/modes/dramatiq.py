@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from scrypath_sa import outbox, processor
 from scrypath_sa.errors import MissingExtraError, NotConfiguredError
 from scrypath_sa.modes.base import Mode
+from scrypath_sa.modes.dispatch import push_due
 from scrypath_sa.outcome import Outcome
 from scrypath_sa.redaction import redact
 from scrypath_sa.schema import State, utcnow
@@ -118,8 +119,11 @@ class _WorkerHooks(dramatiq.Middleware):
 
     def __init__(self) -> None:
         self.freeze_gc = False
+        self.modes: list[DramatiqMode] = []
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
+        for mode in self.modes:
+            mode.recover_dead_workers()
         if self.freeze_gc:
             gc.collect()  # garbage made while booting is freed, not frozen for good
             gc.freeze()
@@ -171,6 +175,7 @@ class DramatiqMode(Mode):
             hooks = _WorkerHooks()
             broker.add_middleware(hooks)
         hooks.freeze_gc = hooks.freeze_gc or freeze_gc
+        hooks.modes.append(self)
         self.exhausted_actor: dramatiq.Actor[Any, Any] = dramatiq.Actor(
             self._retries_exhausted, broker=broker, actor_name=f"{actor_name}_exhausted",
             queue_name=queue_name, priority=0, options={"max_retries": 3},
@@ -248,6 +253,26 @@ class DramatiqMode(Mode):
         return self._relay.flush(timeout)
 
     # ------------------------------------------------------------------ worker side
+
+    def recover_dead_workers(self) -> list[Outcome]:
+        """At a worker's boot: the work of workers that died on this host (killed, or
+        stopped mid-batch) is sent again, with every ``enqueued`` event when there was
+        any (see :func:`~scrypath_sa.modes.dispatch.push_due`). Never raises."""
+        if self._config is None:
+            return []
+        try:
+            outcomes = push_due(self._config, older_than=None, enqueued_older_than=None,
+                                stale_after=None, limit=100_000)
+        except Exception as exc:  # noqa: BLE001 - a boot must not fail over this
+            log.warning("scrypath_sa: could not look for dead workers' claims at boot; "
+                        "sweep() finds them: %s", redact(exc))
+            return []
+        if outcomes:
+            log.warning("scrypath_sa: sent again %d events that workers which died on "
+                        "this host left unfinished",
+                        sum(len(o.event_ids) for o in outcomes))
+        return outcomes
+
 
     def _work(self, event_ids: list[int]) -> None:
         outcome = processor.process(self.config, event_ids, mode=self.name,

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 
 class InlineMode(Mode):
-    """Process in the committing thread until visible: success is ``completed``."""
+    """Process in the committing thread until visible: success is ``completed``. The
+    commit waits at most about ``configure(inline_timeout=...)`` seconds (plus one
+    request in flight): what is not written by then is ``retrying``."""
 
     name = "inline"
     promise = frozenset({State.COMPLETED})
@@ -26,4 +28,5 @@ class InlineMode(Mode):
     def dispatch(self, config: Config, event_ids: Sequence[int],
                  engine: Engine | None = None) -> Outcome:
         return processor.process(config, event_ids, mode=self.name,
-                                 visibility=Visibility.PER_REQUEST, bind=engine)
+                                 visibility=Visibility.PER_REQUEST, bind=engine,
+                                 timeout=config.inline_timeout)

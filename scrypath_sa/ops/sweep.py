@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scrypath_sa import outbox
 from scrypath_sa.config import Config
 from scrypath_sa.install import resolve_config
-from scrypath_sa.modes.dispatch import redispatch
+from scrypath_sa.modes.dispatch import push_due
 from scrypath_sa.modes.manual import ConfirmReport
 from scrypath_sa.modes.manual import confirm as _confirm
 from scrypath_sa.outcome import Outcome
@@ -36,8 +35,10 @@ def sweep(config: Config | None = None, *, older_than: dt.timedelta = dt.timedel
           limit: int = 10_000) -> SweepReport:
     """Push work that fell behind, each event through its recorded mode (or the default):
 
-    * ``processing`` claims older than ``stale_after`` (a worker died) become
-      ``retrying``, due now;
+    * ``processing`` claims older than ``stale_after`` (a worker died or hangs), and
+      claims whose worker process is gone from this host at any age, become
+      ``retrying``, due now; when any did, every ``enqueued`` event is sent again too
+      (the dead worker's prefetched messages cannot be seen; a duplicate is harmless);
     * ``requested`` events older than ``older_than`` and ``retrying`` events due for
       longer than ``older_than`` are redispatched;
     * ``enqueued`` events older than ``enqueued_older_than`` (a lost message) too.
@@ -46,12 +47,9 @@ def sweep(config: Config | None = None, *, older_than: dt.timedelta = dt.timedel
     before working on them, so each is worked by one caller at a time.
     """
     config = resolve_config(config)
-    with config.bind.begin() as conn:
-        expired = outbox.expire_claims(conn, stale_after)
-    with config.bind.begin() as conn:
-        due = expired + outbox.due(conn, older_than, enqueued_older_than, limit)
-        outbox.rerequest(conn, [event_id for event_id, _ in due])
-    return SweepReport(redispatch(config, due))
+    return SweepReport(push_due(config, older_than=older_than,
+                                enqueued_older_than=enqueued_older_than,
+                                stale_after=stale_after, limit=limit))
 
 
 def confirm(event_ids: Sequence[int] | None = None, *, config: Config | None = None,
