@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from scrypath_sa import listeners
 from scrypath_sa.backends.base import Backend
@@ -45,14 +45,17 @@ def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engi
     stalled cluster holds a commit for about one request timeout. What is not sent is
     ``retrying``.
     """
+    _check_target(target)
     if not isinstance(backend, Backend):
-        raise ConfigurationError(f"backend must be a scrypath_sa Backend, got {backend!r}")
+        raise ConfigurationError(
+            f"backend must be a scrypath_sa Backend (e.g. OpenSearchBackend(url)), got a "
+            f"{type(backend).__name__}")
     if batch_size < 1 or max_attempts < 1:
         raise ConfigurationError("batch_size and max_attempts must be at least 1")
     engine = bind or _bind_of(target)
     if engine is None:
         raise ConfigurationError(
-            f"cannot tell which database {target!r} uses: pass bind=engine to "
+            f"cannot tell which database this {type(target).__name__} uses: pass bind=engine to "
             "scrypath_sa.configure() (with Flask-SQLAlchemy, bind=db.engine inside the app "
             "context)")
     all_modes = build_modes(modes)
@@ -122,9 +125,23 @@ def build_modes(extra: Mapping[str, Mode] | None) -> dict[str, SyncMode]:
     modes: dict[str, SyncMode] = {name: cls() for name, cls in BUILTIN.items()}
     for name, mode in (extra or {}).items():
         if not isinstance(mode, Mode):
-            raise ConfigurationError(f"modes[{name!r}] must be a scrypath_sa Mode, got {mode!r}")
+            raise ConfigurationError(
+                f"modes[{name!r}] must be a scrypath_sa Mode, got a {type(mode).__name__}")
         modes[name] = mode
     return modes
+
+
+def _check_target(target: Any) -> None:
+    """``target`` must be something sessions come from (the events are listened on it)."""
+    if isinstance(target, (sessionmaker, scoped_session, Session)) or (
+            isinstance(target, type) and issubclass(target, Session)):
+        return
+    hint = (": pass the engine as bind=, and sessionmaker(engine) (or your Session class) "
+            "as the target" if isinstance(target, (Engine, Connection)) else "")
+    raise ConfigurationError(
+        "configure() installs sync on where your sessions come from: a sessionmaker, a "
+        "Session subclass, a scoped_session (Flask-SQLAlchemy's db.session) or one "
+        f"Session; got a {type(target).__name__}{hint}")
 
 
 def _bind_of(target: Any) -> Engine | None:

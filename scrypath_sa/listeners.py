@@ -31,8 +31,8 @@ from scrypath_sa.mixin import Searchable
 from scrypath_sa.modes.dispatch import dispatch
 from scrypath_sa.modes.selection import resolve_mode
 from scrypath_sa.outbox import NewEvent
-from scrypath_sa.outcome import Outcome
-from scrypath_sa.schema import Operation
+from scrypath_sa.outcome import Failure, Outcome
+from scrypath_sa.schema import Operation, State
 
 STATE_KEY = "scrypath_sa"
 """The ``Session.info`` key of a session's :class:`SessionSync`."""
@@ -42,7 +42,8 @@ class SessionSync:
     """One session's sync state: what the current transaction captured and recorded,
     and the outcome of its last commit with sync work."""
 
-    __slots__ = ("capture", "committed", "engine", "outcome", "pending")
+    __slots__ = ("capture", "committed", "engine", "outcome", "pending", "refused",
+                 "refused_committed")
 
     def __init__(self) -> None:
         self.outcome: Outcome | None = None
@@ -54,6 +55,8 @@ class SessionSync:
         self.pending: list[int] = []  # recorded in this transaction
         self.committed: list[int] = []  # the root transaction committed these
         self.engine: Engine | None = None  # where they were recorded
+        self.refused: list[Failure] = []  # recorded discarded: bad sync input
+        self.refused_committed: list[Failure] = []
 
 
 def session_sync(session: Session) -> SessionSync:
@@ -109,6 +112,7 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
         if session.get_nested_transaction() is None:  # the root transaction committed
             state = session_sync(session)
             state.committed, state.pending = state.pending, []
+            state.refused_committed, state.refused = state.refused, []
 
     def after_rollback(session: Session) -> None:
         if session.get_nested_transaction() is None:
@@ -119,11 +123,17 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
             return
         state = session_sync(session)
         ids, engine = state.committed, state.engine or config.bind
+        refused = state.refused_committed
         state.reset()
-        if not ids:
+        if not ids and not refused:
             return
         mode_name = resolve_mode(config.default_mode, session)
-        outcome = state.outcome = dispatch(config, mode_name, ids, engine)
+        outcome = dispatch(config, mode_name, ids, engine) if ids else Outcome(mode_name, [])
+        if refused:
+            outcome.event_ids.extend(f.event_id for f in refused)
+            outcome.failures.extend(refused)
+            outcome.states[State.DISCARDED.value] += len(refused)
+        state.outcome = outcome
         mode = config.modes.get(mode_name)
         if config.strict and not (mode is not None and mode.kept_promise(outcome)):
             raise SyncIncompleteError(outcome)
@@ -141,7 +151,15 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
 def _remember(session: Session, config: Config, conn: Connection,
               events: list[NewEvent]) -> None:
     state = session_sync(session)
-    state.pending.extend(outbox.record(conn, events, resolve_mode(config.default_mode, session)))
+    mode = resolve_mode(config.default_mode, session)
+    if any(outbox.too_long(e.document_id) for e in events):  # never fail the commit
+        refused = [e for e in events if outbox.too_long(e.document_id)]
+        events = [e for e in events if not outbox.too_long(e.document_id)]
+        state.refused.extend(
+            Failure(event_id, e.index_name, e.document_id[:200] + "...",
+                    State.DISCARDED.value, "document_id_too_long", reason)
+            for event_id, e, reason in outbox.record_rejected(conn, refused, mode))
+    state.pending.extend(outbox.record(conn, events, mode))
     state.engine = conn.engine
 
 

@@ -49,7 +49,11 @@ class Searchable:
             or getattr(cls, "__table__", None) is not None)
         if mapped:
             registry.register(cls)
-        super().__init_subclass__(**kwargs)
+        try:
+            super().__init_subclass__(**kwargs)
+        except BaseException:  # mapping failed: nothing of the class stays registered
+            registry.unregister(cls)
+            raise
 
     @library_default
     def search_document(self) -> dict[str, Any]:

@@ -101,6 +101,38 @@ def record(conn: Connection, events: Sequence[NewEvent], mode: str | None) -> li
     return list(conn.execute(stmt, rows).scalars())
 
 
+MAX_DOCUMENT_ID_BYTES = 512
+"""OpenSearch refuses longer ``_id``s (and ``sync_events.document_id`` holds 512)."""
+
+
+def too_long(document_id: str) -> bool:
+    return len(document_id) > MAX_DOCUMENT_ID_BYTES // 4 and (
+        len(document_id.encode()) > MAX_DOCUMENT_ID_BYTES)
+
+
+def record_rejected(conn: Connection, events: Sequence[NewEvent],
+                    mode: str | None) -> list[tuple[int, NewEvent, str]]:
+    """Record events whose document id OpenSearch would refuse as ``discarded`` with
+    the reason (their id cut to fit the column), in the data's transaction: the data
+    commits, the sync input is refused and kept. Returns (id, event, reason)."""
+    now = utcnow()
+    recorded = []
+    for e in events:
+        size = len(e.document_id.encode())
+        reason = (f"the document id of {e.model} {e.pk} is {size} bytes; OpenSearch "
+                  f"allows {MAX_DOCUMENT_ID_BYTES}: make search_document_id() shorter "
+                  "(e.g. a hash of the long value), then backfill")
+        event_id = conn.execute(_INSERT_ONE, {
+            "model": e.model, "index_name": e.index_name,
+            "document_id": e.document_id[:200] + "...", "pk": e.pk,
+            "operation": e.operation.value, "mode": mode,
+            "state": State.DISCARDED.value, "attempts": 0, "error_kind": "document_id_too_long",
+            "last_error": reason, "requested_at": now, "updated_at": now,
+            "discarded_at": now}).scalar_one()
+        recorded.append((event_id, e, reason))
+    return recorded
+
+
 def _record_postgresql(conn: Connection, events: Sequence[NewEvent], mode: str | None,
                        now: dt.datetime) -> list[int]:
     """One prepared-once statement per model in the flush: a single row as VALUES,

@@ -81,7 +81,8 @@ def register(cls: type[Any]) -> ModelInfo:
                    "search_load_options"):
         if not callable(getattr(cls, method, None)):
             raise ConfigurationError(
-                f"{name}.{method} must be a method, got {getattr(cls, method, None)!r}"
+                f"{name}.{method} must be a method, got a "
+                f"{type(getattr(cls, method, None)).__name__}"
             )
     existing = _by_index.get(index)
     if existing is not None and _qualified(existing.cls) != _qualified(cls):
@@ -93,6 +94,13 @@ def register(cls: type[Any]) -> ModelInfo:
     _by_index[index] = info
     _by_class[cls] = info
     return info
+
+
+def unregister(cls: type) -> None:
+    """Forget ``cls`` (its mapping failed after its options were registered)."""
+    info = _by_class.pop(cls, None)
+    if info is not None and _by_index.get(info.index) is info:
+        del _by_index[info.index]
 
 
 def _contract(model: str, raw: object) -> Contract:

@@ -73,3 +73,70 @@ def test_an_unconfigured_mode_says_how_to_configure_it(engine: Engine) -> None:
     with pytest.raises(ConfigurationError,
                        match=r"modes=\{'dramatiq': DramatiqMode\(broker\)\}"):
         config.mode("dramatiq")
+
+
+@pytest.mark.parametrize(("target", "says"), [
+    (object(), "got a object"), ("Session", "got a str"),
+    (None, "got a NoneType")])
+def test_configure_says_what_to_pass_for_a_wrong_target(target: Any, says: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"a sessionmaker, a Session subclass.*{says}"):
+        scrypath_sa.configure(target, backend=InMemoryBackend())
+
+
+def test_configure_on_an_engine_says_to_pass_it_as_bind(engine: Engine) -> None:
+    with pytest.raises(ConfigurationError, match="pass the engine as bind="):
+        scrypath_sa.configure(engine, backend=InMemoryBackend(), bind=engine)
+
+
+def test_errors_never_print_a_foreign_objects_repr(engine: Engine) -> None:
+    """A client object passed where a backend or mode goes: its repr (which carries the
+    password) is not in the error."""
+    class Client:
+        def __repr__(self) -> str:
+            return "<OpenSearch([{'http_auth': 'admin:hunter2'}])>"
+
+    for call in (lambda: scrypath_sa.configure(sessionmaker(engine), backend=Client()),
+                 lambda: scrypath_sa.configure(sessionmaker(engine), backend=InMemoryBackend(),
+                                               modes={"x": Client()})):
+        with pytest.raises(ConfigurationError) as raised:
+            call()
+        assert "hunter2" not in str(raised.value) and "Client" in str(raised.value)
+
+
+def test_a_model_whose_mapping_failed_is_not_left_registered(engine: Engine,
+                                                             prefix: str) -> None:
+    from sqlalchemy.exc import ArgumentError
+    from sqlalchemy.orm import DeclarativeBase, Mapped
+
+    from scrypath_sa import Searchable, registry
+
+    class Base(DeclarativeBase):
+        pass
+
+    with pytest.raises(ArgumentError, match="primary key"):
+        type("NoKey", (Searchable, Base), {"__tablename__": f"{prefix}_nokey",
+                                           "__annotations__": {"name": Mapped[str]}})
+    assert f"{prefix}_nokey" not in {m.index for m in registry.all_models()}
+    w = make_world(engine, prefix)
+    scrypath_sa.configure(w.Session, backend=InMemoryBackend())
+    assert scrypath_sa.reconcile().models  # over every model: no half-defined one
+
+
+def test_retry_with_an_unknown_mode_changes_nothing(engine: Engine, prefix: str) -> None:
+    from sqlalchemy import select
+
+    from scrypath_sa import sync_events
+
+    w = make_world(engine, prefix)
+    scrypath_sa.configure(w.Session, backend=InMemoryBackend(), mode="hold",
+                          modes={"hold": Hold()})
+    with w.Session() as session:
+        session.add(w.Article(id=1, title="a"))
+        session.commit()
+    with engine.begin() as conn:
+        conn.execute(sync_events.update().values(state="discarded"))
+    event_id = scrypath_sa.failed().events[0].id
+    with pytest.raises(ConfigurationError, match="turbo"):
+        scrypath_sa.retry(event_id, mode="turbo")
+    with engine.connect() as conn:
+        assert conn.execute(select(sync_events.c.state)).scalar_one() == "discarded"

@@ -6,10 +6,12 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, String, delete, select, update
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 import scrypath_sa
-from scrypath_sa import State, sync_events
+from scrypath_sa import Searchable, State, sync_events
+from scrypath_sa.errors import SyncIncompleteError
 from tests.models import World, make_world
 
 
@@ -493,3 +495,51 @@ def test_column_fast_path_builds_the_same_documents_as_the_orm(world: World) -> 
     info = registry.info_for(world.Article)
     assert info is not None
     assert documents.column_documents(world.engine, info, [(1,)]) == {(1,): ("upsert", orm_doc)}
+
+
+def test_a_document_id_too_long_for_opensearch_never_fails_the_commit(
+        engine: Engine, index_prefix: str, backend: Any, os_client: Any) -> None:
+    """A custom id rule produces a 600-character id: the user's data commits, that
+    event is recorded discarded with a reason that says what to fix, its batch-mate is
+    written, and the outcome (and strict mode) do not call it a success."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Code(Searchable, Base):
+        __tablename__ = "codes"
+        __search_index__ = f"{index_prefix}_codes"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        code: Mapped[str] = mapped_column(String(1000))
+
+        def search_document_id(self) -> str:
+            return self.code
+
+    Base.metadata.create_all(engine)
+    scrypath_sa.metadata.create_all(engine)
+    Session = sessionmaker(engine)
+    scrypath_sa.configure(Session, backend=backend)
+    with Session() as session:
+        session.add_all([Code(id=1, code="x" * 600), Code(id=2, code="short")])
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert outcome.states == {"completed": 1, "discarded": 1}
+    (failure,) = outcome.failures
+    assert failure.error_kind == "document_id_too_long"
+    assert "600 bytes" in failure.error and "search_document_id()" in failure.error
+    with engine.connect() as conn:
+        assert conn.execute(select(Code.__table__.c.id)).scalars().all() == [1, 2]
+        rows = conn.execute(select(sync_events.c.state, sync_events.c.error_kind)
+                            .order_by(sync_events.c.id)).all()
+    assert sorted(rows) == [("completed", None), ("discarded", "document_id_too_long")]
+    assert os_client.get(index=f"{index_prefix}_codes", id="short")["found"]
+
+    scrypath_sa.configure(Session, backend=backend, strict=True)
+    with Session() as session:
+        session.add(Code(id=3, code="y" * 600))
+        with pytest.raises(SyncIncompleteError):
+            session.commit()
+    with engine.connect() as conn:  # strict raises after the data committed
+        assert conn.execute(select(Code.__table__.c.id)).scalars().all() == [1, 2, 3]
+    scrypath_sa.unconfigure(Session)
+    Base.metadata.drop_all(engine)
