@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select
 import scrypath_sa
 from scrypath_sa import sync_events
 from scrypath_sa.modes.dramatiq import DramatiqMode
-from tests.faults import TERMINAL, Workers, all_terminal, states, wait_for
+from tests.faults import TERMINAL, Workers, all_terminal, assert_in_step, states, wait_for
 from tests.models import World, make_world
 
 
@@ -314,6 +314,28 @@ def test_opensearch_down_while_the_worker_runs_then_recovery(setup: Any,
         assert client.count(index=f"{world.prefix}_articles")["count"] == 3
     finally:
         restarted.stop()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_restarted_under_a_running_worker(setup: Any, os_client: Any,
+                                                     faults: Any) -> None:
+    """PostgreSQL restarts (every connection cut) while a worker holds pooled
+    connections: the work before and after the restart all completes."""
+    world, workers, config = setup
+    workers.start()
+    with world.Session() as session:
+        session.add_all([world.Article(id=i, title=f"before {i}") for i in range(1, 21)])
+        session.commit()
+    wait_for(all_terminal(world.engine), "the worker to finish the first commit")
+    faults.restart_postgres()
+    world.engine.dispose()  # this process's pool, as pool_pre_ping would
+    with world.Session() as session:
+        session.add_all([world.Article(id=i, title=f"after {i}") for i in range(21, 41)])
+        session.commit()
+    config.mode("dramatiq").flush()
+    wait_for(lambda: states(world.engine) == {"completed": 40},
+             "the worker to finish after the restart (Dramatiq retries a failed message)")
+    assert_in_step(world, os_client)
 
 
 def test_flush_ends_the_relays_linger() -> None:
