@@ -301,7 +301,7 @@ def test_reindex_replays_a_transaction_that_spans_its_start(pg_world: World,
     assert doc["title"] == "changed while rebuilding"
 
 
-@pytest.mark.parametrize("rebuild", ["backfill", "reindex"])
+@pytest.mark.parametrize("rebuild", ["backfill", "reindex", "cutover"])
 def test_a_transaction_committed_after_a_rebuild_read_its_row_is_not_lost(
         pg_world: World, os_client: Any, rebuild: str) -> None:
     """A transaction takes its event id, the rebuild reads its high-water mark (above
@@ -320,8 +320,11 @@ def test_a_transaction_committed_after_a_rebuild_read_its_row_is_not_lost(
         session.commit()
     if rebuild == "backfill":
         assert scrypath_sa.backfill(w.Article).ok
-    else:
+    elif rebuild == "reindex":
         assert scrypath_sa.reindex(w.Article).cut_over
+    else:  # built first, cut over by the operator later
+        built = scrypath_sa.reindex(w.Article, cutover=False)
+        assert scrypath_sa.cutover(w.Article, built.new_index).cut_over
     spanning.commit()
     outcome = scrypath_sa.last_outcome(spanning)
     spanning.close()
