@@ -11,6 +11,7 @@ from __future__ import annotations
 from scrypath_sa import errors
 from scrypath_sa.config import Config
 from scrypath_sa.install import configure, current_config, last_outcome, unconfigure
+from scrypath_sa.listeners import mark_changed
 from scrypath_sa.mixin import Searchable
 from scrypath_sa.modes.manual import ConfirmReport
 from scrypath_sa.modes.selection import set_session_mode, sync_mode
@@ -63,6 +64,7 @@ __all__ = [
     "errors",
     "failed",
     "last_outcome",
+    "mark_changed",
     "metadata",
     "prune",
     "reconcile",

@@ -18,21 +18,25 @@ Each session keeps one :class:`SessionSync` in ``Session.info``:
 
 from __future__ import annotations
 
+import logging
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, inspect, select
+from sqlalchemy import Connection, Delete, Engine, Insert, Update, event, inspect, select
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction, object_session
 
 from scrypath_sa import documents, outbox, registry
 from scrypath_sa.config import Config
-from scrypath_sa.errors import SyncIncompleteError
+from scrypath_sa.errors import ConfigurationError, NotConfiguredError, SyncIncompleteError
 from scrypath_sa.mixin import Searchable
 from scrypath_sa.modes.dispatch import dispatch
 from scrypath_sa.modes.selection import resolve_mode
 from scrypath_sa.outbox import NewEvent
 from scrypath_sa.outcome import Failure, Outcome
 from scrypath_sa.schema import Operation, State
+
+log = logging.getLogger("scrypath_sa")
 
 STATE_KEY = "scrypath_sa"
 """The ``Session.info`` key of a session's :class:`SessionSync`."""
@@ -42,11 +46,12 @@ class SessionSync:
     """One session's sync state: what the current transaction captured and recorded,
     and the outcome of its last commit with sync work."""
 
-    __slots__ = ("capture", "committed", "engine", "outcome", "pending", "refused",
-                 "refused_committed")
+    __slots__ = ("capture", "committed", "config", "engine", "outcome", "pending",
+                 "refused", "refused_committed")
 
     def __init__(self) -> None:
         self.outcome: Outcome | None = None
+        self.config: Config | None = None  # the configuration of the session's target
         self.reset()
 
     def reset(self) -> None:
@@ -100,13 +105,22 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
         _remember(session, config, conn, list(capture.values()))
 
     def do_orm_execute(orm_state: ORMExecuteState) -> Any:
-        if not (orm_state.is_update or orm_state.is_delete):
+        if not (orm_state.is_update or orm_state.is_delete or orm_state.is_insert):
             return None
         mapper = orm_state.bind_mapper
         info = registry.info_for(mapper.class_) if mapper is not None else None
         if info is None or mapper is None:
             return None
+        session_sync(orm_state.session).config = config
+        if orm_state.is_insert:
+            return _orm_insert(orm_state, config, info, mapper)
         return _bulk_statement(orm_state, config, info, mapper)
+
+    def after_begin(session: Session, transaction: SessionTransaction,
+                    connection: Connection) -> None:
+        # Core statements on this connection belong to this session while it is open.
+        session_sync(session).config = config
+        connection.info[CONNECTION_KEY] = weakref.ref(session)
 
     def after_commit(session: Session) -> None:
         if session.get_nested_transaction() is None:  # the root transaction committed
@@ -142,6 +156,7 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
         ("before_flush", before_flush),
         ("after_flush", after_flush),
         ("do_orm_execute", do_orm_execute),
+        ("after_begin", after_begin),
         ("after_commit", after_commit),
         ("after_rollback", after_rollback),
         ("after_transaction_end", after_transaction_end),
@@ -232,6 +247,189 @@ def _inserted_or_changed(session: Session | None, target: Any) -> bool:
     return state.key is None or session is None or session.is_modified(target)
 
 
+# ---------------------------------------------- ORM insert() (bulk, upserts, from_select)
+
+def _orm_insert(state: ORMExecuteState, config: Config, info: registry.ModelInfo,
+                mapper: Mapper[Any]) -> Any:
+    """ORM-enabled ``insert()``: one row, many (``session.execute(insert(M), rows)``),
+    ``ON CONFLICT DO UPDATE/NOTHING`` and ``from_select``. The keys of the rows written
+    come back through RETURNING (a conflict that did nothing returns none); without
+    RETURNING, from the parameters."""
+    session = state.session
+    conn = session.connection(bind_arguments={"mapper": mapper})
+    stmt: Any = state.statement
+    pk_cols = list(mapper.primary_key)
+    if not getattr(stmt, "_returning", ()) and conn.dialect.insert_returning:
+        result = state.invoke_statement(statement=stmt.returning(*pk_cols))
+        keys = [list(row) for row in result.all()]
+        result = _rows_result(result, keys)
+    else:
+        result = state.invoke_statement()
+        keys = _keys_from_params(mapper, state.parameters) or []
+    _record_keys(session, config, conn, info, keys, Operation.UPSERT)
+    return result
+
+
+def _rows_result(result: Any, rows: list[list[Any]]) -> Any:
+    """Hand the caller a result like the one it would have had: the rows RETURNING
+    brought are read already; its count stays."""
+    frozen = result.freeze()
+    out = frozen()
+    out.rowcount = len(rows)
+    return out
+
+
+def _keys_from_params(mapper: Mapper[Any], params: Any) -> list[list[Any]] | None:
+    """Primary keys given in a statement's parameters (by attribute or column key, or
+    as the ``<table>_<column>`` bind names bulk updates use); None when any is missing."""
+    rows = params if isinstance(params, list | tuple) else [params] if params else []
+    names = [(c.key, f"{c.table.name}_{c.key}") for c in mapper.primary_key]
+    attrs = registry.pk_keys(mapper.class_)
+    keys = []
+    for row in rows:
+        key = []
+        for attr, (column, bind) in zip(attrs, names, strict=True):
+            for name in (attr, column, bind):
+                if name in row:
+                    key.append(row[name])
+                    break
+            else:
+                return None
+        keys.append(key)
+    return keys or None
+
+
+def _record_keys(session: Session, config: Config, conn: Connection,
+                 info: registry.ModelInfo, keys: list[list[Any]], op: Operation) -> None:
+    """Record one event per written row, by primary key, in the data's transaction
+    (custom document ids are read from the rows; for a delete, before it runs)."""
+    events: dict[tuple[str, str], NewEvent] = {}
+    default_ids = registry.uses_default_ids(info.cls)
+    rows = ({} if default_ids or not keys else documents.rows_by_key(
+        session, info, keys, load_options=False))
+    for key in keys:
+        safe = documents.json_safe_key(key)
+        if default_ids:
+            document_id = documents.pk_document_id(safe)
+        else:
+            obj = rows.get(tuple(safe))
+            if obj is None:
+                continue  # gone: its document id cannot be known (reconcile finds it)
+            document_id = str(obj.search_document_id())
+        events[(info.index, document_id)] = NewEvent(info.name, info.index, document_id,
+                                                     safe, op)
+    if events:
+        _remember(session, config, conn, list(events.values()))
+
+
+# ------------------------------------------------ Core statements through a session
+
+CONNECTION_KEY = "scrypath_sa.session"
+"""``Connection.info`` key: the session whose transaction uses this connection."""
+
+_core_events_installed = False
+
+
+def install_core_events() -> None:
+    """Capture Core INSERT/UPDATE/DELETE of a Searchable model's table that run on a
+    configured session's connection outside a flush: ``bulk_insert_mappings``,
+    ``bulk_update_mappings``, ``bulk_save_objects`` and ``session.execute(table.insert())``
+    and the like. (ORM statements are captured in ``do_orm_execute``; a flush's own
+    statements by the mapper events.)"""
+    global _core_events_installed
+    if _core_events_installed:
+        return
+    event.listen(Engine, "before_execute", _core_before, retval=True)
+    event.listen(Engine, "after_execute", _core_after)
+    _core_events_installed = True
+
+
+_DML = (Insert, Update, Delete)
+
+
+def _core_session(conn: Connection, clause: Any) -> tuple[Session, registry.ModelInfo] | None:
+    if not isinstance(clause, _DML):
+        return None
+    ref = conn.info.get(CONNECTION_KEY)
+    session = ref() if ref is not None else None
+    if session is None or not session.in_transaction():
+        return None
+    state = session_sync(session)
+    if state.capture is not None or state.config is None:  # a flush: mapper events
+        return None
+    info = registry.info_for_table(clause.table)
+    if info is None or session.connection(bind_arguments={"mapper": info.mapper}) is not conn:
+        return None  # the pooled connection serves someone else now
+    return session, info
+
+
+def _core_before(conn: Connection, clause: Any, multiparams: Any, params: Any,
+                 execution_options: Any) -> tuple[Any, Any, Any]:
+    found = _core_session(conn, clause)
+    if found is None:
+        return clause, multiparams, params
+    session, info = found
+    config = session_sync(session).config
+    assert config is not None
+    given = list(multiparams) if multiparams else [params] if params else []
+    if isinstance(clause, Insert):
+        if (not getattr(clause, "_returning", ()) and conn.dialect.insert_returning
+                and _keys_from_params(info.mapper, given) is None):
+            clause = clause.return_defaults()  # the keys, without rows for the caller
+        return clause, multiparams, params
+    keys = _keys_from_params(info.mapper, given)
+    if keys is None:  # UPDATE/DELETE ... WHERE: the rows it will touch, locked
+        query = select(*info.mapper.primary_key)
+        if clause.whereclause is not None:
+            query = query.where(clause.whereclause)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        keys = [list(row) for row in conn.execute(query, params or {})]
+    op = Operation.DELETE if isinstance(clause, Delete) else Operation.UPSERT
+    _record_keys(session, config, conn, info, keys, op)
+    return clause, multiparams, params
+
+
+def _core_after(conn: Connection, clause: Any, multiparams: Any, params: Any,
+                execution_options: Any, result: Any) -> None:
+    if not isinstance(clause, Insert):
+        return
+    found = _core_session(conn, clause)
+    if found is None:
+        return
+    session, info = found
+    config = session_sync(session).config
+    assert config is not None
+    given = list(multiparams) if multiparams else [params] if params else []
+    keys = _keys_from_params(info.mapper, given)
+    if keys is None:
+        try:
+            keys = [list(row) for row in result.inserted_primary_key_rows]
+        except Exception:  # noqa: BLE001 - no keys known: say so, never fail the write
+            log.warning("scrypath_sa: rows inserted into %s without known keys were not "
+                        "recorded: call scrypath_sa.mark_changed() or reconcile",
+                        info.index)
+            return
+    _record_keys(session, config, conn, info, keys, Operation.UPSERT)
+
+
+def mark_changed(session: Session, model: type, keys: Iterable[Any]) -> None:
+    """Record that the rows of ``model`` with these primary keys changed, in
+    ``session``'s transaction (a write the library cannot see: raw SQL, a stored
+    procedure). A key is a value, or a tuple for a composite key."""
+    info = registry.info_for(model)
+    if info is None:
+        raise ConfigurationError(f"{model.__name__} is not a Searchable model")
+    config = session_sync(session).config
+    if config is None:
+        raise NotConfiguredError(
+            "this session's target is not configured, or it has not begun a transaction "
+            "yet: call scrypath_sa.configure() on it, and mark changes inside a transaction")
+    conn = session.connection(bind_arguments={"mapper": info.mapper})
+    rows = [list(k) if isinstance(k, tuple | list) else [k] for k in keys]
+    _record_keys(session, config, conn, info, rows, Operation.UPSERT)
+
+
 # ------------------------------------------------------------- bulk update() / delete()
 
 def _bulk_statement(state: ORMExecuteState, config: Config, info: registry.ModelInfo,
@@ -262,13 +460,7 @@ def _bulk_statement(state: ORMExecuteState, config: Config, info: registry.Model
             query = query.with_for_update()
         keys = [list(row) for row in conn.execute(query)]
         result = state.invoke_statement()
-    events: dict[tuple[str, str], NewEvent] = {}
-    for key in keys:
-        safe = [documents.json_safe(v) for v in key]
-        document_id = documents.pk_document_id(safe)
-        events[(info.index, document_id)] = NewEvent(info.name, info.index, document_id, safe, op)
-    if events:
-        _remember(session, config, conn, list(events.values()))
+    _record_keys(session, config, conn, info, keys, op)
     return result
 
 

@@ -139,6 +139,14 @@ def info_for(cls: type) -> ModelInfo | None:
     return None
 
 
+def info_for_table(table: Any) -> ModelInfo | None:
+    """The model mapped to ``table`` (its own table, not an inherited one)."""
+    for info in _by_index.values():
+        if info.mapper.local_table is table:
+            return info
+    return None
+
+
 def info_for_index(index: str) -> ModelInfo | None:
     return _by_index.get(index)
 

@@ -1,0 +1,127 @@
+"""Every ORM and Core write path on a Searchable model through a configured session
+records its events in the data's transaction: real PostgreSQL and SQLite, the real
+OpenSearch node. Each case ends with the index equal to the database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, delete, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+import scrypath_sa
+from scrypath_sa import sync_events
+from tests.faults import assert_in_step, states
+from tests.models import World, make_world
+
+
+@pytest.fixture
+def world(engine: Engine, index_prefix: str, backend: Any) -> World:
+    w = make_world(engine, index_prefix)
+    scrypath_sa.configure(w.Session, backend=backend)
+    with w.Session() as session:  # rows 1-3 exist and are indexed
+        session.add_all([w.Article(title=f"seed {i}") for i in (1, 2, 3)])  # keys 1-3
+        session.commit()
+    return w
+
+
+def _upsert(session: Session, w: World) -> Any:
+    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(w.Article).values([{"id": 2, "title": "upserted"},
+                                             {"id": 107, "title": "inserted by upsert"}])
+    return session.execute(stmt.on_conflict_do_update(
+        index_elements=["id"], set_={"title": stmt.excluded.title}))
+
+
+def _upsert_nothing(session: Session, w: World) -> Any:
+    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+    return session.execute(dialect.insert(w.Article).on_conflict_do_nothing(),
+                           [{"id": 1, "title": "ignored"}, {"id": 108, "title": "new"}])
+
+
+def _merge(session: Session, w: World) -> None:
+    session.merge(w.Article(id=2, title="merged"))
+    session.merge(w.Article(id=109, title="merged new"))
+
+
+WRITES: list[tuple[str, Callable[[Session, World], Any]]] = [
+    ("ORM bulk insert", lambda s, w: s.execute(
+        insert(w.Article), [{"id": 104, "title": "bulk a"}, {"id": 105, "title": "bulk b"}])),
+    ("ORM bulk insert with generated keys", lambda s, w: s.execute(
+        insert(w.Article), [{"title": "generated a"}, {"title": "generated b"}])),
+    ("ORM insert values", lambda s, w: s.execute(insert(w.Article).values(title="one"))),
+    ("ORM insert from_select", lambda s, w: s.execute(
+        insert(w.Article).from_select(["id", "title"], select(
+            w.Article.id + 200, w.Article.title + " copy")))),
+    ("upsert: ON CONFLICT DO UPDATE", _upsert),
+    ("upsert: ON CONFLICT DO NOTHING", _upsert_nothing),
+    ("bulk_insert_mappings", lambda s, w: s.bulk_insert_mappings(
+        w.Article, [{"id": 110, "title": "mapping"}, {"title": "mapping, generated key"}])),
+    ("bulk_save_objects", lambda s, w: s.bulk_save_objects(
+        [w.Article(id=111, title="saved"), w.Article(title="saved, generated key")])),
+    ("bulk_update_mappings", lambda s, w: s.bulk_update_mappings(
+        w.Article, [{"id": 1, "title": "mapped update"}, {"id": 3, "title": "again"}])),
+    ("Core insert of the table", lambda s, w: s.execute(
+        w.Article.__table__.insert(), [{"id": 112, "title": "core"}, {"id": 113, "title": "b"}])),
+    ("Core insert of the table, generated keys", lambda s, w: s.execute(
+        w.Article.__table__.insert(), [{"title": "core gen"}, {"title": "core gen b"}])),
+    ("Core update of the table", lambda s, w: s.execute(
+        w.Article.__table__.update().where(w.Article.__table__.c.id >= 2)
+        .values(title="core update"))),
+    ("Core delete of the table", lambda s, w: s.execute(
+        w.Article.__table__.delete().where(w.Article.__table__.c.id == 3))),
+    ("ORM bulk update by key", lambda s, w: s.execute(
+        update(w.Article), [{"id": 1, "title": "by key"}, {"id": 2, "title": "by key"}])),
+    ("ORM update where", lambda s, w: s.execute(
+        update(w.Article).where(w.Article.id > 1).values(title="where"))),
+    ("ORM delete where", lambda s, w: s.execute(delete(w.Article).where(w.Article.id == 1))),
+    ("merge", _merge),
+]
+
+
+@pytest.mark.parametrize(("path", "write"), WRITES, ids=[w[0] for w in WRITES])
+def test_every_write_path_reaches_the_index(world: World, os_client: Any, path: str,
+                                            write: Callable[[Session, World], Any]) -> None:
+    with world.Session() as session:
+        write(session, world)
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert outcome is not None and outcome.state == "completed", path
+    assert set(states(world.engine)) == {"completed"}
+    assert_in_step(world, os_client)
+
+
+def test_a_rolled_back_bulk_write_records_nothing(world: World) -> None:
+    with world.Session() as session:
+        session.execute(insert(world.Article), [{"id": 120, "title": "never"}])
+        session.bulk_insert_mappings(world.Article, [{"id": 121, "title": "never"}])
+        session.rollback()
+    with world.engine.connect() as conn:
+        assert conn.execute(select(sync_events.c.document_id)
+                            .where(sync_events.c.document_id.in_(["120", "121"]))).all() == []
+
+
+def test_mark_changed_records_a_write_the_library_cannot_see(world: World,
+                                                             os_client: Any) -> None:
+    with world.Session() as session:
+        session.execute(text("UPDATE articles SET title = 'raw' WHERE id IN (1, 2)"))
+        scrypath_sa.mark_changed(session, world.Article, [1, 2])
+        session.commit()
+        assert scrypath_sa.last_outcome(session).state == "completed"
+    assert_in_step(world, os_client)
+
+
+def test_a_plain_connection_on_the_same_pool_is_not_captured(world: World) -> None:
+    """After a session ended, its pooled connection serves engine.begin(): that Core
+    insert belongs to no session and records nothing."""
+    with world.Session() as session:
+        session.execute(insert(world.Article), [{"id": 130, "title": "session"}])
+        session.commit()
+    with world.engine.begin() as conn:
+        conn.execute(world.Article.__table__.insert(), [{"id": 131, "title": "no session"}])
+    with world.engine.connect() as conn:
+        recorded = set(conn.execute(select(sync_events.c.document_id)).scalars())
+    assert "130" in recorded and "131" not in recorded
