@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from sqlalchemy import event
 from sqlalchemy.orm.interfaces import ORMOption
 
 from scrypath_sa import documents, registry
@@ -42,13 +43,10 @@ class Searchable:
     __search_contract__: ClassVar[dict[str, Any] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        # Check the options before SQLAlchemy maps the class (it does so further up the
-        # chain), so a bad option leaves nothing half-defined behind.
-        mapped = not cls.__dict__.get("__abstract__") and (
-            getattr(cls, "__tablename__", None) is not None
-            or getattr(cls, "__table__", None) is not None)
-        if mapped:
-            registry.register(cls)
+        # Check what can be checked before SQLAlchemy maps the class (further up the
+        # chain), so a bad option leaves nothing half-defined behind. The class is
+        # registered when it is mapped (see _registered_when_mapped), however that is.
+        registry.check_options(cls)
         try:
             super().__init_subclass__(**kwargs)
         except BaseException:  # mapping failed: nothing of the class stays registered
@@ -71,3 +69,14 @@ class Searchable:
     @library_default
     def search_load_options(cls) -> Sequence[ORMOption]:
         return ()
+
+
+def _registered_when_mapped(mapper: Any, cls: type) -> None:
+    """Every mapped Searchable class registers as SQLAlchemy maps it: declaratively
+    (also with a ``__tablename__`` that Flask-SQLAlchemy generates or a
+    ``declared_attr`` computes), from ``__table__``, or imperatively. A subclass of a
+    Searchable model (single- or joined-table inheritance) shares its parent's index."""
+    registry.register_mapped(cls, mapper.local_table)
+
+
+event.listen(Searchable, "instrument_class", _registered_when_mapped, propagate=True)

@@ -64,19 +64,21 @@ def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def register(cls: type[Any]) -> ModelInfo:
-    """Validate ``cls``'s search options and register it; errors name model and option."""
+def check_options(cls: type[Any]) -> None:
+    """Check ``cls``'s search options before it is mapped; errors name model and option.
+    (The index alias is checked here when the class gives it, else once the table
+    name is known, in :func:`register_mapped`.)"""
     name = cls.__name__
-    index = cls.__dict__.get("__search_index__") or getattr(cls, "__search_index__", None)
-    if index is None:
-        index = getattr(cls, "__tablename__", None)
-    if not isinstance(index, str) or not _INDEX_NAME.match(index):
+    index = getattr(cls, "__search_index__", None)
+    if index is not None:
+        _check_index(name, index)
+    parent = next((_by_class[k] for k in cls.__mro__[1:] if k in _by_class), None)
+    if parent is not None and "__search_index__" in cls.__dict__ and index != parent.index:
         raise ConfigurationError(
-            f"{name}.__search_index__ = {index!r} is not a valid index alias: use lowercase "
-            "letters, digits, '_', '-' or '.', starting with a letter or digit, at most 200 "
-            "characters"
-        )
-    contract = _contract(name, getattr(cls, "__search_contract__", None))
+            f"{name}.__search_index__ = {index!r}: {name} inherits from "
+            f"{parent.cls.__name__}, whose index {parent.index!r} holds the documents of "
+            "its subclasses too; a subclass cannot have an index of its own")
+    _contract(name, getattr(cls, "__search_contract__", None))
     for method in ("search_document", "search_document_id", "should_index",
                    "search_load_options"):
         if not callable(getattr(cls, method, None)):
@@ -84,13 +86,34 @@ def register(cls: type[Any]) -> ModelInfo:
                 f"{name}.{method} must be a method, got a "
                 f"{type(getattr(cls, method, None)).__name__}"
             )
+
+
+def _check_index(name: str, index: object) -> None:
+    if not isinstance(index, str) or not _INDEX_NAME.match(index):
+        raise ConfigurationError(
+            f"{name}.__search_index__ = {index!r} is not a valid index alias: use lowercase "
+            "letters, digits, '_', '-' or '.', starting with a letter or digit, at most 200 "
+            "characters"
+        )
+
+
+def register_mapped(cls: type[Any], table: Any) -> ModelInfo:
+    """Register ``cls`` as SQLAlchemy maps it onto ``table``. A subclass of a registered
+    model is not registered again: its rows are documents of the parent's index."""
+    for klass in cls.__mro__[1:]:
+        if klass in _by_class:
+            return _by_class[klass]
+    name = cls.__name__
+    index = getattr(cls, "__search_index__", None) or getattr(table, "name", None)
+    _check_index(name, index)
+    assert isinstance(index, str)
     existing = _by_index.get(index)
     if existing is not None and _qualified(existing.cls) != _qualified(cls):
         raise ConfigurationError(
             f"{name}.__search_index__ = {index!r} is already used by "
             f"{_qualified(existing.cls)}: give each model its own index alias"
         )
-    info = ModelInfo(cls, index, contract)
+    info = ModelInfo(cls, index, _contract(name, getattr(cls, "__search_contract__", None)))
     _by_index[index] = info
     _by_class[cls] = info
     return info

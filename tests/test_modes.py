@@ -285,7 +285,7 @@ def test_flask_sqlalchemy_scoped_session(tmp_path: Path, index_prefix: str, back
     db = SQLAlchemy(app, model_class=Base)
 
     class Note(Searchable, db.Model):  # type: ignore[name-defined, misc]
-        __tablename__ = "notes"
+        # No __tablename__: Flask-SQLAlchemy generates "note", as its docs show.
         __search_index__ = f"{index_prefix}_notes"
         id: Mapped[int] = mapped_column(primary_key=True)
         body: Mapped[str] = mapped_column(String(100))

@@ -6,7 +6,7 @@ import datetime as dt
 import decimal
 import enum
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -145,3 +145,55 @@ def test_importing_the_package_loads_no_optional_dependency() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
+
+
+def test_a_model_registers_however_it_is_mapped() -> None:
+    """A declared_attr table name, __table__, imperative mapping; subclasses (single-
+    and joined-table) share their parent's index and cannot name another."""
+    from sqlalchemy import Column, ForeignKey, Integer, String, Table
+    from sqlalchemy.orm import declared_attr
+    from sqlalchemy.orm import registry as mapper_registry
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Named:
+        @declared_attr.directive
+        def __tablename__(cls) -> str:
+            return f"reg_{cls.__name__.lower()}"
+
+    class Thing(Named, Searchable, Base):
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Post(Searchable, Base):
+        __tablename__ = "reg_posts"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kind: Mapped[str] = mapped_column(String(20))
+        __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_on": "kind",
+                                                     "polymorphic_identity": "post"}
+
+    class Video(Post):
+        __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "video"}
+
+    class Joined(Post):
+        __tablename__ = "reg_joined"
+        id: Mapped[int] = mapped_column(ForeignKey("reg_posts.id"), primary_key=True)
+        __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "joined"}
+
+    class Tabled(Searchable, Base):
+        __table__ = Table("reg_tabled", Base.metadata, Column("id", Integer, primary_key=True))
+
+    class Imperative(Searchable):
+        pass
+
+    imperative = mapper_registry()
+    imperative.map_imperatively(Imperative, Table("reg_imperative", imperative.metadata,
+                                                  Column("id", Integer, primary_key=True)))
+    indices = {cls: registry.info_for(cls).index
+               for cls in (Thing, Post, Video, Joined, Tabled, Imperative)}
+    assert indices == {Thing: "reg_thing", Post: "reg_posts", Video: "reg_posts",
+                       Joined: "reg_posts", Tabled: "reg_tabled",
+                       Imperative: "reg_imperative"}
+    with pytest.raises(ConfigurationError, match="a subclass cannot have an index of its own"):
+        type("Other", (Post,), {"__search_index__": "other",
+                                "__mapper_args__": {"polymorphic_identity": "other"}})
