@@ -112,8 +112,11 @@ def column_query_parts(info: ModelInfo) -> tuple[list[Any], tuple[str, ...], tup
     a plain column query."""
     mapper = info.mapper
     keys = column_keys(info.cls)
-    columns = [mapper.get_property(k).columns[0].label(k) for k in keys]
-    return columns, keys, pk_keys(info.cls)
+    key_names = pk_keys(info.cls)
+    # The document's columns first, then the primary key's where the document lacks it.
+    read = keys + tuple(k for k in key_names if k not in keys)
+    columns = [mapper.get_property(k).columns[0].label(k) for k in read]
+    return columns, keys, key_names
 
 
 def parse_document_id(info: ModelInfo, document_id: str) -> tuple[Any, ...] | None:
@@ -235,7 +238,9 @@ def column_documents(bind: Bind, info: ModelInfo, keys: Sequence[Key]) -> dict[K
     collector does not track."""
     pk_cols = list(info.mapper.primary_key)
     columns, names, key_names = column_query_parts(info)
-    pk_positions = [names.index(k) for k in key_names]
+    read = [column.key for column in columns]
+    pk_positions = [read.index(k) for k in key_names]
+    width = len(names)
     convert = [i for i, column in enumerate(columns) if not plain_json_type(column.type)]
     built: dict[Key, Built] = {}
     with connect(bind) as conn:
@@ -248,5 +253,5 @@ def column_documents(bind: Bind, info: ModelInfo, keys: Sequence[Key]) -> dict[K
                     for i in convert:
                         values[i] = json_safe(values[i])
                 built[tuple([values[p] for p in pk_positions])] = (
-                    "upsert", {k: v for k, v in zip(names, values, strict=True)})
+                    "upsert", dict(zip(names, values[:width], strict=True)))
     return built

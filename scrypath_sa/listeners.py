@@ -85,7 +85,7 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
         capture: dict[tuple[str, str], NewEvent] = {}
         session_sync(session).capture = capture
         for obj in session.dirty:
-            if isinstance(obj, Searchable) and session.is_modified(obj):
+            if isinstance(obj, Searchable) and _document_changed(session, obj):
                 _capture(capture, obj, Operation.UPSERT)
         for obj in session.deleted:
             if isinstance(obj, Searchable):
@@ -244,7 +244,17 @@ def install_mapper_events() -> None:
 
 def _inserted_or_changed(session: Session | None, target: Any) -> bool:
     state = inspect(target)
-    return state.key is None or session is None or session.is_modified(target)
+    return state.key is None or session is None or _document_changed(session, target)
+
+
+def _document_changed(session: Session, obj: Any) -> bool:
+    """Whether a change of ``obj`` can change its document: any change, unless the
+    model lists its ``__search_fields__``; then a change of one of those."""
+    fields = registry.changed_fields(type(obj))
+    if fields is None:
+        return session.is_modified(obj)
+    attrs = inspect(obj).attrs
+    return any(attrs[name].history.has_changes() for name in fields)
 
 
 # ---------------------------------------------- ORM insert() (bulk, upserts, from_select)

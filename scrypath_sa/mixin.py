@@ -22,6 +22,12 @@ class Searchable:
         at a physical index built from the contract.
     ``__search_contract__``
         ``{"mappings": {...}, "settings": {...}}`` for that index.
+    ``__search_fields__``
+        The attributes the document is built from, e.g. ``["title", "body"]``: the
+        default document holds just these columns, ``search()`` matches text across
+        them, and an UPDATE that changes none of them records no event. With your own
+        ``search_document()``, list what it reads (``"author.name"`` through a
+        relationship) for the same skip. Default: every column.
 
     Methods to override:
 
@@ -41,6 +47,7 @@ class Searchable:
 
     __search_index__: ClassVar[str]
     __search_contract__: ClassVar[dict[str, Any] | None] = None
+    __search_fields__: ClassVar[Sequence[str] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Check what can be checked before SQLAlchemy maps the class (further up the
@@ -79,4 +86,13 @@ def _registered_when_mapped(mapper: Any, cls: type) -> None:
     registry.register_mapped(cls, mapper.local_table)
 
 
+def _fields_checked(mapper: Any, cls: type) -> None:
+    try:
+        registry.check_fields(cls, mapper)
+    except Exception:  # refused: the class stays out of the registry
+        registry.unregister(cls)
+        raise
+
+
 event.listen(Searchable, "instrument_class", _registered_when_mapped, propagate=True)
+event.listen(Searchable, "mapper_configured", _fields_checked, propagate=True)

@@ -197,12 +197,73 @@ def pk_keys(cls: type) -> tuple[str, ...]:
 
 
 def column_keys(cls: type) -> tuple[str, ...]:
-    """The attribute names of every mapped column of ``cls``."""
+    """The attributes the default document is built from: ``__search_fields__`` when the
+    model declares it, else every mapped column."""
     keys = _column_keys_cache.get(cls)
     if keys is None:
+        declared = search_fields(cls)
         mapper: Mapper[Any] = inspect(cls)
-        keys = _column_keys_cache[cls] = tuple(attr.key for attr in mapper.column_attrs)
+        keys = _column_keys_cache[cls] = declared if declared is not None else tuple(
+            attr.key for attr in mapper.column_attrs)
     return keys
+
+
+def search_fields(cls: type) -> tuple[str, ...] | None:
+    """``cls.__search_fields__``: the attributes its document is built from (dotted
+    paths through relationships for a custom ``search_document()``); None when it
+    does not say."""
+    declared = getattr(cls, "__search_fields__", None)
+    return None if declared is None else tuple(declared)
+
+
+def check_fields(cls: type, mapper: Mapper[Any]) -> None:
+    """Each ``__search_fields__`` entry names a mapped attribute (a path through
+    relationships to one); the default document takes column attributes only."""
+    declared = getattr(cls, "__search_fields__", None)
+    if declared is None:
+        return
+    name = cls.__name__
+    if isinstance(declared, str) or not all(isinstance(f, str) for f in declared):
+        raise ConfigurationError(
+            f"{name}.__search_fields__ must be a list of attribute names, got {declared!r}")
+    columns = {attr.key for attr in mapper.column_attrs}
+    for field_ in declared:
+        target: Mapper[Any] = mapper
+        parts = field_.split(".")
+        for depth, part in enumerate(parts):
+            prop = target.attrs.get(part)
+            if prop is None:
+                raise ConfigurationError(
+                    f"{name}.__search_fields__: {field_!r} does not resolve: "
+                    f"{target.class_.__name__} has no mapped attribute {part!r}")
+            if depth < len(parts) - 1:
+                if not hasattr(prop, "mapper"):
+                    raise ConfigurationError(
+                        f"{name}.__search_fields__: {field_!r} does not resolve: "
+                        f"{target.class_.__name__}.{part} is not a relationship")
+                target = prop.mapper
+        if keeps_default(cls, "search_document") and field_ not in columns:
+            raise ConfigurationError(
+                f"{name}.__search_fields__: {field_!r} is not a column of {name}; the "
+                "default document is built from columns: read related values in your own "
+                "search_document(), and list the path here for change tracking")
+
+
+_changed_fields_cache: weakref.WeakKeyDictionary[type, tuple[str, ...] | None] = (
+    weakref.WeakKeyDictionary())
+
+
+def changed_fields(cls: type) -> tuple[str, ...] | None:
+    """The attributes whose change makes a new document (the first step of each
+    declared path); None when every change does. Cached: every flush asks."""
+    try:
+        return _changed_fields_cache[cls]
+    except KeyError:
+        declared = search_fields(cls)
+        found = None if declared is None else tuple(
+            dict.fromkeys(f.split(".")[0] for f in declared))
+        _changed_fields_cache[cls] = found
+        return found
 
 
 def library_default(method: _F) -> _F:

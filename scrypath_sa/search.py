@@ -38,7 +38,8 @@ def search(session: Session, model: type[T], query: str | dict[str, Any], *, pag
            config: Config | None = None) -> SearchResult[T]:
     """Search ``model``'s index and load the hits in one query, in hit order.
 
-    ``query`` is a text (matched across ``fields``, default every field) or an
+    ``query`` is a text (matched across ``fields``, default the model's
+    ``__search_fields__``, else every field) or an
     OpenSearch query body (``{"match": {...}}`` or ``{"query": ..., "sort": ...}``); the
     embedded backend takes the text form.
     """
@@ -52,6 +53,8 @@ def search(session: Session, model: type[T], query: str | dict[str, Any], *, pag
         raise ConfigurationError(
             f"{model.__name__} has custom document ids: search() hydrates by primary key, "
             "so it needs the default ids (search the backend directly instead)")
+    if fields is None:
+        fields = registry.search_fields(model)
     hits = config.backend.search(info.index, query, offset=(page - 1) * per_page,
                                  limit=per_page, fields=fields)
     keys = {doc_id: documents.parse_document_id(info, doc_id) for doc_id in hits.ids}

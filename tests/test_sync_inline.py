@@ -543,3 +543,72 @@ def test_a_document_id_too_long_for_opensearch_never_fails_the_commit(
         assert conn.execute(select(Code.__table__.c.id)).scalars().all() == [1, 2, 3]
     scrypath_sa.unconfigure(Session)
     Base.metadata.drop_all(engine)
+
+
+def test_search_fields_make_the_document_and_skip_other_changes(
+        engine: Engine, index_prefix: str, backend: Any, os_client: Any) -> None:
+    """__search_fields__ = ["title"]: the document holds the title only (a search for the
+    row's id finds nothing), a change of another column records no event, a change of
+    the title does."""
+    class Base(DeclarativeBase):
+        pass
+
+    class Post(Searchable, Base):
+        __tablename__ = "posts"
+        __search_index__ = f"{index_prefix}_posts"
+        __search_fields__ = ("title",)
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(String(100))
+        views: Mapped[int] = mapped_column(default=0)
+
+    Base.metadata.create_all(engine)
+    scrypath_sa.metadata.create_all(engine)
+    Session = sessionmaker(engine)
+    scrypath_sa.configure(Session, backend=backend)
+    with Session() as session:
+        session.add(Post(id=1, title="fields only"))
+        session.commit()
+        assert os_client.get(index=f"{index_prefix}_posts", id="1")["_source"] == {
+            "title": "fields only"}
+        post = session.get(Post, 1)
+        post.views = 10
+        session.commit()
+        with engine.connect() as conn:  # no event for a change outside the fields
+            assert len(conn.execute(select(sync_events.c.id)).all()) == 1
+        post.title = "renamed"
+        session.commit()
+        assert scrypath_sa.last_outcome(session).state == "completed"
+        assert scrypath_sa.search(session, Post, "1").total == 0
+        assert [p.id for p in scrypath_sa.search(session, Post, "renamed").items] == [1]
+    with engine.connect() as conn:
+        assert len(conn.execute(select(sync_events.c.id)).all()) == 2
+    scrypath_sa.unconfigure(Session)
+    Base.metadata.drop_all(engine)
+
+
+@pytest.mark.parametrize(("fields", "says"), [
+    (["titel"], "Post has no mapped attribute 'titel'"),
+    (["author.name"], "Post has no mapped attribute 'author'"),
+    (["title.name"], "Post.title is not a relationship"),
+    ("title", "must be a list of attribute names"),
+])
+def test_bad_search_fields_are_refused_when_the_model_is_configured(
+        fields: Any, says: str) -> None:
+    from sqlalchemy.orm import configure_mappers
+
+    from scrypath_sa import registry
+    from scrypath_sa.errors import ConfigurationError
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Post(Searchable, Base):
+        __tablename__ = "bad_fields_posts"
+        __search_fields__ = fields
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(String(100))
+
+    with pytest.raises(ConfigurationError, match=says):
+        configure_mappers()
+    Base.registry.dispose()
+    assert "bad_fields_posts" not in {m.index for m in registry.all_models()}
