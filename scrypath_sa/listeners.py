@@ -47,7 +47,7 @@ class SessionSync:
     and the outcome of its last commit with sync work."""
 
     __slots__ = ("capture", "committed", "config", "engine", "outcome", "pending",
-                 "refused", "refused_committed")
+                 "refused", "refused_committed", "related")
 
     def __init__(self) -> None:
         self.outcome: Outcome | None = None
@@ -57,6 +57,7 @@ class SessionSync:
     def reset(self) -> None:
         """Forget the current transaction (its last outcome stays)."""
         self.capture: dict[tuple[str, str], NewEvent] | None = None  # open during a flush
+        self.related: list[tuple[registry.Dependency, Any]] = []  # fan out after the flush
         self.pending: list[int] = []  # recorded in this transaction
         self.committed: list[int] = []  # the root transaction committed these
         self.engine: Engine | None = None  # where they were recorded
@@ -83,13 +84,16 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
 
     def before_flush(session: Session, flush_context: Any, instances: Any) -> None:
         capture: dict[tuple[str, str], NewEvent] = {}
-        session_sync(session).capture = capture
+        state = session_sync(session)
+        state.capture = capture
         for obj in session.dirty:
             if isinstance(obj, Searchable) and _document_changed(session, obj):
                 _capture(capture, obj, Operation.UPSERT)
         for obj in session.deleted:
             if isinstance(obj, Searchable):
                 _capture(capture, obj, Operation.DELETE)
+        if registry.has_dependencies():
+            _related_before_flush(session, config, state)
 
     def after_flush(session: Session, flush_context: Any) -> None:
         state = session_sync(session)
@@ -97,6 +101,8 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
         if capture is None:
             return
         _capture_new(capture, session.new)
+        if state.related:
+            _fan_out(session, config, state)
         if not capture:
             return
         first = next(iter(capture.values()))
@@ -109,9 +115,14 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
             return None
         mapper = orm_state.bind_mapper
         info = registry.info_for(mapper.class_) if mapper is not None else None
+        if mapper is not None and info is None and registry.dependencies_on(mapper.class_):
+            session_sync(orm_state.session).config = config
+            return _related_statement(orm_state, config, mapper)
         if info is None or mapper is None:
             return None
         session_sync(orm_state.session).config = config
+        if registry.dependencies_on(mapper.class_) and not orm_state.is_insert:
+            return _related_statement(orm_state, config, mapper)
         if orm_state.is_insert:
             return _orm_insert(orm_state, config, info, mapper)
         return _bulk_statement(orm_state, config, info, mapper)
@@ -255,6 +266,97 @@ def _document_changed(session: Session, obj: Any) -> bool:
         return session.is_modified(obj)
     attrs = inspect(obj).attrs
     return any(attrs[name].history.has_changes() for name in fields)
+
+
+# ------------------------------------------------------ related rows: fan-out in SQL
+
+def _related_before_flush(session: Session, config: Config, state: SessionSync) -> None:
+    """Rows of classes that documents read (``__search_fields__`` paths): a deleted one,
+    and one whose link to its dependents is about to change, fan out now, while the
+    database still links them; a new or changed one after the flush (see
+    :func:`_fan_out`), when its links are written."""
+    before: list[tuple[registry.Dependency, Any]] = []
+    for obj in session.deleted:
+        before.extend((dep, obj) for dep in registry.dependencies_on(type(obj)))
+    for obj in session.dirty:
+        for dep in registry.dependencies_on(type(obj)):
+            attrs = inspect(obj).attrs
+            moved = any(attrs[name].history.has_changes() for name in _link_keys(dep))
+            if moved:  # its old dependents now, its new ones after the flush
+                before.append((dep, obj))
+            if moved or any(attrs[name].history.has_changes() for name in dep.reads):
+                state.related.append((dep, obj))
+    for obj in session.new:
+        state.related.extend((dep, obj) for dep in registry.dependencies_on(type(obj)))
+    if before:
+        _record_fan_out(session, config, before)
+
+
+def _link_keys(dep: registry.Dependency) -> list[str]:
+    """Attributes of a related row that tie it to the previous hop (its foreign key
+    when that hop is one-to-many): changing them moves it to other dependents."""
+    last = dep.path[-1]
+    if last.direction.name != "ONETOMANY":
+        return []
+    mapper = inspect(dep.related)
+    return [mapper.get_property_by_column(c).key for c in last.remote_side]
+
+
+def _fan_out(session: Session, config: Config, state: SessionSync) -> None:
+    related, state.related = state.related, []
+    _record_fan_out(session, config, related)
+
+
+def _record_fan_out(session: Session, config: Config,
+                    related: list[tuple[registry.Dependency, Any]]) -> None:
+    by_dep: dict[registry.Dependency, list[Any]] = {}
+    for dep, obj in related:
+        key = inspect(obj).identity or [getattr(obj, k) for k in registry.pk_keys(dep.related)]
+        if key is not None and None not in key:
+            by_dep.setdefault(dep, []).append(key[0])
+    for dep, ids in by_dep.items():
+        _record_dependents(session, config, dep, ids)
+
+
+def _record_dependents(session: Session, config: Config, dep: registry.Dependency,
+                       related_ids: list[Any]) -> None:
+    info = registry.info_for(dep.dependent)
+    if info is None or not related_ids:
+        return
+    state = session_sync(session)
+    conn = session.connection(bind_arguments={"mapper": info.mapper})
+    related_pk = next(iter(inspect(dep.related).primary_key))
+    mode = resolve_mode(config.default_mode, session)
+    state.pending.extend(outbox.record_dependents(
+        conn, info.name, info.index, dep.dependent, dep.path, related_pk,
+        list(dict.fromkeys(related_ids)), mode))
+    state.engine = conn.engine
+
+
+def _related_statement(state: ORMExecuteState, config: Config, mapper: Mapper[Any]) -> Any:
+    """ORM bulk ``update()``/``delete()`` of rows that documents read: the rows it
+    touches are found first; a delete fans out before it runs, an update after."""
+    session = state.session
+    conn = session.connection(bind_arguments={"mapper": mapper})
+    stmt: Any = state.statement
+    pk = next(iter(mapper.primary_key))
+    params = state.parameters
+    if isinstance(params, list):
+        ids = [key[0] for key in _keys_from_params(mapper, params) or []]
+    else:
+        query = select(pk)
+        if stmt.whereclause is not None:
+            query = query.where(stmt.whereclause)
+        ids = list(conn.execute(query).scalars())
+    deps = registry.dependencies_on(mapper.class_)
+    if state.is_delete:
+        for dep in deps:
+            _record_dependents(session, config, dep, ids)
+        return state.invoke_statement()
+    result = state.invoke_statement()
+    for dep in deps:
+        _record_dependents(session, config, dep, ids)
+    return result
 
 
 # ---------------------------------------------- ORM insert() (bulk, upserts, from_select)

@@ -28,8 +28,10 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    type_coerce,
     update,
 )
+from sqlalchemy import inspect as sa_inspect
 
 from scrypath_sa import codec
 from scrypath_sa.schema import (
@@ -131,6 +133,35 @@ def record_rejected(conn: Connection, events: Sequence[NewEvent],
             "discarded_at": now}).scalar_one()
         recorded.append((event_id, e, reason))
     return recorded
+
+
+def record_dependents(conn: Connection, model: str, index: str, dependent: Any,
+                      path: Sequence[Any], related_pk: Any, related_ids: Sequence[Any],
+                      mode: str | None) -> list[int]:
+    """One ``INSERT ... SELECT``: an ``upsert`` event for every row of ``dependent``
+    that reaches a related row among ``related_ids`` through the relationships
+    ``path``, found by joins in the database (no dependent row is loaded)."""
+    pk = next(iter(sa_inspect(dependent).primary_key))
+    as_json = (func.json_build_array(pk) if conn.dialect.name == "postgresql"
+               else func.json_array(pk))
+    now = utcnow()
+    found = select(literal(model, String()), literal(index, String()), cast(pk, String()),
+                   type_coerce(as_json, JSON), literal(Operation.UPSERT.value, String()),
+                   literal(mode, String()), literal(State.REQUESTED.value, String()),
+                   literal(0, Integer()), literal(now, UTCDateTime()),
+                   literal(now, UTCDateTime()))
+    reach = select(pk).select_from(dependent)
+    for hop in path:
+        reach = reach.join(hop.class_attribute)
+    ids: list[int] = []
+    for part in chunks(list(related_ids), CHUNK):
+        stmt = insert(sync_events).from_select(
+            ["model", "index_name", "document_id", "pk", "operation", "mode", "state",
+             "attempts", "requested_at", "updated_at"],
+            found.where(pk.in_(reach.where(related_pk.in_(part))))).returning(
+                sync_events.c.id)
+        ids.extend(conn.execute(stmt).scalars())
+    return ids
 
 
 def _record_postgresql(conn: Connection, events: Sequence[NewEvent], mode: str | None,

@@ -124,6 +124,8 @@ def unregister(cls: type) -> None:
     info = _by_class.pop(cls, None)
     if info is not None and _by_index.get(info.index) is info:
         del _by_index[info.index]
+    for deps in _dependencies.values():
+        deps[:] = [d for d in deps if d.dependent is not cls]
 
 
 def _contract(model: str, raw: object) -> Contract:
@@ -216,9 +218,34 @@ def search_fields(cls: type) -> tuple[str, ...] | None:
     return None if declared is None else tuple(declared)
 
 
+@dataclass(frozen=True)
+class Dependency:
+    """``dependent``'s documents read the rows of ``related`` through the relationships
+    ``path`` (from the dependent towards the related class); ``reads`` are the
+    attributes of a related row whose change changes those documents."""
+
+    dependent: type[Any]
+    related: type[Any]
+    path: tuple[Any, ...]  # relationship properties
+    reads: frozenset[str]
+
+
+_dependencies: dict[type, list[Dependency]] = {}
+
+
+def has_dependencies() -> bool:
+    return any(_dependencies.values())
+
+
+def dependencies_on(cls: type) -> list[Dependency]:
+    """The documents that read rows of ``cls`` (through declared related fields)."""
+    return _dependencies.get(cls, [])
+
+
 def check_fields(cls: type, mapper: Mapper[Any]) -> None:
     """Each ``__search_fields__`` entry names a mapped attribute (a path through
-    relationships to one); the default document takes column attributes only."""
+    relationships to one); the default document takes column attributes only. Each
+    path through relationships makes the model depend on the rows it passes."""
     declared = getattr(cls, "__search_fields__", None)
     if declared is None:
         return
@@ -227,26 +254,45 @@ def check_fields(cls: type, mapper: Mapper[Any]) -> None:
         raise ConfigurationError(
             f"{name}.__search_fields__ must be a list of attribute names, got {declared!r}")
     columns = {attr.key for attr in mapper.column_attrs}
+    found: dict[tuple[Any, ...], set[str]] = {}
     for field_ in declared:
         target: Mapper[Any] = mapper
         parts = field_.split(".")
+        path: list[Any] = []
         for depth, part in enumerate(parts):
             prop = target.attrs.get(part)
             if prop is None:
                 raise ConfigurationError(
                     f"{name}.__search_fields__: {field_!r} does not resolve: "
                     f"{target.class_.__name__} has no mapped attribute {part!r}")
+            if path:  # a row of a related class: its attribute `part` is read
+                found.setdefault(tuple(path), set()).add(part)
             if depth < len(parts) - 1:
                 if not hasattr(prop, "mapper"):
                     raise ConfigurationError(
                         f"{name}.__search_fields__: {field_!r} does not resolve: "
                         f"{target.class_.__name__}.{part} is not a relationship")
+                path.append(prop)
                 target = prop.mapper
         if keeps_default(cls, "search_document") and field_ not in columns:
             raise ConfigurationError(
                 f"{name}.__search_fields__: {field_!r} is not a column of {name}; the "
                 "default document is built from columns: read related values in your own "
                 "search_document(), and list the path here for change tracking")
+    if found and (len(mapper.primary_key) != 1 or not uses_default_ids(cls)):
+        raise ConfigurationError(
+            f"{name}.__search_fields__ reads related rows: their changes find the "
+            f"{name} documents to rewrite in the database, which needs a one-column "
+            "primary key and the default document ids")
+    for hops, reads in found.items():
+        related = hops[-1].mapper.class_
+        if len(inspect(related).primary_key) != 1:
+            raise ConfigurationError(
+                f"{name}.__search_fields__ reads {related.__name__} rows, whose primary "
+                "key has several columns: not supported for related fields")
+        deps = _dependencies.setdefault(related, [])
+        deps[:] = [d for d in deps if not (d.dependent is cls and d.path == hops)]
+        deps.append(Dependency(cls, related, hops, frozenset(reads)))
 
 
 _changed_fields_cache: weakref.WeakKeyDictionary[type, tuple[str, ...] | None] = (
