@@ -1,0 +1,203 @@
+"""Related documents at scale on PostgreSQL: renaming an author of 100,000 posts.
+
+    python -m benchmarks.bench_fanout [--posts 100000] [--rounds 5]
+
+* the commit that renames the author, with the fan-out (one ``INSERT ... SELECT`` of
+  an event per dependent post, in the data's transaction), against the cheapest
+  hand-written way to touch the dependents: ``UPDATE authors`` plus
+  ``UPDATE posts SET updated_at = now() WHERE author_id = :id``; alternating rounds,
+  medians; goal <= 1.0x;
+* the drain of those events (claims, rows and related rows read, documents built,
+  ``_bulk``, outcomes recorded) as one Dramatiq worker runs it, message by message,
+  against ``helpers.bulk`` of the same documents read by one hand-written join;
+  goal >= 0.7x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ForeignKey, String, func, insert, select, text, update
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
+
+import scrypath_sa
+from scrypath_sa.modes import Mode
+from scrypath_sa.outcome import Outcome
+
+PREFIX = os.environ.get("SCRYPATH_BENCH_PREFIX") or f"bf{uuid.uuid4().hex[:6]}"
+CHUNK = 500  # ids per Dramatiq message (DramatiqMode's default chunk_size)
+
+
+class Record(Mode):
+    """Records events and hands them nowhere: the commit's own cost."""
+
+    name = "record"
+
+    def dispatch(self, config: Any, event_ids: Sequence[int], engine: Any = None) -> Outcome:
+        return Outcome(mode=self.name, event_ids=list(event_ids))
+
+
+def _models() -> Any:
+    class Base(DeclarativeBase):
+        pass
+
+    class Author(Base):
+        __tablename__ = "bench_authors"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(String(100))
+
+    class Post(scrypath_sa.Searchable, Base):
+        __tablename__ = "bench_posts"
+        __search_index__ = f"{PREFIX}_posts"
+        __search_fields__ = ("title", "author.name")
+        __search_contract__ = {"settings": {"number_of_shards": 1, "number_of_replicas": 0}}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(String(100))
+        author_id: Mapped[int] = mapped_column(ForeignKey("bench_authors.id"), index=True)
+        updated_at: Mapped[dt.datetime | None]
+        author: Mapped[Author] = relationship()
+
+        @classmethod
+        def search_load_options(cls) -> Any:
+            return [selectinload(cls.author)]
+
+        def search_document(self) -> dict[str, Any]:
+            return {"title": self.title, "author": self.author.name}
+
+    return Base, Author, Post
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--posts", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    from opensearchpy import OpenSearch, helpers
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    from benchmarks._support import services
+    from scrypath_sa import processor
+    from scrypath_sa.backends import OpenSearchBackend
+    from scrypath_sa.visibility import Visibility, flush_confirmations
+
+    base, author_cls, post_cls = _models()
+    with services("postgresql", "opensearch") as urls:
+        engine = create_engine(urls["postgresql"])
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS bench_posts, bench_authors, sync_events, "
+                              "sync_checkpoints"))
+        base.metadata.create_all(engine)
+        scrypath_sa.metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(insert(author_cls.__table__), [{"id": 1, "name": "author 0"},
+                                                        {"id": 2, "name": "someone else"}])
+            for start in range(0, args.posts, 20_000):
+                conn.execute(insert(post_cls.__table__), [
+                    {"id": i, "title": f"post {i}", "author_id": 1}
+                    for i in range(start + 1, min(start + 20_000, args.posts) + 1)])
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+        backend = OpenSearchBackend(urls["opensearch"], timeout=120)
+        Session = sessionmaker(engine)
+        config = scrypath_sa.configure(Session, backend=backend, mode="record",
+                                       modes={"record": Record()})
+        client = OpenSearch(urls["opensearch"], timeout=120)
+
+        def ours(n: int) -> float:
+            with Session() as session:
+                began = time.perf_counter()
+                author = session.get(author_cls, 1)
+                assert author is not None
+                author.name = f"renamed by the library {n}"
+                session.commit()
+                took = time.perf_counter() - began
+                outcome = scrypath_sa.last_outcome(session)
+                assert outcome is not None and len(outcome.event_ids) == args.posts
+            return took
+
+        def hand(n: int) -> float:
+            began = time.perf_counter()
+            with engine.begin() as conn:
+                conn.execute(update(author_cls.__table__).where(author_cls.__table__.c.id == 1)
+                             .values(name=f"renamed by hand {n}"))
+                conn.execute(update(post_cls.__table__)
+                             .where(post_cls.__table__.c.author_id == 1)
+                             .values(updated_at=func.now()))
+            return time.perf_counter() - began
+
+        def clean() -> None:
+            with engine.begin() as conn:
+                conn.execute(text("TRUNCATE sync_events"))
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text("VACUUM bench_posts, sync_events"))
+
+        commit: dict[str, list[float]] = {"ours": [], "hand": []}
+        try:
+            for n in range(args.rounds):
+                order = [("ours", ours), ("hand", hand)]
+                for name, run in order if n % 2 == 0 else order[::-1]:
+                    clean()
+                    commit[name].append(run(n))
+            # The drain: the events of one more rename, as one worker runs them.
+            clean()
+            ours(args.rounds)
+            with engine.connect() as conn:
+                ids = list(conn.execute(select(scrypath_sa.sync_events.c.id)
+                                        .order_by(scrypath_sa.sync_events.c.id)).scalars())
+            info = scrypath_sa.registry.info_for(post_cls)
+            assert info is not None
+            backend.ensure_index(info.index, info.contract, info.name)
+            began = time.perf_counter()
+            for start in range(0, len(ids), CHUNK):
+                processor.process(config, ids[start:start + CHUNK], mode="record",
+                                  visibility=Visibility.DEFERRED, worker="bench")
+            assert flush_confirmations(300)
+            drain_ours = time.perf_counter() - began
+            with engine.connect() as conn:
+                left = conn.execute(select(func.count()).select_from(scrypath_sa.sync_events)
+                                    .where(scrypath_sa.sync_events.c.state != "completed"))
+                assert left.scalar_one() == 0
+            client.indices.create(index=f"{PREFIX}_raw", body={"settings": {
+                "number_of_shards": 1, "number_of_replicas": 0}})
+            began = time.perf_counter()
+            posts, authors = post_cls.__table__, author_cls.__table__
+            with engine.connect() as conn:
+                rows = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(
+                    select(posts.c.id, posts.c.title, authors.c.name)
+                    .join(authors, authors.c.id == posts.c.author_id)
+                    .where(authors.c.id == 1))
+                helpers.bulk(client, ({"_index": f"{PREFIX}_raw", "_id": str(r.id),
+                                       "_source": {"title": r.title, "author": r.name}}
+                                      for r in rows), chunk_size=CHUNK)
+            client.indices.refresh(index=f"{PREFIX}_raw")
+            drain_hand = time.perf_counter() - began
+        finally:
+            client.indices.delete(index=f"{PREFIX}*", ignore_unavailable=True)
+            with engine.begin() as conn:
+                conn.execute(text("DROP TABLE IF EXISTS bench_posts, bench_authors, "
+                                  "sync_events, sync_checkpoints"))
+        med = {k: statistics.median(v) for k, v in commit.items()}
+        print(f"posts={args.posts} rounds={args.rounds} (alternating)")
+        for name, label in (("ours", "rename with fan-out        "),
+                            ("hand", "UPDATE authors + UPDATE posts")):
+            print(f"{label}: median {med[name]:.3f}s "
+                  f"(min {min(commit[name]):.3f}s, max {max(commit[name]):.3f}s)")
+        print(f"RATIO commit fan-out/hand_written = {med['ours'] / med['hand']:.2f}x "
+              "(goal <= 1.0)")
+        print(f"drain through one worker: {drain_ours:.1f}s "
+              f"({args.posts / drain_ours:,.0f} docs/s); helpers.bulk: {drain_hand:.1f}s "
+              f"({args.posts / drain_hand:,.0f} docs/s)")
+        print(f"RATIO drain/helpers.bulk = {drain_hand / drain_ours:.2f}x (goal >= 0.7)")
+
+
+if __name__ == "__main__":
+    main()
