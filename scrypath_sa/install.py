@@ -68,7 +68,7 @@ def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engi
         mode_object.attach(config)
     with _lock:
         listeners.install_mapper_events()
-        listeners.install_core_events()
+        listeners.install_bulk_capture()
         unconfigure(target)
         handlers = listeners.handlers(config)
         for name, fn in handlers:
