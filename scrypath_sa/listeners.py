@@ -179,7 +179,11 @@ def _remember(session: Session, config: Config, conn: Connection,
               events: list[NewEvent]) -> None:
     state = session_sync(session)
     mode = resolve_mode(config.default_mode, session)
-    if any(outbox.too_long(e.document_id) for e in events):  # never fail the commit
+    # An id OpenSearch refuses is recorded discarded: it must never fail the commit.
+    # (A length check per event; the byte count only for the rare long ones.)
+    limit = outbox.MAX_DOCUMENT_ID_BYTES // 4
+    if any(len(e.document_id) > limit for e in events) and any(
+            outbox.too_long(e.document_id) for e in events):
         refused = [e for e in events if outbox.too_long(e.document_id)]
         events = [e for e in events if not outbox.too_long(e.document_id)]
         state.refused.extend(

@@ -106,7 +106,7 @@ def register_mapped(cls: type[Any], table: Any) -> ModelInfo:
     name = cls.__name__
     index = getattr(cls, "__search_index__", None) or getattr(table, "name", None)
     _check_index(name, index)
-    assert isinstance(index, str)
+    index = str(index)  # a plain str: a table's name is SQLAlchemy's quoted_name
     existing = _by_index.get(index)
     if existing is not None and _qualified(existing.cls) != _qualified(cls):
         raise ConfigurationError(
