@@ -79,6 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--posts", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--chunk", type=int, default=CHUNK,
+                        help="event ids per message (DramatiqMode's chunk_size)")
     parser.add_argument("--worker-threads", type=int, default=8,
                         help="the worker's threads (Dramatiq's default: 8)")
     args = parser.parse_args()
@@ -162,9 +164,9 @@ def main() -> None:
             began = time.perf_counter()
             with ThreadPoolExecutor(args.worker_threads) as worker:  # its message threads
                 for done in [worker.submit(
-                        processor.process, config, ids[start:start + CHUNK], mode="record",
-                        visibility=Visibility.DEFERRED, worker="bench")
-                        for start in range(0, len(ids), CHUNK)]:
+                        processor.process, config, ids[start:start + args.chunk],
+                        mode="record", visibility=Visibility.DEFERRED, worker="bench")
+                        for start in range(0, len(ids), args.chunk)]:
                     done.result()
             assert flush_confirmations(300)
             drain_ours = time.perf_counter() - began
