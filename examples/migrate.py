@@ -23,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 def config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(HERE / "alembic"))
-    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("path_separator", "os")  # alembic 1.16 and later
+    cfg.set_main_option("version_path_separator", "os")  # alembic before 1.16
     cfg.set_main_option("version_locations",
                         os.pathsep.join([str(HERE / "alembic" / "versions"), versions_path()]))
     folder = Path(os.environ.get("SCRYPATH_EXAMPLE_DIR", "."))

@@ -18,6 +18,7 @@ import enum
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     JSON,
     BigInteger,
     CheckConstraint,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    event,
     text,
 )
 
@@ -130,8 +132,13 @@ sync_events = Table(
     Index("ix_sync_events_not_completed", "id",
           postgresql_where=text("completed_at IS NULL"),
           sqlite_where=text("completed_at IS NULL")),
-    postgresql_with={"fillfactor": FILLFACTOR},
 )
+# Half of each page free for HOT updates (see above): a storage parameter set once the
+# table exists (a DDL event rather than Table(postgresql_with=...), which SQLAlchemy
+# accepts from 2.1 only).
+event.listen(sync_events, "after_create", DDL(  # type: ignore[no-untyped-call]
+    f"ALTER TABLE sync_events SET (fillfactor = {FILLFACTOR})").execute_if(
+        dialect="postgresql"))
 
 
 sync_checkpoints = Table(

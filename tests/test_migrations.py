@@ -67,7 +67,8 @@ def test_a_user_project_includes_our_versions(engine: Engine, tmp_path: Path) ->
     """))
     config = Config()
     config.set_main_option("script_location", str(project))
-    config.set_main_option("path_separator", "os")
+    config.set_main_option("path_separator", "os")  # alembic 1.16 and later
+    config.set_main_option("version_path_separator", "os")  # earlier ones
     config.set_main_option("version_locations", os.pathsep.join(
         [str(project / "versions"), migrations.versions_path()]))
     command.upgrade(config, "heads")
