@@ -37,6 +37,41 @@ def quick(session: nox.Session) -> None:
     session.run("pytest", "-m", "not services", *session.posargs)
 
 
+# The supported range, as (Python, SQLAlchemy, alembic) pins. scripts/test runs the whole
+# suite on the development environment (Python 3.11, the newest SQLAlchemy 2.1) and the
+# tests that need no server on each of these: every Python and every SQLAlchemy line
+# once, within CI's time. `nox -s compat_full` crosses them all.
+COMPAT = [
+    ("3.10", "SQLAlchemy==2.0.23", "alembic==1.12.1"),  # the floors in pyproject.toml
+    ("3.12", "SQLAlchemy>=2.0,<2.1", "alembic"),  # the newest 2.0
+    ("3.13", "SQLAlchemy>=2.1", "alembic"),  # the newest 2.1
+]
+SQLALCHEMY_LINES = [("SQLAlchemy==2.0.23", "alembic==1.12.1"),
+                    ("SQLAlchemy>=2.0,<2.1", "alembic"), ("SQLAlchemy>=2.1", "alembic")]
+
+
+def _quick_on(session: nox.Session, sqlalchemy: str, alembic: str) -> None:
+    session.install(PACKAGE, *_groups("tests"))
+    session.install(sqlalchemy, alembic)
+    session.run("python", "-c", "import sqlalchemy, alembic; "
+                "print('SQLAlchemy', sqlalchemy.__version__, 'alembic', alembic.__version__)")
+    session.run("pytest", "-q", "-m", "not services", *session.posargs)
+
+
+@nox.session
+@nox.parametrize(("python", "sqlalchemy", "alembic"), COMPAT)
+def compat(session: nox.Session, sqlalchemy: str, alembic: str) -> None:
+    """The no-server tests on each supported (Python, SQLAlchemy, alembic) pin."""
+    _quick_on(session, sqlalchemy, alembic)
+
+
+@nox.session(python=["3.10", "3.11", "3.12", "3.13"])
+@nox.parametrize(("sqlalchemy", "alembic"), SQLALCHEMY_LINES)
+def compat_full(session: nox.Session, sqlalchemy: str, alembic: str) -> None:
+    """Every Python with every SQLAlchemy line (longer than CI's budget allows)."""
+    _quick_on(session, sqlalchemy, alembic)
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     session.install(PACKAGE, *_groups("tests"))
