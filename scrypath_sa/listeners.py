@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, Delete, Engine, Insert, Update, event, inspect, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction, object_session
 
 from scrypath_sa import documents, outbox, registry
@@ -190,8 +191,23 @@ def _remember(session: Session, config: Config, conn: Connection,
             Failure(event_id, e.index_name, e.document_id[:200] + "...",
                     State.DISCARDED.value, "document_id_too_long", reason)
             for event_id, e, reason in outbox.record_rejected(conn, refused, mode))
-    state.pending.extend(outbox.record(conn, events, mode))
+    try:
+        state.pending.extend(outbox.record(conn, events, mode))
+    except DBAPIError as exc:
+        if _missing_table(exc):
+            raise ConfigurationError(
+                "the table sync_events does not exist in this database, so the change "
+                "cannot be recorded with the data: create the library's tables with "
+                "scrypath_sa.metadata.create_all(engine) next to your own create_all() "
+                "(tests), or run its migrations (alembic upgrade heads; docs: migrations)"
+            ) from exc
+        raise
     state.engine = conn.engine
+
+
+def _missing_table(exc: DBAPIError) -> bool:
+    text = str(exc.orig)
+    return "sync_events" in text and ("no such table" in text or "does not exist" in text)
 
 
 def _capture(capture: dict[tuple[str, str], NewEvent], obj: Any, op: Operation) -> None:

@@ -138,3 +138,22 @@ def test_retry_with_an_unknown_mode_changes_nothing(engine: Engine, prefix: str)
         scrypath_sa.retry(event_id, mode="turbo")
     with engine.connect() as conn:
         assert conn.execute(select(sync_events.c.state)).scalar_one() == "discarded"
+
+
+def test_a_schema_without_the_librarys_tables_names_the_fix(engine: Engine,
+                                                             prefix: str) -> None:
+    """A suite that builds its schema with its own metadata.create_all() only."""
+    from sqlalchemy.exc import DBAPIError
+
+    from tests.models import define_models
+
+    base, article, _, _ = define_models(prefix)
+    base.metadata.create_all(engine)  # the app's tables, not sync_events
+    Session = sessionmaker(engine)
+    scrypath_sa.configure(Session, backend=InMemoryBackend())
+    with Session() as session:
+        session.add(article(id=1, title="a"))
+        fix = r"scrypath_sa\.metadata\.create_all"
+        with pytest.raises(ConfigurationError, match=fix) as raised:
+            session.commit()
+    assert isinstance(raised.value.__cause__, DBAPIError)
