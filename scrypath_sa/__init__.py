@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from scrypath_sa import errors
 from scrypath_sa.config import Config
-from scrypath_sa.install import configure, current_config, last_outcome, unconfigure
+from scrypath_sa.install import (
+    configure,
+    current_config,
+    disabled,
+    last_outcome,
+    unconfigure,
+)
 from scrypath_sa.listeners import mark_changed
 from scrypath_sa.mixin import Searchable
 from scrypath_sa.modes.manual import ConfirmReport
@@ -61,6 +67,7 @@ __all__ = [
     "confirm",
     "current_config",
     "cutover",
+    "disabled",
     "errors",
     "failed",
     "last_outcome",

@@ -54,6 +54,7 @@ class Config:
     backoff_max: float = 600.0
     strict: bool = False
     inline_timeout: float | None = 30.0
+    enabled: bool = True  # False: nothing is recorded or written (see disabled())
 
     def mode(self, name: str) -> SyncMode:
         try:

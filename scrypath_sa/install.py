@@ -8,8 +8,9 @@ call must say which (nothing picks one silently).
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, Engine, event
@@ -29,7 +30,8 @@ _lock = threading.Lock()
 def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engine | None = None,
               modes: Mapping[str, Mode] | None = None, batch_size: int = 500,
               max_attempts: int = 8, backoff_base: float = 1.0, backoff_max: float = 600.0,
-              strict: bool = False, inline_timeout: float | None = 30.0) -> Config:
+              strict: bool = False, inline_timeout: float | None = 30.0,
+              enabled: bool = True) -> Config:
     """Install sync on ``target`` and return the configuration.
 
     ``target`` is a ``sessionmaker``, a ``Session`` subclass, a ``scoped_session`` (e.g.
@@ -43,7 +45,7 @@ def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engi
     ``inline_timeout`` bounds how long an inline commit sends writes (seconds; None:
     no bound); a run also stops sending after a request that got no answer, so a
     stalled cluster holds a commit for about one request timeout. What is not sent is
-    ``retrying``.
+    ``retrying``. ``enabled=False`` installs it turned off (see :func:`disabled`).
     """
     _check_target(target)
     if not isinstance(backend, Backend):
@@ -62,7 +64,7 @@ def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engi
     config = Config(target=target, backend=backend, bind=engine, modes=all_modes,
                     default_mode=mode, batch_size=batch_size, max_attempts=max_attempts,
                     backoff_base=backoff_base, backoff_max=backoff_max, strict=strict,
-                    inline_timeout=inline_timeout)
+                    inline_timeout=inline_timeout, enabled=enabled)
     config.mode(mode)  # fail now if the default mode is not available
     for mode_object in all_modes.values():
         mode_object.attach(config)
@@ -114,6 +116,21 @@ def current_config() -> Config | None:
     """The only installed configuration; None when there is none. With several
     installed, raises :class:`~scrypath_sa.errors.ConfigurationError`."""
     return resolve_config() if _installed else None
+
+
+@contextlib.contextmanager
+def disabled(config: Config | None = None) -> Iterator[Config]:
+    """Turn sync off for ``config`` (default: the only installed one) inside the block:
+    commits record no events and write nothing, in every thread. For a test that does
+    not look at search, or an app that must not sync for a while; what changes
+    meanwhile is drift that ``reconcile`` finds. ``configure(..., enabled=False)``
+    installs a configuration turned off."""
+    config = resolve_config(config)
+    was, config.enabled = config.enabled, False
+    try:
+        yield config
+    finally:
+        config.enabled = was
 
 
 def last_outcome(session: Session) -> Outcome | None:

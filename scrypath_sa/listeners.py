@@ -83,6 +83,8 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
     """The session events :func:`scrypath_sa.configure` listens to for ``config``."""
 
     def before_flush(session: Session, flush_context: Any, instances: Any) -> None:
+        if not config.enabled:
+            return
         capture: dict[tuple[str, str], NewEvent] = {}
         state = session_sync(session)
         state.capture = capture
@@ -111,7 +113,8 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
         _remember(session, config, conn, list(capture.values()))
 
     def do_orm_execute(orm_state: ORMExecuteState) -> Any:
-        if not (orm_state.is_update or orm_state.is_delete or orm_state.is_insert):
+        if not config.enabled or not (
+                orm_state.is_update or orm_state.is_delete or orm_state.is_insert):
             return None
         mapper = orm_state.bind_mapper
         if mapper is None and isinstance(orm_state.statement, _DML):
@@ -483,7 +486,7 @@ def install_bulk_capture() -> None:
         if info is not None:
             conn = self.connection(bind_arguments={"mapper": mapper})  # begins: after_begin
             config = session_sync(self).config
-        if info is None or config is None:
+        if info is None or config is None or not config.enabled:
             original(self, mapper, mappings, isupdate=isupdate, isstates=isstates,
                      return_defaults=return_defaults, **kwargs)
             return
@@ -512,6 +515,8 @@ def mark_changed(session: Session, model: type, keys: Iterable[Any]) -> None:
     if info is None:
         raise ConfigurationError(f"{model.__name__} is not a Searchable model")
     config = session_sync(session).config
+    if config is not None and not config.enabled:
+        return
     if config is None:
         raise NotConfiguredError(
             "this session's target is not configured, or it has not begun a transaction "

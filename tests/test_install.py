@@ -157,3 +157,31 @@ def test_a_schema_without_the_librarys_tables_names_the_fix(engine: Engine,
         with pytest.raises(ConfigurationError, match=fix) as raised:
             session.commit()
     assert isinstance(raised.value.__cause__, DBAPIError)
+
+
+def test_sync_can_be_turned_off_for_a_block_or_a_configuration(engine: Engine,
+                                                               prefix: str) -> None:
+    from sqlalchemy import select
+
+    from scrypath_sa import sync_events
+
+    w = make_world(engine, prefix)
+    backend = InMemoryBackend()
+    config = scrypath_sa.configure(w.Session, backend=backend)
+    with scrypath_sa.disabled(), w.Session() as session:
+        session.add(w.Article(id=1, title="not synced"))
+        session.commit()
+        assert scrypath_sa.last_outcome(session) is None
+    with w.Session() as session:
+        session.add(w.Article(id=2, title="synced"))
+        session.commit()
+    with engine.connect() as conn:
+        assert conn.execute(select(sync_events.c.document_id)).scalars().all() == ["2"]
+    assert config.enabled
+    off = scrypath_sa.configure(w.Session, backend=backend, enabled=False)
+    with w.Session() as session:
+        session.add(w.Article(id=3, title="installed off"))
+        session.commit()
+    with engine.connect() as conn:
+        assert conn.execute(select(sync_events.c.document_id)).scalars().all() == ["2"]
+    assert not off.enabled
