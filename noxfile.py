@@ -42,11 +42,11 @@ def quick(session: nox.Session) -> None:
 # tests that need no server on each of these: every Python and every SQLAlchemy line
 # once, within CI's time. `nox -s compat_full` crosses them all.
 COMPAT = [
-    ("3.10", "SQLAlchemy==2.0.23", "alembic==1.12.1"),  # the floors in pyproject.toml
+    ("3.10", "SQLAlchemy==2.0.32", "alembic==1.12.1"),  # the floors in pyproject.toml
     ("3.12", "SQLAlchemy>=2.0,<2.1", "alembic"),  # the newest 2.0
     ("3.13", "SQLAlchemy>=2.1", "alembic"),  # the newest 2.1
 ]
-SQLALCHEMY_LINES = [("SQLAlchemy==2.0.23", "alembic==1.12.1"),
+SQLALCHEMY_LINES = [("SQLAlchemy==2.0.32", "alembic==1.12.1"),
                     ("SQLAlchemy>=2.0,<2.1", "alembic"), ("SQLAlchemy>=2.1", "alembic")]
 
 

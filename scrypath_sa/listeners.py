@@ -18,6 +18,7 @@ Each session keeps one :class:`SessionSync` in ``Session.info``:
 
 from __future__ import annotations
 
+import inspect as pyinspect
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -477,31 +478,38 @@ def install_bulk_capture() -> None:
                         "bulk_*_mappings and bulk_save_objects are not recorded")
         return
 
-    def _bulk_save_mappings(self: Session, mapper: Any, mappings: Any, *,
-                            isupdate: bool, isstates: bool, return_defaults: bool,
-                            **kwargs: Any) -> None:
-        mapper = inspect(mapper)
+    signature = pyinspect.signature(original)
+
+    def _bulk_save_mappings(self: Session, *args: Any, **kwargs: Any) -> None:
+        # Positional in SQLAlchemy 2.0, keyword-only in 2.1: bound by name.
+        call = signature.bind(self, *args, **kwargs)
+        given = call.arguments
+        mapper = inspect(given["mapper"])
         info = registry.info_for(mapper.class_)
         config = None
         if info is not None:
             conn = self.connection(bind_arguments={"mapper": mapper})  # begins: after_begin
             config = session_sync(self).config
         if info is None or config is None or not config.enabled:
-            original(self, mapper, mappings, isupdate=isupdate, isstates=isstates,
-                     return_defaults=return_defaults, **kwargs)
+            original(*call.args, **call.kwargs)
             return
-        mappings = list(mappings)
+        isupdate, isstates = given["isupdate"], given["isstates"]
+        mappings = given["mappings"] = list(given["mappings"])
         # Inserted rows' keys come back into the mappings (or states) this way.
-        original(self, mapper, mappings, isupdate=isupdate, isstates=isstates,
-                 return_defaults=return_defaults or not isupdate, **kwargs)
+        given["return_defaults"] = given["return_defaults"] or not isupdate
+        original(*call.args, **call.kwargs)
         keys = []
         for m in mappings:
             if isstates:
                 keys.append([getattr(m.obj(), k) for k in registry.pk_keys(mapper.class_)])
             else:
                 keys.append([m.get(k) for k in registry.pk_keys(mapper.class_)])
-        _record_keys(self, config, conn, info, [k for k in keys if None not in k],
-                     Operation.UPSERT)
+        known = [k for k in keys if None not in k]
+        if len(known) < len(keys):
+            log.warning("scrypath_sa: %d rows inserted into %s came back without their "
+                        "keys, so they were not recorded: call scrypath_sa.mark_changed() "
+                        "or reconcile", len(keys) - len(known), info.index)
+        _record_keys(self, config, conn, info, known, Operation.UPSERT)
 
     Session._bulk_save_mappings = _bulk_save_mappings  # type: ignore[method-assign]
     _bulk_capture_installed = True
