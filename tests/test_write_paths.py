@@ -125,3 +125,31 @@ def test_a_plain_connection_on_the_same_pool_is_not_captured(world: World) -> No
     with world.engine.connect() as conn:
         recorded = set(conn.execute(select(sync_events.c.document_id)).scalars())
     assert "130" in recorded and "131" not in recorded
+
+
+@pytest.mark.parametrize(("path", "write"), WRITES, ids=[w[0] for w in WRITES])
+def test_every_write_path_on_sqlite_with_the_embedded_backend(
+        tmp_path: Any, path: str, write: Callable[[Session, World], Any]) -> None:
+    """The newcomer's setup, no server at all: SQLite and the embedded backend."""
+    from sqlalchemy import create_engine
+
+    from scrypath_sa.backends import EmbeddedBackend
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'app.sqlite3'}")
+    backend = EmbeddedBackend(tmp_path / "search.sqlite3")
+    w = make_world(engine, "embedded")
+    scrypath_sa.configure(w.Session, backend=backend)
+    with w.Session() as session:
+        session.add_all([w.Article(title=f"seed {i}") for i in (1, 2, 3)])
+        session.commit()
+    with w.Session() as session:
+        write(session, w)
+        session.commit()
+        assert scrypath_sa.last_outcome(session).state == "completed", path
+    with w.Session() as session:
+        rows = {str(a.id): a.title for a in session.scalars(select(w.Article))}
+    found = backend.documents("embedded_articles", list(rows))
+    assert {i: hit[1]["title"] for i, hit in found.items() if hit} == rows
+    assert backend.count("embedded_articles") == len(rows)
+    backend.close()
+    engine.dispose()
