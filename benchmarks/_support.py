@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -49,3 +50,16 @@ def best(samples: list[float]) -> float:
 
 def summary(samples: list[float]) -> str:
     return f"best {min(samples):.3f}s median {statistics.median(samples):.3f}s"
+
+
+def fresh_schema(engine: Any, metadata: Any, *tables: str) -> None:
+    """Drop ``tables`` and the library's, then create ``metadata``'s and the library's."""
+    from sqlalchemy import text
+
+    import scrypath_sa
+
+    names = ", ".join([*tables, "sync_events", "sync_checkpoints"])
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {names}"))
+    metadata.create_all(engine)
+    scrypath_sa.metadata.create_all(engine)

@@ -112,16 +112,12 @@ def main() -> None:
     from opensearchpy import OpenSearch
     from sqlalchemy import create_engine, insert, text
 
-    from benchmarks._support import services
+    from benchmarks._support import fresh_schema, services
 
     base, item = _models()
     with services("postgresql", "opensearch") as urls:
         engine = create_engine(urls["postgresql"])
-        with engine.begin() as conn:
-            conn.execute(text("DROP TABLE IF EXISTS bench_items, sync_events, "
-                              "sync_checkpoints"))
-        base.metadata.create_all(engine)
-        scrypath_sa.metadata.create_all(engine)
+        fresh_schema(engine, base.metadata, "bench_items")
         began = time.perf_counter()
         for start in range(0, args.rows, 20_000):
             stop = min(start + 20_000, args.rows)

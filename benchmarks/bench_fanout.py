@@ -89,7 +89,7 @@ def main() -> None:
     from sqlalchemy import create_engine
     from sqlalchemy.orm import sessionmaker
 
-    from benchmarks._support import services
+    from benchmarks._support import fresh_schema, services
     from scrypath_sa import processor
     from scrypath_sa.backends import OpenSearchBackend
     from scrypath_sa.visibility import Visibility, flush_confirmations
@@ -97,11 +97,7 @@ def main() -> None:
     base, author_cls, post_cls = _models()
     with services("postgresql", "opensearch") as urls:
         engine = create_engine(urls["postgresql"])
-        with engine.begin() as conn:
-            conn.execute(text("DROP TABLE IF EXISTS bench_posts, bench_authors, sync_events, "
-                              "sync_checkpoints"))
-        base.metadata.create_all(engine)
-        scrypath_sa.metadata.create_all(engine)
+        fresh_schema(engine, base.metadata, "bench_posts", "bench_authors")
         with engine.begin() as conn:
             conn.execute(insert(author_cls.__table__), [{"id": 1, "name": "author 0"},
                                                         {"id": 2, "name": "someone else"}])
