@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from scrypath_sa import listeners
+from scrypath_sa import aio, listeners
 from scrypath_sa.backends.base import Backend
 from scrypath_sa.config import Config, SyncMode
 from scrypath_sa.errors import ConfigurationError, NotConfiguredError
@@ -54,7 +54,8 @@ def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engi
             f"{type(backend).__name__}")
     if batch_size < 1 or max_attempts < 1:
         raise ConfigurationError("batch_size and max_attempts must be at least 1")
-    engine = bind or _bind_of(target)
+    asynchronous = aio.is_async(target)
+    engine = bind or (aio.sync_engine_for(target) if asynchronous else _bind_of(target))
     if engine is None:
         raise ConfigurationError(
             f"cannot tell which database this {type(target).__name__} uses: pass bind=engine to "
@@ -73,9 +74,10 @@ def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engi
         listeners.install_bulk_capture()
         unconfigure(target)
         handlers = listeners.handlers(config)
+        listened = aio.sync_target(target) if asynchronous else target
         for name, fn in handlers:
-            event.listen(target, name, fn)
-        _installed[id(target)] = (target, config, handlers)
+            event.listen(listened, name, fn)
+        _installed[id(target)] = (listened, config, handlers)
         selection.offer(all_modes)
     return config
 
@@ -85,9 +87,9 @@ def unconfigure(target: Any) -> bool:
     entry = _installed.pop(id(target), None)
     if entry is None:
         return False
-    _, config, handlers = entry
+    listened, config, handlers = entry
     for name, fn in handlers:
-        event.remove(target, name, fn)
+        event.remove(listened, name, fn)
     selection.withdraw(config.modes)
     return True
 
@@ -133,8 +135,14 @@ def disabled(config: Config | None = None) -> Iterator[Config]:
         config.enabled = was
 
 
-def last_outcome(session: Session) -> Outcome | None:
-    """The outcome of ``session``'s last commit with sync work (None if it had none)."""
+class _HasInfo(Protocol):
+    @property
+    def info(self) -> dict[Any, Any]: ...
+
+
+def last_outcome(session: _HasInfo) -> Outcome | None:
+    """The outcome of ``session``'s last commit with sync work (None if it had none); a
+    ``Session`` or an ``AsyncSession``."""
     found = session.info.get(listeners.STATE_KEY)
     return found.outcome if isinstance(found, listeners.SessionSync) else None
 
@@ -152,14 +160,14 @@ def build_modes(extra: Mapping[str, Mode] | None) -> dict[str, SyncMode]:
 def _check_target(target: Any) -> None:
     """``target`` must be something sessions come from (the events are listened on it)."""
     if isinstance(target, (sessionmaker, scoped_session, Session)) or (
-            isinstance(target, type) and issubclass(target, Session)):
+            isinstance(target, type) and issubclass(target, Session)) or aio.is_async(target):
         return
     hint = (": pass the engine as bind=, and sessionmaker(engine) (or your Session class) "
             "as the target" if isinstance(target, (Engine, Connection)) else "")
     raise ConfigurationError(
         "configure() installs sync on where your sessions come from: a sessionmaker, a "
-        "Session subclass, a scoped_session (Flask-SQLAlchemy's db.session) or one "
-        f"Session; got a {type(target).__name__}{hint}")
+        "Session subclass, a scoped_session (Flask-SQLAlchemy's db.session), one Session, "
+        f"or their async forms; got a {type(target).__name__}{hint}")
 
 
 def _bind_of(target: Any) -> Engine | None:

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Delete, Engine, Insert, Update, event, inspec
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction, object_session
 
-from scrypath_sa import documents, outbox, registry
+from scrypath_sa import aio, documents, outbox, registry
 from scrypath_sa.config import Config
 from scrypath_sa.errors import ConfigurationError, NotConfiguredError, SyncIncompleteError
 from scrypath_sa.mixin import Searchable
@@ -159,7 +159,12 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
         if not ids and not refused:
             return
         mode_name = resolve_mode(config.default_mode, session)
-        outcome = dispatch(config, mode_name, ids, engine) if ids else Outcome(mode_name, [])
+        if not ids:
+            outcome = Outcome(mode_name, [])
+        elif aio.in_async_commit():  # an AsyncSession: not on the event loop
+            outcome = aio.off_the_loop(dispatch, config, mode_name, ids, config.bind)
+        else:
+            outcome = dispatch(config, mode_name, ids, engine)
         if refused:
             outcome.event_ids.extend(f.event_id for f in refused)
             outcome.failures.extend(refused)

@@ -11,10 +11,13 @@ thread name            what it does                                started by
 ``scrypath-bulk``      sends a long run's batches (two at once)    :func:`pool`
 ``scrypath-refresh``   a long run's periodic refreshes             :func:`pool`
 ``scrypath-backfill``  sends a backfill's pages                    :func:`pool`
+``scrypath-async``     an ``AsyncSession`` commit's work after     :func:`async_pool`
+                       commit, off the event loop                  (``aio``)
 =====================  ==========================================  =====================
 
 The hand-off threads are daemons started on first use (and again if one died); their
-queued work is flushed at interpreter exit. The others live for one run.
+queued work is flushed at interpreter exit. The ``scrypath-async`` pool lives for the
+process. The others live for one run.
 """
 
 from __future__ import annotations
@@ -135,3 +138,23 @@ def ahead(items: Iterator[T], depth: int) -> Generator[T, None, None]:
 def pool(name: str, workers: int) -> ThreadPoolExecutor:
     """A pool of ``workers`` threads named ``name`` for one run (shut it down after)."""
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+
+
+ASYNC_THREADS = 2
+"""Threads that run AsyncSession commits' work after commit (see :mod:`scrypath_sa.aio`):
+their waits overlap; their Python work competes with the event loop (measured in
+docs/performance.md: with 6, 100 concurrent commits finished sooner and stalled the
+loop longer)."""
+
+_async_pool: ThreadPoolExecutor | None = None
+_async_pool_lock = threading.Lock()
+
+
+def async_pool() -> ThreadPoolExecutor:
+    """The process's ``scrypath-async`` threads, started on first use."""
+    global _async_pool
+    with _async_pool_lock:
+        if _async_pool is None:
+            _async_pool = ThreadPoolExecutor(max_workers=ASYNC_THREADS,
+                                             thread_name_prefix="scrypath-async")
+        return _async_pool
