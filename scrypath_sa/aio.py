@@ -30,12 +30,21 @@ SYNC_DRIVERS = {
 }
 
 
+_ext: Any = False  # not looked up yet
+
+
 def _asyncio_ext() -> Any:
-    try:
-        from sqlalchemy.ext import asyncio as sa_asyncio
-    except ImportError:  # greenlet is not installed: no AsyncSession in this process
-        return None
-    return sa_asyncio
+    """SQLAlchemy's asyncio extension, or None without greenlet (then no AsyncSession
+    exists in this process). Looked up once: every commit asks."""
+    global _ext
+    if _ext is False:
+        try:
+            from sqlalchemy.ext import asyncio as sa_asyncio
+        except ImportError:
+            _ext = None
+        else:
+            _ext = sa_asyncio
+    return _ext
 
 
 def is_async(target: Any) -> bool:
@@ -84,8 +93,7 @@ def sync_engine_for(target: Any) -> Engine | None:
 
 def in_async_commit() -> bool:
     """True inside an ``AsyncSession``'s greenlet (the event loop's thread)."""
-    ext = _asyncio_ext()
-    if ext is None:
+    if _asyncio_ext() is None:
         return False
     from sqlalchemy.util.concurrency import in_greenlet
 
