@@ -54,6 +54,23 @@ def test_fastapi_example_reports_the_sync_honestly(tmp_path: Path) -> None:
     assert out["found"]["ids"] == [1]
 
 
+def test_fastapi_async_example_reports_the_sync_honestly(tmp_path: Path) -> None:
+    code = """
+import json, sys
+sys.path.insert(0, "examples")
+from fastapi.testclient import TestClient
+from fastapi_async_app import app
+with TestClient(app) as client:
+    saved = client.post("/articles", json={"id": 1, "title": "Running foxes"}).json()
+    found = client.get("/search", params={"q": "run"}).json()
+print(json.dumps({"saved": saved, "found": found}))
+"""
+    out = run_python(code, {"SCRYPATH_EXAMPLE_DIR": str(tmp_path)})
+    assert out["saved"] == {"saved": True, "search": {"mode": "inline", "state": "completed",
+                                                      "visible": True}}
+    assert out["found"] == {"total": 1, "ids": [1]}
+
+
 def test_flask_example_on_db_session(tmp_path: Path) -> None:
     code = """
 import json
