@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect as pyinspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import Connection, Delete, Engine, Insert, Update, event, inspect, select
@@ -122,18 +122,22 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
             # A Core statement on a table (session.execute(table.insert(), rows)).
             by_table = registry.info_for_table(orm_state.statement.table)
             mapper = by_table.mapper if by_table is not None else None
-        info = registry.info_for(mapper.class_) if mapper is not None else None
-        if mapper is not None and info is None and registry.dependencies_on(mapper.class_):
-            session_sync(orm_state.session).config = config
-            return _related_statement(orm_state, config, mapper)
-        if info is None or mapper is None:
+        if mapper is None:
+            return None
+        info = registry.info_for(mapper.class_)
+        fans_out = bool(registry.dependencies_on(mapper.class_)) and not orm_state.is_insert
+        if info is None and not fans_out:
             return None
         session_sync(orm_state.session).config = config
-        if registry.dependencies_on(mapper.class_) and not orm_state.is_insert:
-            return _related_statement(orm_state, config, mapper)
-        if orm_state.is_insert:
-            return _orm_insert(orm_state, config, info, mapper)
-        return _bulk_statement(orm_state, config, info, mapper)
+
+        def run() -> Any:  # the statement, with its own rows' events when Searchable
+            if info is None:
+                return orm_state.invoke_statement()
+            if orm_state.is_insert:
+                return _orm_insert(orm_state, config, info, mapper)
+            return _bulk_statement(orm_state, config, info, mapper)
+
+        return _related_statement(orm_state, config, mapper, run) if fans_out else run()
 
     def after_begin(session: Session, transaction: SessionTransaction,
                     connection: Connection) -> None:
@@ -363,9 +367,12 @@ def _record_dependents(session: Session, config: Config, dep: registry.Dependenc
     state.engine = conn.engine
 
 
-def _related_statement(state: ORMExecuteState, config: Config, mapper: Mapper[Any]) -> Any:
+def _related_statement(state: ORMExecuteState, config: Config, mapper: Mapper[Any],
+                       run: Callable[[], Any]) -> Any:
     """ORM bulk ``update()``/``delete()`` of rows that documents read: the rows it
-    touches are found first; a delete fans out before it runs, an update after."""
+    touches are found first; a delete fans out before it runs, an update after.
+    ``run`` runs the statement (recording the rows' own events when their model is
+    Searchable too)."""
     session = state.session
     conn = session.connection(bind_arguments={"mapper": mapper})
     stmt: Any = state.statement
@@ -382,8 +389,8 @@ def _related_statement(state: ORMExecuteState, config: Config, mapper: Mapper[An
     if state.is_delete:
         for dep in deps:
             _record_dependents(session, config, dep, ids)
-        return state.invoke_statement()
-    result = state.invoke_statement()
+        return run()
+    result = run()
     for dep in deps:
         _record_dependents(session, config, dep, ids)
     return result

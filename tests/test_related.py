@@ -177,6 +177,8 @@ def test_two_hops_and_orm_bulk_writes(world: World, os_client: Any) -> None:
         session.execute(delete(world.Comment).where(world.Comment.id == 2))
         session.commit()
     assert doc(os_client, world, "posts", 2)["comments"] == []
+    # Comment is Searchable too: its own document goes, as well as its parent's copy.
+    assert not os_client.exists(index=f"{world.prefix}_comments", id="2")
     posts_in_step(world, os_client)
 
 
