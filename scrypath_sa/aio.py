@@ -63,14 +63,14 @@ def sync_target(target: Any) -> Any:
     ext = _asyncio_ext()
     if isinstance(target, ext.AsyncSession):
         return target.sync_session
-    if isinstance(target, ext.async_sessionmaker):
-        base = target.kw.get("sync_session_class", Session)
-        own = type(f"{base.__name__}ForScrypath", (base,), {})
-        target.configure(sync_session_class=own)
-        return own
-    base = target.sync_session_class
+    factory = isinstance(target, ext.async_sessionmaker)
+    base = target.kw.get("sync_session_class", Session) if factory else (
+        target.sync_session_class)
     own = type(f"{base.__name__}ForScrypath", (base,), {})
-    target.sync_session_class = own
+    if factory:
+        target.configure(sync_session_class=own)
+    else:
+        target.sync_session_class = own
     return own
 
 

@@ -194,16 +194,10 @@ def _remember(session: Session, config: Config, conn: Connection,
     state = session_sync(session)
     mode = resolve_mode(config.default_mode, session)
     # An id OpenSearch refuses is recorded discarded: it must never fail the commit.
-    # (A length check per event; the byte count only for the rare long ones.)
-    limit = outbox.MAX_DOCUMENT_ID_BYTES // 4
-    if any(len(e.document_id) > limit for e in events) and any(
-            outbox.too_long(e.document_id) for e in events):
-        refused = [e for e in events if outbox.too_long(e.document_id)]
+    refused = [e for e in events if outbox.too_long(e.document_id)]
+    if refused:
         events = [e for e in events if not outbox.too_long(e.document_id)]
-        state.refused.extend(
-            Failure(event_id, e.index_name, e.document_id[:200] + "...",
-                    State.DISCARDED.value, "document_id_too_long", reason)
-            for event_id, e, reason in outbox.record_rejected(conn, refused, mode))
+        state.refused.extend(outbox.record_rejected(conn, refused, mode))
     try:
         state.pending.extend(outbox.record(conn, events, mode))
     except DBAPIError as exc:
@@ -313,8 +307,11 @@ def _related_before_flush(session: Session, config: Config, state: SessionSync) 
     for obj in session.deleted:
         before.extend((dep, obj) for dep in registry.dependencies_on(type(obj)))
     for obj in session.dirty:
-        for dep in registry.dependencies_on(type(obj)):
-            attrs = inspect(obj).attrs
+        deps = registry.dependencies_on(type(obj))
+        if not deps:
+            continue
+        attrs = inspect(obj).attrs
+        for dep in deps:
             moved = any(attrs[name].history.has_changes() for name in _link_keys(dep))
             if moved:  # its old dependents now, its new ones after the flush
                 before.append((dep, obj))

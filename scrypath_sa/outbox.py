@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy import inspect as sa_inspect
 
 from scrypath_sa import codec
+from scrypath_sa.outcome import Failure
 from scrypath_sa.schema import (
     CLAIMABLE,
     UNFINISHED,
@@ -113,10 +114,10 @@ def too_long(document_id: str) -> bool:
 
 
 def record_rejected(conn: Connection, events: Sequence[NewEvent],
-                    mode: str | None) -> list[tuple[int, NewEvent, str]]:
+                    mode: str | None) -> list[Failure]:
     """Record events whose document id OpenSearch would refuse as ``discarded`` with
     the reason (their id cut to fit the column), in the data's transaction: the data
-    commits, the sync input is refused and kept. Returns (id, event, reason)."""
+    commits, the sync input is refused and kept. Returns them as failures."""
     now = utcnow()
     recorded = []
     for e in events:
@@ -124,14 +125,15 @@ def record_rejected(conn: Connection, events: Sequence[NewEvent],
         reason = (f"the document id of {e.model} {e.pk} is {size} bytes; OpenSearch "
                   f"allows {MAX_DOCUMENT_ID_BYTES}: make search_document_id() shorter "
                   "(e.g. a hash of the long value), then backfill")
+        shortened = e.document_id[:200] + "..."
         event_id = conn.execute(_INSERT_ONE, {
-            "model": e.model, "index_name": e.index_name,
-            "document_id": e.document_id[:200] + "...", "pk": e.pk,
-            "operation": e.operation.value, "mode": mode,
+            "model": e.model, "index_name": e.index_name, "document_id": shortened,
+            "pk": e.pk, "operation": e.operation.value, "mode": mode,
             "state": State.DISCARDED.value, "attempts": 0, "error_kind": "document_id_too_long",
             "last_error": reason, "requested_at": now, "updated_at": now,
             "discarded_at": now}).scalar_one()
-        recorded.append((event_id, e, reason))
+        recorded.append(Failure(event_id, e.index_name, shortened, State.DISCARDED.value,
+                                "document_id_too_long", reason))
     return recorded
 
 
