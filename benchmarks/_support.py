@@ -63,3 +63,18 @@ def fresh_schema(engine: Any, metadata: Any, *tables: str) -> None:
         conn.execute(text(f"DROP TABLE IF EXISTS {names}"))
     metadata.create_all(engine)
     scrypath_sa.metadata.create_all(engine)
+
+
+def hold_mode() -> Any:
+    """A mode that records events and hands them nowhere (the commit's own cost, or
+    events left for a processor run the benchmark drives)."""
+    from scrypath_sa.modes import Mode
+    from scrypath_sa.outcome import Outcome
+
+    class Hold(Mode):
+        name = "hold"
+
+        def dispatch(self, config: Any, event_ids: Any, engine: Any = None) -> Outcome:
+            return Outcome(mode=self.name, event_ids=list(event_ids))
+
+    return Hold()

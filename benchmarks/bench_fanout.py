@@ -21,7 +21,6 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,20 +28,9 @@ from sqlalchemy import ForeignKey, String, func, insert, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
 
 import scrypath_sa
-from scrypath_sa.modes import Mode
-from scrypath_sa.outcome import Outcome
 
 PREFIX = os.environ.get("SCRYPATH_BENCH_PREFIX") or f"bf{uuid.uuid4().hex[:6]}"
 CHUNK = 500  # ids per Dramatiq message (DramatiqMode's default chunk_size)
-
-
-class Record(Mode):
-    """Records events and hands them nowhere: the commit's own cost."""
-
-    name = "record"
-
-    def dispatch(self, config: Any, event_ids: Sequence[int], engine: Any = None) -> Outcome:
-        return Outcome(mode=self.name, event_ids=list(event_ids))
 
 
 def _models() -> Any:
@@ -89,7 +77,7 @@ def main() -> None:
     from sqlalchemy import create_engine
     from sqlalchemy.orm import sessionmaker
 
-    from benchmarks._support import fresh_schema, services
+    from benchmarks._support import fresh_schema, hold_mode, services
     from scrypath_sa import processor
     from scrypath_sa.backends import OpenSearchBackend
     from scrypath_sa.visibility import Visibility, flush_confirmations
@@ -109,8 +97,8 @@ def main() -> None:
             conn.execute(text("ANALYZE"))
         backend = OpenSearchBackend(urls["opensearch"], timeout=120)
         Session = sessionmaker(engine)
-        config = scrypath_sa.configure(Session, backend=backend, mode="record",
-                                       modes={"record": Record()})
+        config = scrypath_sa.configure(Session, backend=backend, mode="hold",
+                                       modes={"hold": hold_mode()})
         client = OpenSearch(urls["opensearch"], timeout=120)
 
         def ours(n: int) -> float:
@@ -161,7 +149,7 @@ def main() -> None:
             with ThreadPoolExecutor(args.worker_threads) as worker:  # its message threads
                 for done in [worker.submit(
                         processor.process, config, ids[start:start + args.chunk],
-                        mode="record", visibility=Visibility.DEFERRED, worker="bench")
+                        mode="hold", visibility=Visibility.DEFERRED, worker="bench")
                         for start in range(0, len(ids), args.chunk)]:
                     done.result()
             assert flush_confirmations(300)

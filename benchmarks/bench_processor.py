@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import argparse
 import uuid
-from typing import Any
 
 from opensearchpy import OpenSearch, helpers
 from sqlalchemy import String, create_engine, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import scrypath_sa
-from benchmarks._support import services, summary, timed
+from benchmarks._support import hold_mode, services, summary, timed
 from scrypath_sa import outbox, processor, sync_events
 from scrypath_sa.backends import OpenSearchBackend
-from scrypath_sa.modes import Mode
-from scrypath_sa.outcome import Outcome
 from scrypath_sa.schema import Operation
 from scrypath_sa.visibility import Visibility
 
@@ -56,13 +53,6 @@ class Article(scrypath_sa.Searchable, Base):
     category: Mapped[str] = mapped_column(String(50))
 
 
-class Hold(Mode):
-    name = "hold"
-
-    def dispatch(self, config: Any, event_ids: Any, engine: Any = None) -> Outcome:
-        return Outcome(mode=self.name, event_ids=list(event_ids))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=50_000)
@@ -79,7 +69,7 @@ def main() -> None:
         client = OpenSearch(urls["opensearch"], timeout=120)
         backend = OpenSearchBackend(client)
         config = scrypath_sa.configure(Session, backend=backend, mode="hold",
-                                       modes={"hold": Hold()}, bind=engine)
+                                       modes={"hold": hold_mode()}, bind=engine)
 
         body = "lorem ipsum dolor sit amet " * 20
         with Session(engine) as session:

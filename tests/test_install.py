@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -11,17 +10,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import scrypath_sa
 from scrypath_sa.errors import ConfigurationError, NotConfiguredError
-from scrypath_sa.modes import Mode
-from scrypath_sa.outcome import Outcome
 from scrypath_sa.testing import InMemoryBackend
 from tests.models import make_world
-
-
-class Hold(Mode):
-    name = "hold"
-
-    def dispatch(self, config: Any, event_ids: Sequence[int], engine: Any = None) -> Outcome:
-        return Outcome(mode=self.name, event_ids=list(event_ids))
+from tests.test_modes import Hold
 
 
 def test_configure_needs_to_know_the_database(engine: Engine) -> None:
