@@ -78,3 +78,48 @@ def hold_mode() -> Any:
             return Outcome(mode=self.name, event_ids=list(event_ids))
 
     return Hold()
+
+
+_COMPONENTS = {"java": "opensearch", "postgres": "postgresql", "redis-server": "redis"}
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each service on this machine and by this benchmark's
+    own process (children it waited for included), from /proc: subtract two readings
+    to see where a phase's CPU went. Services' exited children (PostgreSQL backends)
+    count through their parent, which reaps them."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {"client": 0.0, **{name: 0.0 for name in _COMPONENTS.values()}}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        # fields[0] is field 3 (state): utime, stime, cutime, cstime are fields 14-17.
+        own, reaped = int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+        if int(entry.name) == os.getpid():
+            used["client"] += (own + reaped) / tick
+        elif comm in _COMPONENTS:
+            # A service's children (PostgreSQL backends) count while they live, then
+            # through the parent that reaped them.
+            top = _parent_comm(fields[1]) != comm
+            used[_COMPONENTS[comm]] += (own + (reaped if top else 0)) / tick
+    return used
+
+
+def _parent_comm(pid: str) -> str:
+    try:
+        stat = (Path("/proc") / pid / "stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.index("(") + 1:stat.rindex(")")]
+
+
+def cpu_used(before: dict[str, float]) -> dict[str, float]:
+    """CPU seconds per component since ``before`` (a :func:`cpu_seconds` reading)."""
+    now = cpu_seconds()
+    return {name: now[name] - before.get(name, 0.0) for name in now}
