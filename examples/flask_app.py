@@ -1,6 +1,7 @@
-"""A Flask + Flask-SQLAlchemy app: scrypath_sa is installed on ``db.session``.
+"""A Flask + Flask-SQLAlchemy app factory with scrypath_sa's Flask extension.
 
-    flask --app examples.flask_app run     # SCRYPATH_EXAMPLE_DIR for the files
+    flask --app examples.flask_app run            # SCRYPATH_EXAMPLE_DIR for the files
+    flask --app examples.flask_app search status  # the operator commands, per app
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 import scrypath_sa
 from scrypath_sa import Searchable
 from scrypath_sa.backends import EmbeddedBackend
+from scrypath_sa.flask import FlaskSearch
 
 DIR = Path(os.environ.get("SCRYPATH_EXAMPLE_DIR", "."))
 
@@ -26,24 +28,25 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+search = FlaskSearch()
 
 
 class Note(Searchable, db.Model):  # type: ignore[name-defined, misc]
-    __tablename__ = "notes"
     __search_index__ = "notes"
+    __search_fields__ = ("body",)
     id: Mapped[int] = mapped_column(primary_key=True)
     body: Mapped[str] = mapped_column(String(500))
 
 
-def create_app() -> Flask:
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{DIR / 'flask.sqlite3'}"
+    app.config["SCRYPATH_SA_BACKEND"] = EmbeddedBackend(DIR / "flask-search.sqlite3")
+    app.config.update(test_config or {})
     db.init_app(app)
+    search.init_app(app, db)  # this app's own sync, on this app's engine
     with app.app_context():
-        db.create_all()
-        scrypath_sa.metadata.create_all(db.engine)
-        scrypath_sa.configure(db.session, backend=EmbeddedBackend(DIR / "flask-search.sqlite3"),
-                              bind=db.engine)
+        db.create_all()  # the sync tables too (in production: flask search upgrade)
 
     @app.post("/notes")
     def create_note() -> dict[str, Any]:
@@ -51,9 +54,9 @@ def create_app() -> Flask:
         db.session.add(Note(id=data["id"], body=data["body"]))
         db.session.commit()
         outcome = scrypath_sa.last_outcome(db.session())
-        search = ({"mode": outcome.mode, "state": outcome.state} if outcome
-                  else {"state": "nothing_to_sync"})
-        return {"saved": True, "search": search}
+        found = ({"mode": outcome.mode, "state": outcome.state} if outcome
+                 else {"state": "nothing_to_sync"})
+        return {"saved": True, "search": found}
 
     @app.get("/search")
     def search_notes() -> dict[str, Any]:

@@ -50,6 +50,10 @@ def load_app(spec: str | None) -> Config:
             found = found()  # a factory: create_app, or a function returning the Config
         if isinstance(found, Config):
             return found
+        extensions = getattr(found, "extensions", None)  # a Flask app with FlaskSearch
+        own = extensions.get("scrypath_sa") if isinstance(extensions, dict) else None
+        if isinstance(own, Config):
+            return own
         # An application object (a Flask or FastAPI app): making it configured the library.
         config = current_config()
         if config is None:
@@ -338,8 +342,20 @@ class _Parser(argparse.ArgumentParser):
 _json_requested = False
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="scrypath-sa", description=__doc__,
+def cmd_upgrade(config: Config, args: argparse.Namespace) -> int:
+    from scrypath_sa import migrations
+
+    before, after = migrations.upgrade(config.bind, args.revision)
+    if args.json:
+        _print_json({"ok": True, "from": before, "to": after})
+    else:
+        print(f"sync tables at {after}" + (f" (were at {before or 'nothing'})"
+                                           if before != after else " (already)"))
+    return OK
+
+
+def build_parser(prog: str = "scrypath-sa") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--app", help="package.module[:obj] holding your configuration "
                                       "(default: $SCRYPATH_SA_APP)")
@@ -400,18 +416,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-failed", action="store_true")
     p.add_argument("--failed-older-than-days", type=float, default=30)
     p.add_argument("--dry-run", action="store_true")
+    p = command("upgrade", cmd_upgrade,
+                "create or upgrade the sync tables (their own Alembic history and version "
+                "table, apart from your app's)")
+    p.add_argument("revision", nargs="?", default="heads")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+COMMANDS = ("status", "failed", "retry", "sweep", "confirm", "reconcile", "backfill",
+            "reindex", "cutover", "prune", "upgrade")
+"""Every command, for shells that wrap this one (``flask search``)."""
+
+
+def main(argv: Sequence[str] | None = None, *, config: Config | None = None,
+         prog: str = "scrypath-sa") -> int:
+    """Run one command; ``config`` given (the ``flask search`` group), ``--app`` is not
+    needed."""
     global _json_requested
     _json_requested = "--json" in (sys.argv[1:] if argv is None else list(argv))
     library_log = logging.getLogger("scrypath_sa")
     if not library_log.handlers:  # the commands print what they found; once is enough
         library_log.addHandler(logging.NullHandler())
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     try:
-        config = load_app(args.app)
+        config = config or load_app(args.app)
         code: int = args.fn(config, args)
     except ScrypathError as exc:
         return _error(redact(exc), args.json)

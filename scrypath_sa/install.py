@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, event
@@ -23,7 +24,8 @@ from scrypath_sa.errors import ConfigurationError, NotConfiguredError
 from scrypath_sa.modes import BUILTIN, Mode, selection
 from scrypath_sa.outcome import Outcome
 
-_installed: dict[int, tuple[Any, Config, list[tuple[str, Any]]]] = {}
+_installed: dict[Hashable, tuple[Any, Config | None, list[tuple[str, Any]]]] = {}
+_scoped: dict[int, Scoped] = {}  # target id -> its per-scope configurations
 _lock = threading.Lock()
 
 
@@ -35,9 +37,10 @@ def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engi
     """Install sync on ``target`` and return the configuration.
 
     ``target`` is a ``sessionmaker``, a ``Session`` subclass, a ``scoped_session`` (e.g.
-    Flask-SQLAlchemy's ``db.session``) or one ``Session``. ``mode`` is the default mode;
-    ``modes`` adds modes such as ``{"dramatiq": DramatiqMode(...)}``. ``bind`` is the
-    engine that work outside a session runs on (workers, the operator API); it may be
+    Flask-SQLAlchemy's ``db.session``; with several Flask apps, use
+    :class:`scrypath_sa.flask.FlaskSearch`) or one ``Session``. ``mode`` is the default
+    mode; ``modes`` adds modes such as ``{"dramatiq": DramatiqMode(...)}``. ``bind`` is
+    the engine that work outside a session runs on (workers, the operator API); it may be
     left out when ``target`` is bound to one engine. With ``strict=True`` a commit whose
     outcome is not what its mode promises raises
     :class:`~scrypath_sa.errors.SyncIncompleteError` after the data committed.
@@ -47,62 +50,127 @@ def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engi
     stalled cluster holds a commit for about one request timeout. What is not sent is
     ``retrying``. ``enabled=False`` installs it turned off (see :func:`disabled`).
     """
+    config = build_config(
+        target, backend=backend, mode=mode, bind=bind, modes=modes, batch_size=batch_size,
+        max_attempts=max_attempts, backoff_base=backoff_base, backoff_max=backoff_max,
+        strict=strict, inline_timeout=inline_timeout, enabled=enabled)
+    with _lock:
+        if id(target) in _scoped:
+            raise ConfigurationError(
+                "this session target has per-app configurations (FlaskSearch.init_app): "
+                "configure each app there, not with scrypath_sa.configure()")
+        unconfigure(target)
+        _listen(id(target), target, config, lambda session: config)
+    return config
+
+
+def build_config(target: Any, *, backend: Backend, mode: str = "inline",
+                 bind: Engine | None = None, modes: Mapping[str, Mode] | None = None,
+                 **settings: Any) -> Config:
+    """The checked :class:`Config` of :func:`configure`, not installed yet."""
     _check_target(target)
     if not isinstance(backend, Backend):
         raise ConfigurationError(
             f"backend must be a scrypath_sa Backend (e.g. OpenSearchBackend(url)), got a "
             f"{type(backend).__name__}")
-    if batch_size < 1 or max_attempts < 1:
+    if settings.get("batch_size", 1) < 1 or settings.get("max_attempts", 1) < 1:
         raise ConfigurationError("batch_size and max_attempts must be at least 1")
     asynchronous = aio.is_async(target)
     engine = bind or (aio.sync_engine_for(target) if asynchronous else _bind_of(target))
     if engine is None:
         raise ConfigurationError(
             f"cannot tell which database this {type(target).__name__} uses: pass bind=engine to "
-            "scrypath_sa.configure() (with Flask-SQLAlchemy, bind=db.engine inside the app "
-            "context)")
+            "scrypath_sa.configure() (with Flask-SQLAlchemy, use scrypath_sa.flask.FlaskSearch, "
+            "which takes the app's engine)")
     all_modes = build_modes(modes)
     config = Config(target=target, backend=backend, bind=engine, modes=all_modes,
-                    default_mode=mode, batch_size=batch_size, max_attempts=max_attempts,
-                    backoff_base=backoff_base, backoff_max=backoff_max, strict=strict,
-                    inline_timeout=inline_timeout, enabled=enabled)
+                    default_mode=mode, **settings)
     config.mode(mode)  # fail now if the default mode is not available
     for mode_object in all_modes.values():
         mode_object.attach(config)
-    with _lock:
-        listeners.install_mapper_events()
-        listeners.install_bulk_capture()
-        unconfigure(target)
-        handlers = listeners.handlers(config)
-        listened = aio.sync_target(target) if asynchronous else target
-        for name, fn in handlers:
-            event.listen(listened, name, fn)
-        _installed[id(target)] = (listened, config, handlers)
-        selection.offer(all_modes)
     return config
 
 
+def _listen(key: Hashable, target: Any, config: Config | None, pick: listeners.Pick) -> None:
+    """Listen to ``target``'s session events with ``pick`` (under ``_lock``)."""
+    listeners.install_mapper_events()
+    listeners.install_bulk_capture()
+    handlers = listeners.handlers(pick)
+    listened = aio.sync_target(target) if aio.is_async(target) else target
+    for name, fn in handlers:
+        event.listen(listened, name, fn)
+    _installed[key] = (listened, config, handlers)
+    if config is not None:
+        selection.offer(config.modes)
+
+
+class Scoped:
+    """Configurations that share one session target, one per scope: several Flask apps
+    in one process all use ``db.session``. ``current()`` names the scope a session's
+    events happen in (the current app); scopes are held weakly."""
+
+    def __init__(self, target: Any, current: Callable[[], Any]) -> None:
+        self.target, self.current = target, current
+        self.configs: weakref.WeakKeyDictionary[Any, Config] = weakref.WeakKeyDictionary()
+
+    def pick(self, session: Any = None) -> Config | None:
+        scope = self.current()
+        return None if scope is None else self.configs.get(scope)
+
+
+def configure_scoped(scope: Any, target: Any, current: Callable[[], Any],
+                     config: Config) -> None:
+    """Install ``config`` (from :func:`build_config`) for ``scope`` on ``target``: its
+    sessions' events go to it while ``current()`` returns ``scope``. Other scopes'
+    configurations on the same target stay."""
+    with _lock:
+        if id(target) in _installed:
+            raise ConfigurationError(
+                "this session target is already configured with scrypath_sa.configure() "
+                "for every app: call scrypath_sa.unconfigure() on it first, or use one way")
+        scoped = _scoped.get(id(target))
+        if scoped is None:
+            scoped = _scoped[id(target)] = Scoped(target, current)
+            _listen(("scoped", id(target)), target, None, scoped.pick)
+        scoped.configs[scope] = config
+        selection.offer(config.modes)
+
+
 def unconfigure(target: Any) -> bool:
-    """Remove what :func:`configure` installed on ``target``; True if anything was."""
-    entry = _installed.pop(id(target), None)
+    """Remove what :func:`configure` (or :class:`~scrypath_sa.flask.FlaskSearch`, for
+    every app) installed on ``target``; True if anything was."""
+    scoped = _scoped.pop(id(target), None)
+    entry = _installed.pop(("scoped", id(target)) if scoped else id(target), None)
+    if scoped is not None:
+        for app_config in scoped.configs.values():
+            selection.withdraw(app_config.modes)
     if entry is None:
         return False
     listened, config, handlers = entry
     for name, fn in handlers:
         event.remove(listened, name, fn)
-    selection.withdraw(config.modes)
+    if config is not None:
+        selection.withdraw(config.modes)
     return True
 
 
 def installed() -> list[Config]:
     """Every configuration installed now, oldest first."""
-    return [config for _, config, _ in _installed.values()]
+    found = [config for _, config, _ in _installed.values() if config is not None]
+    for scoped in _scoped.values():
+        found.extend(scoped.configs.values())
+    return found
 
 
 def resolve_config(config: Config | None = None) -> Config:
-    """``config`` when given, else the only installed configuration."""
+    """``config`` when given, else the current scope's (the current Flask app's), else
+    the only installed configuration."""
     if config is not None:
         return config
+    for scoped in _scoped.values():
+        current = scoped.pick()
+        if current is not None:
+            return current
     found = installed()
     if not found:
         raise NotConfiguredError("call scrypath_sa.configure(...) first, or pass config=")
@@ -117,7 +185,7 @@ def resolve_config(config: Config | None = None) -> Config:
 def current_config() -> Config | None:
     """The only installed configuration; None when there is none. With several
     installed, raises :class:`~scrypath_sa.errors.ConfigurationError`."""
-    return resolve_config() if _installed else None
+    return resolve_config() if installed() else None
 
 
 @contextlib.contextmanager

@@ -80,11 +80,18 @@ def _capturing(session: Session | None) -> dict[tuple[str, str], NewEvent] | Non
 
 # ------------------------------------------------------------------------ the handlers
 
-def handlers(config: Config) -> list[tuple[str, Any]]:
-    """The session events :func:`scrypath_sa.configure` listens to for ``config``."""
+Pick = Callable[[Session], Config | None]
+"""Which configuration a session's events belong to (None: not this installation's)."""
+
+
+def handlers(pick: Pick) -> list[tuple[str, Any]]:
+    """The session events :func:`scrypath_sa.configure` listens to; ``pick`` says which
+    configuration a session's events belong to (one per target, or one per Flask app
+    sharing ``db.session``)."""
 
     def before_flush(session: Session, flush_context: Any, instances: Any) -> None:
-        if not config.enabled:
+        config = pick(session)
+        if config is None or not config.enabled:
             return
         capture: dict[tuple[str, str], NewEvent] = {}
         state = session_sync(session)
@@ -104,6 +111,9 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
         if capture is None:
             return
         _capture_new(capture, session.new)
+        config = state.config or pick(session)
+        if config is None:
+            return
         if state.related:
             _fan_out(session, config, state)
         if not capture:
@@ -114,8 +124,10 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
         _remember(session, config, conn, list(capture.values()))
 
     def do_orm_execute(orm_state: ORMExecuteState) -> Any:
-        if not config.enabled or not (
-                orm_state.is_update or orm_state.is_delete or orm_state.is_insert):
+        if not (orm_state.is_update or orm_state.is_delete or orm_state.is_insert):
+            return None
+        config = pick(orm_state.session)
+        if config is None or not config.enabled:
             return None
         mapper = orm_state.bind_mapper
         if mapper is None and isinstance(orm_state.statement, _DML):
@@ -141,7 +153,9 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
 
     def after_begin(session: Session, transaction: SessionTransaction,
                     connection: Connection) -> None:
-        session_sync(session).config = config  # for bulk_* methods and mark_changed
+        config = pick(session)
+        if config is not None:
+            session_sync(session).config = config  # for bulk_* methods and mark_changed
 
     def after_commit(session: Session) -> None:
         if session.get_nested_transaction() is None:  # the root transaction committed
@@ -157,10 +171,11 @@ def handlers(config: Config) -> list[tuple[str, Any]]:
         if transaction.parent is not None:
             return
         state = session_sync(session)
-        ids, engine = state.committed, state.engine or config.bind
-        refused = state.refused_committed
+        config = state.config or pick(session)
+        ids, refused = state.committed, state.refused_committed
+        engine = state.engine or (config.bind if config is not None else None)
         state.reset()
-        if not ids and not refused:
+        if config is None or (not ids and not refused):
             return
         mode_name = resolve_mode(config.default_mode, session)
         if not ids:

@@ -5,6 +5,7 @@ OpenSearch node."""
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from typing import Any
 
@@ -71,14 +72,20 @@ def test_async_inline_commits_complete_without_stalling_the_loop(
 
     async def main() -> tuple[list[Any], float, float]:
         await commit(1000)  # warm: the first commit compiles statements, makes the index
-        with scrypath_sa.disabled(config):  # the same commits without the library
-            _, plain = await worst_stall(range(2001, 2101))
-        outcomes, worst = await worst_stall(range(1, 101))
+        outcomes: list[Any] = []
+        ours: list[float] = []
+        plain: list[float] = []
+        for n in range(3):  # alternating rounds, medians: one hiccup of the machine is noise
+            with scrypath_sa.disabled(config):  # the same commits without the library
+                plain.append((await worst_stall(range(2000 + 100 * n, 2100 + 100 * n)))[1])
+            done, stall = await worst_stall(range(1 + 100 * n, 101 + 100 * n))
+            outcomes.extend(done)
+            ours.append(stall)
         await async_engine.dispose()
-        return outcomes, worst, plain
+        return outcomes, statistics.median(ours), statistics.median(plain)
 
     outcomes, worst, plain = asyncio.run(main())
-    assert [o.state for o in outcomes] == ["completed"] * 100
+    assert [o.state for o in outcomes] == ["completed"] * 300
     # The ORM's own work on the loop stalls 35-50 ms here (2 cores, servers beside), so
     # the bound is relative: the library adds no wait of its own (with the writes on the
     # loop it stalled 684 ms; docs/performance.md has the numbers).
@@ -87,7 +94,7 @@ def test_async_inline_commits_complete_without_stalling_the_loop(
         f"the event loop stalled {worst * 1000:.0f} ms ({plain * 1000:.0f} ms without "
         "the library)")
     os_client.indices.refresh(index=f"{index_prefix}_articles")
-    assert os_client.count(index=f"{index_prefix}_articles")["count"] == 101
+    assert os_client.count(index=f"{index_prefix}_articles")["count"] == 301
     with engine.connect() as conn:
         assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"completed"}
     scrypath_sa.unconfigure(factory)

@@ -15,14 +15,16 @@ then ``alembic upgrade scrypath_sa@head`` (or ``heads``). Or run them on their o
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 BRANCH = "scrypath_sa"
 HERE = Path(__file__).resolve().parent
-OUR_TABLES = frozenset({"sync_events", "sync_checkpoints"})
+VERSION_TABLE = "scrypath_sa_alembic_version"
+OUR_TABLES = frozenset({"sync_events", "sync_checkpoints", VERSION_TABLE})
 
 
 def versions_path() -> str:
@@ -58,11 +60,72 @@ def alembic_config(engine_or_url: Engine | str) -> Any:
     return config
 
 
-def upgrade(engine_or_url: Engine | str, revision: str = "heads") -> None:
-    """Run our migrations on their own (standalone use, tests, the quickstart)."""
+def upgrade(engine_or_url: Engine | str, revision: str = "heads") -> tuple[str | None, str | None]:
+    """Run our migrations on their own, in their own history (version table
+    ``scrypath_sa_alembic_version``): your app's ``alembic upgrade head`` / ``flask db
+    upgrade`` never meets them. Returns the revision before and after."""
     from alembic import command
 
+    before = current_revision(engine_or_url)
+    if before is None and _has_sync_events(engine_or_url):
+        from scrypath_sa.errors import ConfigurationError
+
+        raise ConfigurationError(
+            "sync_events exists but has no scrypath_sa migration history (it was made by "
+            "metadata.create_all()): if it was made by this version of scrypath_sa, record "
+            "that with scrypath_sa.migrations.stamp(connection) and upgrade from there on")
     command.upgrade(alembic_config(engine_or_url), revision)
+    return before, current_revision(engine_or_url)
+
+
+def stamp(connection: Connection) -> None:
+    """Record that the sync tables on ``connection`` are at our newest revision (they
+    were just made by ``metadata.create_all()``), so a later :func:`upgrade` starts from
+    there instead of creating them again."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    context.stamp(script, "heads")
+
+
+def _has_sync_events(engine_or_url: Engine | str) -> bool:
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+    return inspect(engine).has_table("sync_events")
+
+
+@functools.cache
+def newest() -> str:
+    """Our newest revision."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None
+    return head
+
+
+def behind(engine: Engine) -> str | None:
+    """What to do when the sync tables' recorded revision is not this version's newest
+    (None when it is, or when nothing is recorded: tables made by ``create_all()``)."""
+    current = current_revision(engine)
+    if current is None or current == newest():
+        return None
+    return (f"sync tables are at migration {current}, this scrypath_sa needs {newest()}: run "
+            "scrypath-sa upgrade (flask search upgrade)")
+
+
+def current_revision(engine_or_url: Engine | str) -> str | None:
+    """The revision our tables are at in their own history (None: not created there)."""
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    engine = create_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
 
 
 def downgrade(engine_or_url: Engine | str, revision: str = "base") -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+from scrypath_sa.migrations import VERSION_TABLE
 from scrypath_sa.schema import metadata
 
-VERSION_TABLE = "scrypath_sa_alembic_version"
 config = context.config
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scrypath_sa import outbox
+from scrypath_sa import migrations, outbox
 from scrypath_sa.backends.base import PhysicalIndex, admin_of
 from scrypath_sa.config import Config
 from scrypath_sa.errors import EventError, ScrypathError
@@ -84,13 +84,15 @@ class StatusReport:
 
     models: list[ModelStatus]
     mode_errors: dict[str, str] = field(default_factory=dict)
+    schema_behind: str | None = None  # the sync tables need a migration: what to run
     generated_at: dt.datetime = field(default_factory=utcnow)
 
     @property
     def problems(self) -> list[str]:
         """What needs attention beyond any one model."""
-        return [f"mode {name}: {error}: committed events stay requested until it is "
-                "back (sweep sends them)" for name, error in self.mode_errors.items()]
+        found = [f"mode {name}: {error}: committed events stay requested until it is "
+                 "back (sweep sends them)" for name, error in self.mode_errors.items()]
+        return found + ([self.schema_behind] if self.schema_behind else [])
 
     @property
     def needs_attention(self) -> bool:
@@ -122,7 +124,7 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
                                     now - stuck_after)
         next_attempt = outbox.next_attempts(conn, indices)
         lost = outbox.unconfirmed_counts(conn, indices, NOT_FOUND)
-    report = StatusReport(models=[], mode_errors={
+    report = StatusReport(models=[], schema_behind=migrations.behind(config.bind), mode_errors={
         name: error for name, mode in sorted(config.modes.items())
         if (error := mode.check()) is not None})
     for info in infos:
