@@ -17,7 +17,6 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -69,9 +68,8 @@ async def create_article(payload: ArticleIn,
 
 
 @app.get("/search")
-async def search_articles(q: str) -> dict[str, Any]:
-    def run() -> dict[str, Any]:  # search() is not awaitable yet: a thread, sync engine
-        with Session(config.bind) as s:
-            result = scrypath_sa.search(s, Article, q, config=config)
-            return {"total": result.total, "ids": [a.id for a in result.items]}
-    return await asyncio.to_thread(run)
+async def search_articles(q: str,
+                          db: Annotated[AsyncSession, Depends(session)]) -> dict[str, Any]:
+    # Awaitable on an AsyncSession: the backend is asked off the loop, rows load async.
+    result = await scrypath_sa.search(db, Article, q, config=config)
+    return {"total": result.total, "ids": [a.id for a in result.items]}

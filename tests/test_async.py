@@ -144,3 +144,30 @@ def test_async_rollback_and_dramatiq_mode(engine: Engine, index_prefix: str,
         recorded = conn.execute(select(sync_events.c.document_id)).scalars().all()
     assert sorted(recorded) == ["2", "3"]
     scrypath_sa.unconfigure(factory)
+
+
+def test_search_is_awaitable_on_an_async_session(engine: Engine, index_prefix: str,
+                                                 backend: Any, os_client: Any) -> None:
+    """``await search(async_session, ...)``: hits hydrated as ORM objects through the
+    async session, in hit order; a hit whose row is gone is reported missing."""
+    world = make_world(engine, index_prefix)
+    async_engine = create_async_engine(_async_url(engine))
+    factory = async_sessionmaker(async_engine, expire_on_commit=False)
+    scrypath_sa.configure(factory, backend=backend)
+
+    async def main() -> Any:
+        async with factory() as session:
+            session.add_all([world.Article(id=1, title="red fox"),
+                             world.Article(id=2, title="red hen")])
+            await session.commit()
+        with engine.begin() as conn:  # a row gone behind the library's back
+            conn.execute(world.Article.__table__.delete().where(world.Article.id == 2))
+        async with factory() as session:
+            result = await scrypath_sa.search(session, world.Article, "red")
+        await async_engine.dispose()
+        return result
+
+    result = asyncio.run(main())
+    assert [a.id for a in result.items] == [1]
+    assert isinstance(result.items[0], world.Article)
+    assert result.total == 2 and result.missing_ids == ["2"]

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -142,16 +144,19 @@ def test_alembic_example_upgrades_app_and_library_heads(tmp_path: Path) -> None:
     assert {"articles", "sync_events", "sync_checkpoints", "alembic_version"} <= tables
 
 
-def test_the_example_app_tests_pass(tmp_path: Path) -> None:
-    """examples/test_app.py is the documented way to test an app: it must pass."""
+@pytest.mark.parametrize(("example", "passed"), [
+    ("test_app.py", 2), ("test_flask_app.py", 2), ("test_fastapi_app.py", 2)])
+def test_the_example_app_tests_pass(tmp_path: Path, example: str, passed: int) -> None:
+    """examples/test_*.py are the documented ways to test an app (plain, Flask's test
+    client, FastAPI's TestClient and httpx's AsyncClient): they must pass."""
     import os
 
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/test_app.py"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"examples/{example}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "SCRYPATH_EXAMPLE_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 passed" in result.stdout
+    assert f"{passed} passed" in result.stdout
 
 
 def test_cli_finds_the_configuration_through_a_flask_app_or_its_factory(
