@@ -16,6 +16,7 @@ A pytest plugin ships too (``scrypath_sa.pytest_plugin``): fixtures
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
@@ -205,5 +206,27 @@ def drain(config: Config | None = None, *, mode: str = "dramatiq",
         raise TimeoutError(f"visible writes were not recorded within {timeout}s")
 
 
+# ------------------------------------------------------------------ from async tests
+
+async def process_pending_async(session: Any = None, *, config: Config | None = None,
+                                wait_for_visibility: bool = True) -> Outcome:
+    """:func:`process_pending` for async tests. With an ``AsyncSession`` it runs on the
+    session's connection (a test wrapped in a transaction); without, in a thread on the
+    configured engine, so the event loop stays free."""
+    if session is None:
+        return await asyncio.to_thread(process_pending, config=config,
+                                       wait_for_visibility=wait_for_visibility)
+    outcome: Outcome = await session.run_sync(
+        lambda sync: process_pending(sync, config=config,
+                                     wait_for_visibility=wait_for_visibility))
+    return outcome
+
+
+async def drain_async(config: Config | None = None, *, mode: str = "dramatiq",
+                      timeout: float = 30.0) -> None:
+    """:func:`drain` for async tests: the in-process worker runs in a thread."""
+    await asyncio.to_thread(drain, config, mode=mode, timeout=timeout)
+
+
 __all__ = ["Backend", "CapturedOp", "InMemoryBackend", "RecordingBackend", "capture", "drain",
-           "process_pending"]
+           "drain_async", "process_pending", "process_pending_async"]

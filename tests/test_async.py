@@ -171,3 +171,55 @@ def test_search_is_awaitable_on_an_async_session(engine: Engine, index_prefix: s
     assert [a.id for a in result.items] == [1]
     assert isinstance(result.items[0], world.Article)
     assert result.total == 2 and result.missing_ids == ["2"]
+
+
+def test_async_test_helpers(engine: Engine, index_prefix: str, backend: Any,
+                            os_client: Any) -> None:
+    """``process_pending_async`` (on the test's AsyncSession, inside its transaction,
+    and on the configured engine) and ``drain_async`` (a StubBroker's worker) from a
+    test's event loop."""
+    from dramatiq.brokers.stub import StubBroker
+
+    from scrypath_sa.modes.dramatiq import DramatiqMode
+    from scrypath_sa.testing import drain_async, process_pending_async
+    from tests.test_modes import Hold
+
+    world = make_world(engine, index_prefix)
+    async_engine = create_async_engine(_async_url(engine))
+    factory = async_sessionmaker(async_engine, expire_on_commit=False)
+    config = scrypath_sa.configure(factory, backend=backend, mode="hold", modes={
+        "hold": Hold(), "dramatiq": DramatiqMode(StubBroker(), queue_name="helpers")})
+
+    async def main() -> Any:
+        async with factory() as session:  # a test wrapped in a transaction: never commits
+            await session.begin()
+            session.add(world.Article(id=1, title="in the test's transaction"))
+            await session.flush()
+            wrapped = await process_pending_async(session)
+            await session.rollback()
+        async with factory() as session:
+            session.add(world.Article(id=2, title="held"))
+            await session.commit()
+        held = await process_pending_async(config=config)
+        async with factory() as session:
+            scrypath_sa.set_session_mode(session.sync_session, "dramatiq")
+            session.add(world.Article(id=3, title="queued"))
+            await session.commit()
+            queued = scrypath_sa.last_outcome(session)
+        await drain_async(config)
+        await async_engine.dispose()
+        return wrapped, held, queued
+
+    wrapped, held, queued = asyncio.run(main())
+    assert wrapped.states["completed"] == 1
+    assert held.states["completed"] == 1
+    assert queued is not None and queued.state == "enqueued"
+    with engine.connect() as conn:
+        rows = conn.execute(select(sync_events.c.document_id, sync_events.c.state)
+                            .order_by(sync_events.c.id)).all()
+    assert [tuple(r) for r in rows] == [("2", "completed"), ("3", "completed")]
+    os_client.indices.refresh(index=f"{index_prefix}_articles")
+    hits = os_client.search(index=f"{index_prefix}_articles", body={"query": {"match_all": {}}})
+    # Document 1 was written from inside the transaction that then rolled back (what
+    # process_pending does in a wrapped test); 2 and 3 were committed.
+    assert sorted(h["_id"] for h in hits["hits"]["hits"]) == ["1", "2", "3"]

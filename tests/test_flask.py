@@ -161,7 +161,8 @@ def test_flask_search_commands_answer_for_their_app(
     (model,) = [m for m in json.loads(result.output)["models"] if m["model"] == "Story"]
     assert model["counts"]["completed"] == 1
 
-    result = app.test_cli_runner().invoke(args=["search", "reconcile", "--json"])
+    result = app.test_cli_runner().invoke(
+        args=["search", "reconcile", "--model", "Story", "--json"])
     assert result.exit_code == 0, result.output
 
     # The failure paths keep their promises: a bad argument, an unknown event.
