@@ -102,7 +102,7 @@ def main() -> None:
         def run_processor(visible: bool) -> None:
             outcome = processor.process(
                 config, ids, mode="inline" if visible else "manual",
-                visibility=Visibility.PER_REQUEST if visible else Visibility.NONE)
+                visibility=Visibility.VISIBLE if visible else Visibility.NONE)
             wanted = "completed" if visible else "backend_accepted"
             assert outcome.states == {wanted: args.rows}, outcome.describe()
 

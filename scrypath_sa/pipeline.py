@@ -83,8 +83,7 @@ class Writer:
         self.pipelined = pipelined
         self.deadline = deadline  # time.monotonic() after which nothing more is sent
         self.stopped: str | None = None  # why this run sends nothing more
-        self.per_request = policy is Visibility.PER_REQUEST
-        self.refreshes = policy in (Visibility.EVERY_N, Visibility.DEFERRED)
+        self.refreshes = policy.waits
         self.transitions: list[Transition] = []
         self.where: dict[int, Doc] = {}  # event id -> its document
         self.index_errors: dict[str, str | None] = {}
@@ -119,7 +118,7 @@ class Writer:
         self.record(prepared.failed)
         if not self.pipelined:  # one small batch (a commit): no thread to start
             results = self.send(prepared.ops, self.index_errors[info.index])
-            self.record(settle(self.config, self.bind, prepared, results, self.per_request))
+            self.record(settle(self.config, self.bind, prepared, results))
             return
         if self._sender is None:
             self._sender = pool("scrypath-bulk", SENDERS)
@@ -147,8 +146,7 @@ class Writer:
         if prepared is None:
             self._complete(future.result())
         else:
-            self.record(settle(self.config, self.bind, prepared, future.result(),
-                               self.per_request))
+            self.record(settle(self.config, self.bind, prepared, future.result()))
 
     def _write(self) -> None:
         if self._unrecorded:
@@ -220,17 +218,17 @@ class Writer:
             self.stopped = "not sent: the run's deadline passed before this batch's turn"
         if self.stopped is not None:
             return [ItemResult(ItemStatus.RETRYABLE, "not_sent", self.stopped)] * len(ops)
-        results = self.config.backend.bulk(ops, wait_for_visibility=self.per_request)
+        results = self.config.backend.bulk(ops, wait_for_visibility=False)
         if results and all(r.error_kind == "connection_error" for r in results):
             self.stopped = (f"not sent: an earlier request of this run got no answer "
                             f"({results[0].error})")
         return results
 
 
-def settle(config: Config, bind: Bind, prepared: Prepared, results: list[ItemResult],
-           visible: bool) -> list[Transition]:
-    """Turn one request's per-item results into transitions (success is ``completed``
-    when the request itself waited for visibility, else ``backend_accepted``).
+def settle(config: Config, bind: Bind, prepared: Prepared,
+           results: list[ItemResult]) -> list[Transition]:
+    """Turn one request's per-item results into transitions (success is
+    ``backend_accepted``: a refresh after it makes it ``completed``).
 
     A version conflict is success when the index holds a version this database issued
     for a newer event of the document: the newer write wins. A version above every one
@@ -242,7 +240,7 @@ def settle(config: Config, bind: Bind, prepared: Prepared, results: list[ItemRes
     committed (ids are taken at flush, so this event's id can be below the rebuild's
     high-water mark). The document, read after that commit, is sent again at the
     rebuild's version, which it may replace; that is its outcome."""
-    judged = _Judge(config, bind, prepared.info.index, visible)
+    judged = _Judge(config, bind, prepared.info.index)
     transitions: list[Transition] = []
     again: list[tuple[Doc, BulkOp]] = []
     for doc, op, result in zip(prepared.sent, prepared.ops, results, strict=True):
@@ -254,7 +252,7 @@ def settle(config: Config, bind: Bind, prepared: Prepared, results: list[ItemRes
         else:
             transitions.extend(judged(doc, op, result))
     if again:
-        answers = config.backend.bulk([op for _, op in again], wait_for_visibility=visible)
+        answers = config.backend.bulk([op for _, op in again], wait_for_visibility=False)
         for (doc, op), result in zip(again, answers, strict=True):
             transitions.extend(judged(doc, op, result))
     return transitions
@@ -263,9 +261,8 @@ def settle(config: Config, bind: Bind, prepared: Prepared, results: list[ItemRes
 class _Judge:
     """What one item's result makes of its document's events."""
 
-    def __init__(self, config: Config, bind: Bind, index: str, visible: bool) -> None:
+    def __init__(self, config: Config, bind: Bind, index: str) -> None:
         self.config, self.bind, self.index = config, bind, index
-        self.success = State.COMPLETED if visible else State.BACKEND_ACCEPTED
         self.retry_at: dict[int, dt.datetime] = {}  # one jittered time per attempt count
         self._ceiling: int | None = None
 
@@ -286,7 +283,7 @@ class _Judge:
                 return each(doc, State.DISCARDED, operation=operation, version=op.version,
                             error_kind=kind, error=reason)
         if result.status in (ItemStatus.OK, ItemStatus.CONFLICT):
-            return each(doc, self.success, operation=operation, version=op.version)
+            return each(doc, State.BACKEND_ACCEPTED, operation=operation, version=op.version)
         if result.status is ItemStatus.RETRYABLE and doc.attempts < self.config.max_attempts:
             return each(doc, State.RETRYING, operation=operation, version=op.version,
                         error_kind=result.error_kind, error=result.error,

@@ -39,7 +39,7 @@ one per batch."""
 
 
 def process(config: Config, event_ids: Sequence[int], *, mode: str,
-            visibility: Visibility = Visibility.PER_REQUEST, bind: Bind | None = None,
+            visibility: Visibility = Visibility.VISIBLE, bind: Bind | None = None,
             worker: str | None = None, timeout: float | None = None) -> Outcome:
     """Claim ``event_ids``, write their documents, and record every outcome.
 
@@ -62,7 +62,7 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
     bind = bind or config.bind
     ids = list(dict.fromkeys(event_ids))
     outcome = Outcome(mode=mode, event_ids=ids)
-    policy = plan(visibility, len(ids), config.batch_size, bind)
+    policy = plan(visibility, bind)
     writer = Writer(config, bind, policy, pipelined=len(ids) > config.batch_size,
                     deadline=None if timeout is None else time.monotonic() + timeout)
     if policy is Visibility.DEFERRED:

@@ -158,7 +158,7 @@ def process_pending(session: Session | None = None, *, config: Config | None = N
     bind: Bind = session.connection() if session is not None else config.bind
     with connect(bind) as conn:
         ids = outbox.claimable_ids(conn)
-    policy = Visibility.PER_REQUEST if wait_for_visibility else Visibility.NONE
+    policy = Visibility.VISIBLE if wait_for_visibility else Visibility.NONE
     return processor.process(config, ids, mode="inline", visibility=policy, bind=bind)
 
 

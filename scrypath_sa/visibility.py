@@ -5,19 +5,20 @@ A mode declares one :class:`Visibility`; :func:`plan` fits it to one run:
 ``NONE``
     Nothing waits: accepted writes stay ``backend_accepted`` (``manual``; ``confirm()``
     verifies them later).
-``PER_REQUEST``
-    The bulk request itself waits (``refresh=wait_for``): cheap for the cluster, and
-    what an ``inline`` commit that fits in one batch does.
-``EVERY_N``
-    A run of several batches refreshes explicitly, once per :data:`REFRESH_EVERY`
-    documents and once at the end, so its events turn ``completed`` as it goes.
+``VISIBLE``
+    The run ends visible: after its writes are answered, one refresh of each index it
+    wrote makes them searchable, shared with every concurrent caller of this process
+    (an ``inline`` commit returns in milliseconds instead of waiting for the index's
+    next scheduled refresh). A run of several batches also refreshes once per
+    :data:`REFRESH_EVERY` documents, so its events turn ``completed`` as it goes.
 ``DEFERRED``
-    As ``EVERY_N`` while the run goes on; what is left at its end goes to this process's
+    As ``VISIBLE`` while the run goes on; what is left at its end goes to this process's
     :class:`Confirmer`, which refreshes once for the runs of many threads and records
     them ``completed`` (``dramatiq`` workers). Until then they read ``processing``.
 
-Refreshes of one index by many threads are shared (:class:`SharedRefresh`); a refresh
-that fails leaves its writes ``backend_accepted``, which is the truth.
+Refreshes of one index by many threads are shared and paced (:class:`SharedRefresh`:
+at most one per :data:`REFRESH_PACE` seconds per index and process); a refresh that
+fails leaves its writes ``backend_accepted``, which is the truth.
 """
 
 from __future__ import annotations
@@ -50,11 +51,15 @@ a short tail) at the price of a few more, small refreshes."""
 CONFIRM_EVERY = 0.1
 """Under load, the confirmer refreshes at most this often (seconds)."""
 
+REFRESH_PACE = 0.05
+"""While several callers need one index visible, its refreshes from this process start
+at least this far apart (seconds) and are shared: 20 threads committing cost about 20
+refreshes a second, not one per commit. A lone caller's refresh starts at once."""
+
 
 class Visibility(enum.Enum):
     NONE = "none"
-    PER_REQUEST = "per_request"
-    EVERY_N = "every_n"
+    VISIBLE = "visible"
     DEFERRED = "deferred"
 
     @property
@@ -63,15 +68,11 @@ class Visibility(enum.Enum):
         return self is not Visibility.NONE
 
 
-def plan(wanted: Visibility, events: int, batch_size: int, bind: Bind) -> Visibility:
-    """The policy for one run of ``events`` events: a mode's wish, fitted to the run.
-
-    Waiting on the request suits one batch; more batches refresh explicitly. The
-    confirmer opens connections of its own, so it serves engines only."""
+def plan(wanted: Visibility, bind: Bind) -> Visibility:
+    """The policy for one run: a mode's wish, fitted to it. The confirmer opens
+    connections of its own, so it serves engines only."""
     if wanted is Visibility.DEFERRED and not isinstance(bind, Engine):
-        wanted = Visibility.PER_REQUEST
-    if wanted in (Visibility.PER_REQUEST, Visibility.EVERY_N):
-        return Visibility.PER_REQUEST if events <= batch_size else Visibility.EVERY_N
+        return Visibility.VISIBLE
     return wanted
 
 
@@ -80,18 +81,36 @@ class SharedRefresh:
 
     A caller needs a refresh that *starts* after it arrived (its writes were acknowledged
     before that). If one is running, the caller waits for the next one; whoever finds no
-    refresh running starts it for everybody waiting. So N threads cost about one or two
-    refreshes, not N, and no caller is told "visible" before it is.
+    refresh running leads the next one for everybody waiting. When other callers are
+    inside too (concurrent commits), it starts no sooner than :data:`REFRESH_PACE` after
+    the previous one started, and callers arriving meanwhile are served by it. So N
+    threads cost a refresh per pace, not N; a lone caller (one thread committing) is
+    never held; and no caller is told "visible" before it is.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pace: float = REFRESH_PACE) -> None:
+        self.pace = pace
         self._cond = threading.Condition()
         self._started: dict[tuple[int, str], int] = {}
         self._finished: dict[tuple[int, str], int] = {}
-        self._running: set[tuple[int, str]] = set()
+        self._running: set[tuple[int, str]] = set()  # led: pacing or refreshing
+        self._last_start: dict[tuple[int, str], float] = {}
+        self._inside: dict[tuple[int, str], int] = {}  # callers in refresh() now
+        self._peak: dict[tuple[int, str], int] = {}  # most inside since the last start
+        self._busy: dict[tuple[int, str], bool] = {}  # the last refresh was shared
 
     def refresh(self, backend: Backend, index: str) -> None:
         key = (id(backend), index)
+        with self._cond:
+            inside = self._inside[key] = self._inside.get(key, 0) + 1
+            self._peak[key] = max(self._peak.get(key, 0), inside)
+        try:
+            self._refresh(backend, index, key)
+        finally:
+            with self._cond:
+                self._inside[key] -= 1
+
+    def _refresh(self, backend: Backend, index: str, key: tuple[int, str]) -> None:
         with self._cond:
             needed = self._started.get(key, 0) + 1
             while True:
@@ -99,9 +118,19 @@ class SharedRefresh:
                     return
                 if key not in self._running:
                     self._running.add(key)
-                    ticket = self._started[key] = self._started.get(key, 0) + 1
                     break
                 self._cond.wait()
+            # The leader: with others inside now or during the last refresh, this one
+            # starts once the pace allows (and counts as started only then, so callers
+            # arriving meanwhile share it).
+            while (self._inside[key] > 1 or self._busy.get(key, False)) and (
+                    delay := self._last_start.get(key, -self.pace) + self.pace
+                    - time.monotonic()) > 0:
+                self._cond.wait(delay)
+            ticket = self._started[key] = self._started.get(key, 0) + 1
+            self._last_start[key] = time.monotonic()
+            self._busy[key] = self._peak.get(key, 0) > 1
+            self._peak[key] = self._inside[key]
         try:
             backend.refresh(index)
         except BaseException:

@@ -231,7 +231,7 @@ def test_out_of_order_processors_converge_on_the_newest_state(world: World, back
     slow_config = scrypath_sa.Config(**{**vars(config), "backend": slow})
     slow_worker = threading.Thread(target=processor.process, args=(slow_config, [first]),
                                    kwargs={"mode": "inline",
-                                           "visibility": Visibility.PER_REQUEST})
+                                           "visibility": Visibility.VISIBLE})
     slow_worker.start()
     assert reached.wait(60)  # the slow processor has read the row ("old") and stalls
 
@@ -240,7 +240,7 @@ def test_out_of_order_processors_converge_on_the_newest_state(world: World, back
         session.commit()
     with world.engine.connect() as conn:
         second = conn.execute(select(sync_events.c.id).where(sync_events.c.id > first)).scalar()
-    processor.process(config, [second], mode="inline", visibility=Visibility.PER_REQUEST)
+    processor.process(config, [second], mode="inline", visibility=Visibility.VISIBLE)
     assert doc(os_client, world, "1")["title"] == "new"
 
     release.set()
@@ -260,7 +260,7 @@ def test_two_processors_never_work_the_same_event(world: World, backend: Any) ->
         ids = list(conn.execute(select(sync_events.c.id)).scalars())
     outcomes: list[Outcome] = []
     threads = [threading.Thread(target=lambda: outcomes.append(processor.process(
-        config, ids, mode="inline", visibility=Visibility.PER_REQUEST)))
+        config, ids, mode="inline", visibility=Visibility.VISIBLE)))
         for _ in range(2)]
     for t in threads:
         t.start()

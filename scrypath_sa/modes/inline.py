@@ -28,5 +28,5 @@ class InlineMode(Mode):
     def dispatch(self, config: Config, event_ids: Sequence[int],
                  engine: Engine | None = None) -> Outcome:
         return processor.process(config, event_ids, mode=self.name,
-                                 visibility=Visibility.PER_REQUEST, bind=engine,
+                                 visibility=Visibility.VISIBLE, bind=engine,
                                  timeout=config.inline_timeout)
