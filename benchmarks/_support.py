@@ -123,3 +123,27 @@ def cpu_used(before: dict[str, float]) -> dict[str, float]:
     """CPU seconds per component since ``before`` (a :func:`cpu_seconds` reading)."""
     now = cpu_seconds()
     return {name: now[name] - before.get(name, 0.0) for name in now}
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid`` and its live descendants so far (children they
+    reaped included), from /proc; 0 once it is gone."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        parents[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = sum(int(f) for f in fields[11:15])
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += ticks.get(current, 0)
+        todo.extend(child for child, parent in parents.items() if parent == current)
+    return total / tick

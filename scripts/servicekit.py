@@ -144,10 +144,13 @@ def _wait_for(check: Callable[[], bool], what: str, log: Path, running: Running,
     raise ServiceFailed(f"{what} did not answer within {timeout:.0f}s. Log tail:\n{_tail(log)}")
 
 
-def start_postgres(workdir: Path, port: int | None = None, durable: bool = False) -> Running:
+def start_postgres(workdir: Path, port: int | None = None, durable: bool = False,
+                   logical: bool = False) -> Running:
     """A throwaway PostgreSQL. Tests run it without fsync (nothing here must survive a
     power cut); ``durable=True`` keeps PostgreSQL's own defaults (fsync, synchronous
-    commit), for benchmarks that compare against what production pays per commit."""
+    commit), for benchmarks that compare against what production pays per commit;
+    ``logical=True`` turns on logical decoding (``wal_level=logical``), for peers such
+    as pgsync that read the WAL."""
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     port = port or free_port()
     began = time.monotonic()
@@ -167,6 +170,8 @@ def start_postgres(workdir: Path, port: int | None = None, durable: bool = False
     options = f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c max_connections=200"
     if not durable:
         options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    if logical:
+        options += " -c wal_level=logical -c max_replication_slots=4 -c max_wal_senders=4"
     started = _run_pg([pg_ctl, "-D", str(datadir), "-o", options, "-l", str(log), "-w",
                        "-t", "60", "start"], check=False)
     if started.returncode != 0:

@@ -256,22 +256,43 @@ def claim(conn: Connection, ids: Sequence[int], mode: str, worker: str | None = 
             where = [t.c.id.in_(lockable.scalar_subquery())]
         else:
             where = [t.c.id.in_(chunk), in_states(wanted)]
-        now = utcnow()
-        stmt = (
-            update(t)
-            .where(*where)
-            .values(state=State.PROCESSING.value, processing_at=now, updated_at=now,
-                    attempts=t.c.attempts + 1, mode=mode, claimed_by=worker)
-            # pk as text, decoded here: the driver's per-row JSON decoding was a large
-            # share of a claim's client-side cost.
-            .returning(t.c.id, t.c.model, t.c.index_name, t.c.document_id,
-                       cast(t.c.pk, Text), t.c.operation, t.c.attempts)
-        )
-        claimed.extend(Event(i, model, index, doc_id, tuple(codec.loads(pk)), operation, attempts)
-                       for i, model, index, doc_id, pk, operation, attempts
-                       in rows(conn.execute(stmt)))
+        claimed.extend(_claim_where(conn, where, mode, worker))
     claimed.sort(key=lambda e: e.id)
     return claimed
+
+
+def claim_due(conn: Connection, mode: str, limit: int, worker: str | None = None) -> list[Event]:
+    """Claim up to ``limit`` more events that ``mode`` was handed and nobody works on
+    (``requested`` or ``enqueued``, oldest first, rows others hold skipped): a worker
+    that woke for a few events takes the work of the messages behind them in one go,
+    and those messages then find their events taken. PostgreSQL only (elsewhere: none);
+    ``retrying`` events wait for their own time."""
+    if conn.dialect.name != "postgresql" or limit <= 0:
+        return []
+    t = sync_events
+    lockable = (select(t.c.id)
+                .where(in_states([State.REQUESTED, State.ENQUEUED]), t.c.mode == mode)
+                .order_by(t.c.id).limit(limit).with_for_update(skip_locked=True))
+    return sorted(_claim_where(conn, [t.c.id.in_(lockable.scalar_subquery())], mode, worker),
+                  key=lambda e: e.id)
+
+
+def _claim_where(conn: Connection, where: list[Any], mode: str,
+                 worker: str | None) -> list[Event]:
+    t = sync_events
+    now = utcnow()
+    stmt = (
+        update(t)
+        .where(*where)
+        .values(state=State.PROCESSING.value, processing_at=now, updated_at=now,
+                attempts=t.c.attempts + 1, mode=mode, claimed_by=worker)
+        # pk as text, decoded here: the driver's per-row JSON decoding was a large
+        # share of a claim's client-side cost.
+        .returning(t.c.id, t.c.model, t.c.index_name, t.c.document_id,
+                   cast(t.c.pk, Text), t.c.operation, t.c.attempts)
+    )
+    return [Event(i, model, index, doc_id, tuple(codec.loads(pk)), operation, attempts)
+            for i, model, index, doc_id, pk, operation, attempts in rows(conn.execute(stmt))]
 
 
 def claimable(conn: Connection, ids: Sequence[int]) -> list[int]:

@@ -26,8 +26,10 @@ class Outcome:
     number of distinct documents written or deleted. ``skipped`` ids were not claimed
     (unknown, rolled back, already done, or held by another worker); ``locked`` ones
     among them are still waiting for a claim (their row was locked by someone else)
-    and need another delivery. ``error`` is set when the dispatch itself failed (the
-    events then stay where they were, usually ``requested``).
+    and need another delivery. ``extra`` ids were not asked for but taken along (a
+    worker writing the events of messages behind its own); ``states`` and ``failures``
+    include them. ``error`` is set when the dispatch itself failed (the events then
+    stay where they were, usually ``requested``).
     """
 
     mode: str
@@ -37,6 +39,7 @@ class Outcome:
     failures: list[Failure] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     locked: list[int] = field(default_factory=list)
+    extra: list[int] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -73,5 +76,6 @@ class Outcome:
             "failures": [vars(f) for f in self.failures],
             "skipped": list(self.skipped),
             "locked": list(self.locked),
+            "extra": list(self.extra),
             "error": self.error,
         }

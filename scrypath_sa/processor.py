@@ -40,7 +40,8 @@ one per batch."""
 
 def process(config: Config, event_ids: Sequence[int], *, mode: str,
             visibility: Visibility = Visibility.VISIBLE, bind: Bind | None = None,
-            worker: str | None = None, timeout: float | None = None) -> Outcome:
+            worker: str | None = None, timeout: float | None = None,
+            take_along: int = 0) -> Outcome:
     """Claim ``event_ids``, write their documents, and record every outcome.
 
     A successful write ends ``completed`` (visible to search) unless ``visibility`` is
@@ -58,24 +59,28 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
 
     ``timeout`` (seconds) bounds the run: no request is sent after it, and none after
     one that got no answer; the events not sent are ``retrying`` with the reason.
+
+    ``take_along``: also claim up to this many other events handed to ``mode`` that nobody
+    works on (:func:`~scrypath_sa.outbox.claim_due`), written in the same batches; their
+    outcomes are in the result (``outcome.extra`` lists their ids).
     """
     bind = bind or config.bind
     ids = list(dict.fromkeys(event_ids))
     outcome = Outcome(mode=mode, event_ids=ids)
     policy = plan(visibility, bind)
-    writer = Writer(config, bind, policy, pipelined=len(ids) > config.batch_size,
+    writer = Writer(config, bind, policy, pipelined=len(ids) + take_along > config.batch_size,
                     deadline=None if timeout is None else time.monotonic() + timeout)
     if policy is Visibility.DEFERRED:
         with confirmer.run():
-            return _process(config, bind, ids, outcome, writer, mode, worker)
-    return _process(config, bind, ids, outcome, writer, mode, worker)
+            return _process(config, bind, ids, outcome, writer, mode, worker, take_along)
+    return _process(config, bind, ids, outcome, writer, mode, worker, take_along)
 
 
 def _process(config: Config, bind: Bind, ids: list[int], outcome: Outcome, writer: Writer,
-             mode: str, worker: str | None) -> Outcome:
+             mode: str, worker: str | None, take_along: int) -> Outcome:
     claimed: set[int] = set()
     docs_total = 0
-    items = _read(config, bind, ids, mode, worker)
+    items = _read(config, bind, ids, mode, worker, take_along)
     if writer.pipelined and isinstance(bind, Engine) and bind.dialect.name != "sqlite":
         # Claims and row reads wait on the database most of the time: a reader thread
         # does them ahead, this thread hands batches to the senders and records outcomes.
@@ -84,6 +89,7 @@ def _process(config: Config, bind: Bind, ids: list[int], outcome: Outcome, write
         for item in items:
             if isinstance(item, _Claimed):
                 outcome.locked.extend(item.locked)
+                outcome.extra.extend(item.extra)
                 claimed.update(item.ids)
                 writer.record(item.unknown)
             else:
@@ -112,17 +118,24 @@ class _Claimed:
     ids: list[int]
     locked: list[int]
     unknown: list[Transition]
+    extra: list[int]
 
 
-def _read(config: Config, bind: Bind, ids: list[int], mode: str,
-          worker: str | None) -> Generator[_Claimed | Prepared, None, None]:
-    """Claim ``ids`` a chunk at a time; for each chunk, what was claimed, then its
-    batches with rows read and documents built."""
+def _read(config: Config, bind: Bind, ids: list[int], mode: str, worker: str | None,
+          take_along: int) -> Generator[_Claimed | Prepared, None, None]:
+    """Claim ``ids`` a chunk at a time (and, with the first, up to ``take_along`` other due
+    events); for each chunk, what was claimed, then its batches with rows read and
+    documents built."""
     claim_size = max(config.batch_size, CLAIM_CHUNK)
     for start in range(0, len(ids), claim_size):
         events, locked = _claim(bind, ids[start:start + claim_size], mode, worker)
+        extra: list[Event] = []
+        if start == 0 and take_along > 0:
+            with begin(bind) as conn:
+                extra = outbox.claim_due(conn, mode, take_along, worker)
+            events.extend(extra)
         groups, unknown = _coalesce(events)
-        yield _Claimed([e.id for e in events], locked, unknown)
+        yield _Claimed([e.id for e in events], locked, unknown, [e.id for e in extra])
         del events  # the documents carry what the rest of the run needs
         for group in groups.values():
             for first in range(0, len(group), config.batch_size):

@@ -47,4 +47,5 @@ config = scrypath_sa.configure(
     sessionmaker(engine), backend=backend, mode="dramatiq", bind=engine,
     modes={"dramatiq": mode}, backoff_base=float(env.get("SCRYPATH_TEST_BACKOFF", "0.05")),
     backoff_max=2.0, max_attempts=int(env.get("SCRYPATH_TEST_MAX_ATTEMPTS", "50")),
+    batch_size=int(env.get("SCRYPATH_TEST_BATCH_SIZE", "500")),
 )

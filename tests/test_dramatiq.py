@@ -216,8 +216,9 @@ def test_a_worker_stopped_mid_batch_strands_nothing(setup: Any, tmp_path: Path,
         session.add_all([world.Article(id=i, title=f"survives {i}") for i in range(1, 41)])
         session.commit()
     stall = tmp_path / "stalled"
+    # Batches of 10: each message takes along 5 more, so two threads leave 20 behind.
     doomed = workers.start(2, "--worker-shutdown-timeout", "500",
-                           SCRYPATH_TEST_STALL_FILE=str(stall))
+                           SCRYPATH_TEST_STALL_FILE=str(stall), SCRYPATH_TEST_BATCH_SIZE="10")
     wait_for(lambda: states(world.engine).get("processing", 0) >= 10,
              "both worker threads to be mid-bulk")
     workers.kill(doomed, sig)
@@ -232,6 +233,31 @@ def test_a_worker_stopped_mid_batch_strands_nothing(setup: Any, tmp_path: Path,
     wait_for(all_terminal(world.engine), "the events of the stopped worker to finish")
     assert states(world.engine) == {"completed": 40}, workers.logs()
     assert index_state(os_client, world) == db_state(world)
+
+
+def test_a_worker_takes_along_the_events_of_the_messages_behind_its_own(
+        setup: Any, os_client: Any) -> None:
+    """30 single-row commits make 30 messages; the first one a worker takes claims the
+    events of all of them (one claim, one read, one request; PostgreSQL), and the other
+    29 find their events taken. Every event is written once and completed."""
+    world, workers, config = setup
+    for i in range(1, 31):
+        with world.Session() as session:
+            session.add(world.Article(id=i, title=f"small {i}"))
+            session.commit()
+    assert config.mode("dramatiq").flush()
+    workers.start(threads=1)
+    wait_for(all_terminal(world.engine), "the worker to finish")
+    assert states(world.engine) == {"completed": 30}, workers.logs()
+    with world.engine.connect() as conn:
+        claims = conn.execute(select(sync_events.c.processing_at, sync_events.c.attempts)).all()
+    assert {attempts for _, attempts in claims} == {1}
+    assert len(index_state(os_client, world)) == 30
+    distinct_claims = len({when for when, _ in claims})
+    if world.engine.dialect.name == "postgresql":
+        assert distinct_claims <= 2, distinct_claims  # its own, and the rest in one go
+    else:  # SQLite has no SKIP LOCKED: each message claims its own
+        assert distinct_claims == 30
 
 
 def test_redelivery_and_two_workers_never_double_process(setup: Any, os_client: Any) -> None:

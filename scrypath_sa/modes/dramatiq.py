@@ -275,19 +275,33 @@ class DramatiqMode(Mode):
 
 
     def _work(self, event_ids: list[int]) -> None:
+        # A message smaller than a batch takes along the events of the messages behind
+        # it (one claim, one read, one request for many small commits); those messages
+        # then find their events taken and are done at once.
         outcome = processor.process(self.config, event_ids, mode=self.name,
-                                    visibility=Visibility.DEFERRED, worker=worker_id())
+                                    visibility=Visibility.DEFERRED, worker=worker_id(),
+                                    take_along=self.config.batch_size - len(event_ids))
         if outcome.locked:
             raise dramatiq.Retry(f"{len(outcome.locked)} events were locked by another "
                                  "transaction; delivering again", delay=500)
         retrying = [f.event_id for f in outcome.failures if f.state == State.RETRYING.value]
-        if retrying:
-            with self.config.bind.connect() as conn:
-                when = outbox.next_attempt_of(conn, retrying)
-            delay = (when - utcnow()).total_seconds() if when else 0.0
+        if not retrying:
+            return
+        with self.config.bind.connect() as conn:
+            when = outbox.next_attempt_of(conn, retrying)
+        delay = max(0, int(((when - utcnow()).total_seconds() if when else 0.0) * 1000))
+        taken = set(outcome.extra)
+        theirs = [i for i in retrying if i in taken]
+        if theirs:  # taken along: their retry is a message of their own
+            try:
+                self.actor.send_with_options(args=(theirs,), delay=delay)
+            except Exception as exc:  # noqa: BLE001 - they stay retrying; sweep sends them
+                log.warning("scrypath_sa: %d retrying events wait for sweep: %s",
+                            len(theirs), redact(exc))
+        mine = len(retrying) - len(theirs)
+        if mine:
             raise dramatiq.Retry(
-                f"{len(retrying)} events are retrying; next attempt in {delay:.1f}s",
-                delay=max(0, int(delay * 1000)))
+                f"{mine} events are retrying; next attempt in {delay / 1000:.1f}s", delay=delay)
 
     def _retries_exhausted(self, message: dict[str, Any], info: dict[str, Any]) -> None:
         ids = list(message.get("args", [[]])[0])
