@@ -291,10 +291,14 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
                             client, indices[name], marker) == args.rows)
                     seen = time.perf_counter() - began
                     after, sync_after = cpu_seconds(), sum(tree_cpu(p) for p in pids)
-                    used = sum(after.values()) - sum(before.values()) + sync_after - sync_before
+                    parts = {k: after[k] - before[k] for k in after}
+                    parts["sync process"] = sync_after - sync_before
+                    per_commit = 1000 / (2 * args.rows)
                     results[name]["rate"].append(2 * args.rows / committed)
                     results[name]["visible"].append(seen if name in indices else 0.0)
-                    results[name]["cpu"].append(used / (2 * args.rows) * 1000)
+                    results[name]["cpu"].append(sum(parts.values()) * per_commit)
+                    for part, used in parts.items():
+                        results[name].setdefault(f"cpu {part}", []).append(used * per_commit)
         finally:
             for process in sync_processes.values():
                 os.killpg(process.pid, signal.SIGCONT)
@@ -304,9 +308,13 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
 
 def visible(client: Any, index: str, marker: int) -> int:
     """How many documents of ``index`` search sees with their last update."""
-    if not client.indices.exists(index=index):
+    from opensearchpy.exceptions import TransportError
+
+    try:
+        found: int = client.count(index=index,
+                                  body={"query": {"term": {"views": marker}}})["count"]
+    except TransportError:  # not created yet, or its shard not started yet
         return 0
-    found: int = client.count(index=index, body={"query": {"term": {"views": marker}}})["count"]
     return found
 
 
@@ -323,6 +331,11 @@ def report(args: Any, results: dict[str, dict[str, list[float]]]) -> None:
         shown = cell(got["visible"], ".2f") if any(got["visible"]) else "-"
         print(f"{name:9} {cell(got['rate'], '.0f'):>22} {shown:>24} "
               f"{cell(got['cpu'], '.2f'):>22}")
+    print("CPU ms per commit by part (medians):")
+    for name, got in results.items():
+        print(f"  {name:9} " + ", ".join(
+            f"{key[4:]} {statistics.median(values):.2f}" for key, values in got.items()
+            if key.startswith("cpu ")))
     if "pgsync" in results and "dramatiq" in results:
         ours, peer = results["dramatiq"], results["pgsync"]
         med = statistics.median
