@@ -83,13 +83,9 @@ def hold_mode() -> Any:
 _COMPONENTS = {"java": "opensearch", "postgres": "postgresql", "redis-server": "redis"}
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU seconds used so far by each service on this machine and by this benchmark's
-    own process (children it waited for included), from /proc: subtract two readings
-    to see where a phase's CPU went. Services' exited children (PostgreSQL backends)
-    count through their parent, which reaps them."""
-    tick = os.sysconf("SC_CLK_TCK")
-    used = {"client": 0.0, **{name: 0.0 for name in _COMPONENTS.values()}}
+def _processes() -> Iterator[tuple[int, str, int, int, int]]:
+    """(pid, command name, parent pid, own CPU ticks, reaped children's CPU ticks) of
+    every process, from /proc."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -100,23 +96,28 @@ def cpu_seconds() -> dict[str, float]:
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
         # fields[0] is field 3 (state): utime, stime, cutime, cstime are fields 14-17.
-        own, reaped = int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
-        if int(entry.name) == os.getpid():
+        yield (int(entry.name), comm, int(fields[1]), int(fields[11]) + int(fields[12]),
+               int(fields[13]) + int(fields[14]))
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each service on this machine and by this benchmark's
+    own process (children it waited for included), from /proc: subtract two readings
+    to see where a phase's CPU went. Services' exited children (PostgreSQL backends)
+    count through their parent, which reaps them."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {"client": 0.0, **{name: 0.0 for name in _COMPONENTS.values()}}
+    processes = list(_processes())
+    names = {pid: comm for pid, comm, *_ in processes}
+    for pid, comm, parent, own, reaped in processes:
+        if pid == os.getpid():
             used["client"] += (own + reaped) / tick
         elif comm in _COMPONENTS:
             # A service's children (PostgreSQL backends) count while they live, then
             # through the parent that reaped them.
-            top = _parent_comm(fields[1]) != comm
+            top = names.get(parent) != comm
             used[_COMPONENTS[comm]] += (own + (reaped if top else 0)) / tick
     return used
-
-
-def _parent_comm(pid: str) -> str:
-    try:
-        stat = (Path("/proc") / pid / "stat").read_text()
-    except OSError:
-        return ""
-    return stat[stat.index("(") + 1:stat.rindex(")")]
 
 
 def cpu_used(before: dict[str, float]) -> dict[str, float]:
@@ -128,22 +129,14 @@ def cpu_used(before: dict[str, float]) -> dict[str, float]:
 def tree_cpu(pid: int) -> float:
     """CPU seconds of process ``pid`` and its live descendants so far (children they
     reaped included), from /proc; 0 once it is gone."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
+    children: dict[int, list[int]] = {}
     ticks: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        parents[int(entry.name)] = int(fields[1])
-        ticks[int(entry.name)] = sum(int(f) for f in fields[11:15])
+    for child, _, parent, own, reaped in _processes():
+        children.setdefault(parent, []).append(child)
+        ticks[child] = own + reaped
     total, todo = 0, [pid]
     while todo:
         current = todo.pop()
         total += ticks.get(current, 0)
-        todo.extend(child for child, parent in parents.items() if parent == current)
-    return total / tick
+        todo.extend(children.get(current, []))
+    return total / os.sysconf("SC_CLK_TCK")
