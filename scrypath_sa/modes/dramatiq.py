@@ -332,15 +332,12 @@ class DramatiqMode(Mode):
                                     visibility=Visibility.DEFERRED, worker=worker_id(),
                                     take_along=room)
         self._taken.add(outcome.extra)
-        if outcome.locked:
-            raise dramatiq.Retry(f"{len(outcome.locked)} events were locked by another "
-                                 "transaction; delivering again", delay=500)
         retrying = [f.event_id for f in outcome.failures if f.state == State.RETRYING.value]
-        if not retrying:
-            return
-        with self.config.bind.connect() as conn:
-            when = outbox.next_attempt_of(conn, retrying)
-        delay = max(0, int(((when - utcnow()).total_seconds() if when else 0.0) * 1000))
+        delay = 0
+        if retrying:
+            with self.config.bind.connect() as conn:
+                when = outbox.next_attempt_of(conn, retrying)
+            delay = max(0, int(((when - utcnow()).total_seconds() if when else 0.0) * 1000))
         taken = set(outcome.extra)
         theirs = [i for i in retrying if i in taken]
         if theirs:  # taken along: their retry is a message of their own
@@ -349,6 +346,9 @@ class DramatiqMode(Mode):
             except Exception as exc:  # noqa: BLE001 - they stay retrying; sweep sends them
                 log.warning("scrypath_sa: %d retrying events wait for sweep: %s",
                             len(theirs), redact(exc))
+        if outcome.locked:
+            raise dramatiq.Retry(f"{len(outcome.locked)} events were locked by another "
+                                 "transaction; delivering again", delay=500)
         mine = len(retrying) - len(theirs)
         if mine:
             raise dramatiq.Retry(
