@@ -355,6 +355,11 @@ def cmd_upgrade(config: Config, args: argparse.Namespace) -> int:
 
 
 def build_parser(prog: str = "scrypath-sa") -> argparse.ArgumentParser:
+    return _build_parser(prog)[0]
+
+
+def _build_parser(prog: str) -> tuple[argparse.ArgumentParser, Any]:
+    """The parser, and its subcommands' action (``.choices``: name -> parser)."""
     parser = _Parser(prog=prog, description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--app", help="package.module[:obj] holding your configuration "
@@ -420,12 +425,12 @@ def build_parser(prog: str = "scrypath-sa") -> argparse.ArgumentParser:
                 "create or upgrade the sync tables (their own Alembic history and version "
                 "table, apart from your app's)")
     p.add_argument("revision", nargs="?", default="heads")
-    return parser
+    return parser, sub
 
 
-COMMANDS = ("status", "failed", "retry", "sweep", "confirm", "reconcile", "backfill",
-            "reindex", "cutover", "prune", "upgrade")
-"""Every command, for shells that wrap this one (``flask search``)."""
+def command_names() -> list[str]:
+    """Every command, for shells that wrap this one (``flask search``)."""
+    return list(_build_parser("scrypath-sa")[1].choices)
 
 
 def main(argv: Sequence[str] | None = None, *, config: Config | None = None,

@@ -144,7 +144,7 @@ def _keep_out_of_autogenerate(app: Flask) -> None:
     if not isinstance(args, dict):
         return
     theirs = args.get("include_object")
-    if theirs is None or getattr(theirs, "scrypath_sa", False):
+    if theirs in (None, migrations.include_object) or getattr(theirs, "scrypath_sa", False):
         args["include_object"] = migrations.include_object
         return
 
@@ -179,5 +179,5 @@ def _command(name: str) -> click.Command:
     return run
 
 
-for _name in cli.COMMANDS:
+for _name in cli.command_names():
     search_commands.add_command(_command(_name))

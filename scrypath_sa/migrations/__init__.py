@@ -65,17 +65,19 @@ def upgrade(engine_or_url: Engine | str, revision: str = "heads") -> tuple[str |
     ``scrypath_sa_alembic_version``): your app's ``alembic upgrade head`` / ``flask db
     upgrade`` never meets them. Returns the revision before and after."""
     from alembic import command
+    from sqlalchemy import inspect
 
-    before = current_revision(engine_or_url)
-    if before is None and _has_sync_events(engine_or_url):
+    engine = _engine(engine_or_url)
+    before = current_revision(engine)
+    if before is None and inspect(engine).has_table("sync_events"):
         from scrypath_sa.errors import ConfigurationError
 
         raise ConfigurationError(
             "sync_events exists but has no scrypath_sa migration history (it was made by "
             "metadata.create_all()): if it was made by this version of scrypath_sa, record "
             "that with scrypath_sa.migrations.stamp(connection) and upgrade from there on")
-    command.upgrade(alembic_config(engine_or_url), revision)
-    return before, current_revision(engine_or_url)
+    command.upgrade(alembic_config(engine), revision)
+    return before, current_revision(engine)
 
 
 def stamp(connection: Connection) -> None:
@@ -83,26 +85,22 @@ def stamp(connection: Connection) -> None:
     were just made by ``metadata.create_all()``), so a later :func:`upgrade` starts from
     there instead of creating them again."""
     from alembic.migration import MigrationContext
-    from alembic.script import ScriptDirectory
 
-    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-    context.stamp(script, "heads")
-
-
-def _has_sync_events(engine_or_url: Engine | str) -> bool:
-    from sqlalchemy import create_engine, inspect
-
-    engine = create_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
-    return inspect(engine).has_table("sync_events")
+    context.stamp(_script(), "heads")
 
 
 @functools.cache
-def newest() -> str:
-    """Our newest revision."""
+def _script() -> Any:
+    """Our revision files, read once."""
     from alembic.script import ScriptDirectory
 
-    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+
+def newest() -> str:
+    """Our newest revision."""
+    head: str | None = _script().get_current_head()
     assert head is not None
     return head
 
@@ -120,12 +118,16 @@ def behind(engine: Engine) -> str | None:
 def current_revision(engine_or_url: Engine | str) -> str | None:
     """The revision our tables are at in their own history (None: not created there)."""
     from alembic.migration import MigrationContext
-    from sqlalchemy import create_engine
 
-    engine = create_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
-    with engine.connect() as conn:
+    with _engine(engine_or_url).connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         return context.get_current_revision()
+
+
+def _engine(engine_or_url: Engine | str) -> Engine:
+    from sqlalchemy import create_engine
+
+    return create_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
 
 
 def downgrade(engine_or_url: Engine | str, revision: str = "base") -> None:
