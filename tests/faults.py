@@ -46,6 +46,17 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 90) -> N
         time.sleep(0.05)
 
 
+def _running_in_group(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` still runs (zombies have ended)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_bytes()
+            state, _, group = fields[fields.rindex(b")") + 2:].split()[:3]
+            if int(group) == pgid and state != b"Z":
+                return True
+    return False
+
+
 def states(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(select(sync_events.c.state, func.count())
@@ -172,6 +183,9 @@ class Workers:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         proc.wait(timeout=60)
+        # The leader's exit says nothing of its worker processes: a killed one may still
+        # be on its way out, alive to os.kill(pid, 0), and its claims not yet seen dead.
+        wait_for(lambda: not _running_in_group(proc.pid), "the worker processes to exit")
 
     def stop_all(self) -> None:
         for proc in self.procs:
