@@ -12,12 +12,13 @@ import datetime as dt
 import decimal
 import enum
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy import types as sa_types
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import instance_state
 
 from scrypath_sa.redaction import redact
@@ -80,8 +81,18 @@ def plain_json_type(column_type: Any) -> bool:
 
 
 def column_document(obj: object) -> dict[str, Any]:
-    """The default document: every mapped column attribute, JSON-safe."""
-    return {key: json_safe(getattr(obj, key)) for key in column_keys(type(obj))}
+    """The default document: the declared fields (else every mapped column), JSON-safe;
+    a dotted field (``author.name``, through many-to-one relationships) nests."""
+    document: dict[str, Any] = {}
+    for key in column_keys(type(obj)):
+        *hops, last = key.split(".")
+        value: Any = obj
+        into = document
+        for hop in hops:
+            value = getattr(value, hop) if value is not None else None
+            into = into.setdefault(hop, {})
+        into[last] = json_safe(getattr(value, last) if value is not None else None)
+    return document
 
 
 def _escape(part: object) -> str:
@@ -107,16 +118,72 @@ def document_id(obj: Any, pk: list[Any]) -> str:
     return str(obj.search_document_id())
 
 
-def column_query_parts(info: ModelInfo) -> tuple[list[Any], tuple[str, ...], tuple[str, ...]]:
-    """(labelled columns, document keys, primary-key keys) to read default documents with
-    a plain column query."""
-    mapper = info.mapper
-    keys = column_keys(info.cls)
-    key_names = pk_keys(info.cls)
-    # The document's columns first, then the primary key's where the document lacks it.
-    read = keys + tuple(k for k in key_names if k not in keys)
-    columns = [mapper.get_property(k).columns[0].label(k) for k in read]
-    return columns, keys, key_names
+class ColumnReader:
+    """Reads default documents with one column query (no ORM objects): the model's
+    declared fields, each many-to-one hop of a dotted field an outer join. ``select``
+    has the document's fields first, then the primary key's columns the document lacks;
+    :meth:`document` takes one of its rows apart (``pk_positions``: where the primary
+    key's values are in a row)."""
+
+    def __init__(self, info: ModelInfo) -> None:
+        fields = column_keys(info.cls)
+        key_names = pk_keys(info.cls)
+        read = fields + tuple(k for k in key_names if k not in fields)
+        joined: dict[tuple[str, ...], Any] = {}
+        columns: list[Any] = []
+        for field_ in read:
+            *hops, last = field_.split(".")
+            entity: Any = info.cls
+            for depth, hop in enumerate(hops):
+                path = tuple(hops[:depth + 1])
+                if path not in joined:
+                    target = aliased(getattr(entity, hop).property.mapper.class_)
+                    joined[path] = (getattr(entity, hop).of_type(target), target)
+                entity = joined[path][1]
+            columns.append(getattr(entity, last).label(f"c{len(columns)}"))
+        query = select(*columns).select_from(info.cls)
+        for on, _ in joined.values():
+            query = query.outerjoin(on)
+        self.select = query
+        self.pk_columns = list(info.mapper.primary_key)
+        self._fields = fields
+        self._width = len(fields)
+        self._nested = {i: f.split(".") for i, f in enumerate(fields) if "." in f}
+        self.pk_positions = [read.index(k) for k in key_names]
+        self._convert = [i for i, c in enumerate(columns) if not plain_json_type(c.type)]
+
+    def document(self, row: Sequence[Any]) -> tuple[Key, dict[str, Any]]:
+        """(JSON-safe primary key, document) of one row of :attr:`select`."""
+        values: Any = row
+        if self._convert:
+            values = list(row)
+            for i in self._convert:
+                values[i] = json_safe(values[i])
+        key = tuple([values[p] for p in self.pk_positions])
+        if not self._nested:
+            return key, dict(zip(self._fields, values[:self._width], strict=True))
+        document: dict[str, Any] = {}
+        for i, field_ in enumerate(self._fields):
+            if i in self._nested:
+                *hops, last = self._nested[i]
+                into = document
+                for hop in hops:
+                    into = into.setdefault(hop, {})
+                into[last] = values[i]
+            else:
+                document[field_] = values[i]
+        return key, document
+
+
+_readers: weakref.WeakKeyDictionary[type, ColumnReader] = weakref.WeakKeyDictionary()
+
+
+def column_reader(info: ModelInfo) -> ColumnReader:
+    """The :class:`ColumnReader` of ``info``'s model (built once)."""
+    reader = _readers.get(info.cls)
+    if reader is None:
+        reader = _readers[info.cls] = ColumnReader(info)
+    return reader
 
 
 def parse_document_id(info: ModelInfo, document_id: str) -> tuple[Any, ...] | None:
@@ -236,22 +303,12 @@ def column_documents(bind: Bind, info: ModelInfo, keys: Sequence[Key]) -> dict[K
     """The same documents for models with default documents, from a plain column query
     (no ORM objects to build). Each document is a dict of plain values, which the cycle
     collector does not track."""
-    pk_cols = list(info.mapper.primary_key)
-    columns, names, key_names = column_query_parts(info)
-    read = [column.key for column in columns]
-    pk_positions = [read.index(k) for k in key_names]
-    width = len(names)
-    convert = [i for i, column in enumerate(columns) if not plain_json_type(column.type)]
+    reader = column_reader(info)
     built: dict[Key, Built] = {}
     with connect(bind) as conn:
         for start in range(0, len(keys), LOAD_CHUNK):
-            where = key_filter(conn, pk_cols, keys[start:start + LOAD_CHUNK])
-            for row in rows(conn.execute(select(*columns).where(where))):
-                values: Any = row
-                if convert:
-                    values = list(row)
-                    for i in convert:
-                        values[i] = json_safe(values[i])
-                built[tuple([values[p] for p in pk_positions])] = (
-                    "upsert", dict(zip(names, values[:width], strict=True)))
+            where = key_filter(conn, reader.pk_columns, keys[start:start + LOAD_CHUNK])
+            for row in rows(conn.execute(reader.select.where(where))):
+                key, document = reader.document(row)
+                built[key] = ("upsert", document)
     return built

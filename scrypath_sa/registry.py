@@ -274,10 +274,13 @@ def check_fields(cls: type, mapper: Mapper[Any]) -> None:
                         f"{target.class_.__name__}.{part} is not a relationship")
                 path.append(prop)
                 target = prop.mapper
-        if keeps_default(cls, "search_document") and field_ not in columns:
+        if keeps_default(cls, "search_document") and field_ not in columns and (
+                not path or any(hop.uselist for hop in path)
+                or not hasattr(prop, "columns")):
             raise ConfigurationError(
-                f"{name}.__search_fields__: {field_!r} is not a column of {name}; the "
-                "default document is built from columns: read related values in your own "
+                f"{name}.__search_fields__: {field_!r} is not a column of {name} or of a "
+                "row it reaches through many-to-one relationships; the default document "
+                "is built from such columns: read other related values in your own "
                 "search_document(), and list the path here for change tracking")
     if found and (len(mapper.primary_key) != 1 or not uses_default_ids(cls)):
         raise ConfigurationError(

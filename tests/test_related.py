@@ -13,6 +13,7 @@ from sqlalchemy import Column, Engine, ForeignKey, String, Table, delete, select
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
+    configure_mappers,
     mapped_column,
     relationship,
     selectinload,
@@ -21,6 +22,7 @@ from sqlalchemy.orm import (
 
 import scrypath_sa
 from scrypath_sa import Searchable
+from scrypath_sa.errors import ConfigurationError
 from tests.faults import states
 
 
@@ -85,11 +87,20 @@ class World:
                 blog = self.post.blog
                 return {"body": self.body, "blog": blog.title if blog else None}
 
+        class Note(Searchable, Base):  # the default document, with many-to-one paths
+            __tablename__ = "r_notes"
+            __search_index__ = f"{prefix}_notes"
+            __search_fields__ = ("text", "post.title", "post.blog.title")
+            id: Mapped[int] = mapped_column(primary_key=True)
+            text: Mapped[str] = mapped_column(String(100))
+            post_id: Mapped[int | None] = mapped_column(ForeignKey("r_posts.id"))
+            post: Mapped[Post | None] = relationship()
+
         Base.metadata.create_all(engine)
         scrypath_sa.metadata.create_all(engine)
         self.Base, self.engine, self.prefix = Base, engine, prefix
-        self.Blog, self.Author, self.Tag, self.Post, self.Comment = (
-            Blog, Author, Tag, Post, Comment)
+        self.Blog, self.Author, self.Tag, self.Post, self.Comment, self.Note = (
+            Blog, Author, Tag, Post, Comment, Note)
         self.Session = sessionmaker(engine)
 
 
@@ -187,3 +198,61 @@ def test_reconcile_sees_a_related_row_changed_by_raw_sql(world: World) -> None:
         conn.execute(text("UPDATE r_authors SET name = 'raw' WHERE id = 2"))
     (drift,) = scrypath_sa.reconcile([world.Post]).models
     assert drift.content_differs == 2 and drift.recommendation == "backfill"
+
+
+def test_the_default_document_reads_many_to_one_paths_by_joins(
+        world: World, os_client: Any) -> None:
+    """``post.title`` and ``post.blog.title`` in a default document: read with outer
+    joins (no ORM objects), nested as objects, rewritten when a row on the path changes,
+    empty where the path has no row; the ORM-built document is the same."""
+    with world.Session() as session:
+        session.add_all([world.Note(id=1, text="on post 1", post_id=1),
+                         world.Note(id=2, text="on nothing")])
+        session.commit()
+    assert doc(os_client, world, "notes", 1) == {
+        "text": "on post 1", "post": {"title": "post 1", "blog": {"title": "the blog"}}}
+    assert doc(os_client, world, "notes", 2) == {
+        "text": "on nothing", "post": {"title": None, "blog": {"title": None}}}
+    with world.Session() as session:
+        session.get(world.Blog, 1).title = "renamed blog"  # two hops away
+        session.commit()
+        assert scrypath_sa.last_outcome(session).state == "completed"
+    assert doc(os_client, world, "notes", 1)["post"]["blog"] == {"title": "renamed blog"}
+    with world.Session() as session:
+        for note in session.scalars(select(world.Note)):
+            assert doc(os_client, world, "notes", note.id) == note.search_document()
+    report = scrypath_sa.backfill(world.Note)  # the paged reader builds them alike
+    assert report.indexed == 2
+    assert doc(os_client, world, "notes", 1)["post"]["blog"] == {"title": "renamed blog"}
+    (drift,) = scrypath_sa.reconcile([world.Note]).models
+    assert drift.content_differs == 0 and drift.missing_from_index == 0
+
+
+def test_a_default_document_cannot_read_a_list_of_related_rows(engine: Engine) -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    class Shelf(Base):
+        __tablename__ = "r_shelves"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        books: Mapped[list[Book]] = relationship(back_populates="shelf")
+
+    class Book(Searchable, Base):
+        __tablename__ = "r_books"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(String(100))
+        shelf_id: Mapped[int] = mapped_column(ForeignKey("r_shelves.id"))
+        shelf: Mapped[Shelf] = relationship(back_populates="books")
+
+    class Label(Searchable, Base):
+        __tablename__ = "r_labels"
+        __search_fields__ = ("shelf.books.title",)
+        id: Mapped[int] = mapped_column(primary_key=True)
+        shelf_id: Mapped[int] = mapped_column(ForeignKey("r_shelves.id"))
+        shelf: Mapped[Shelf] = relationship()
+
+    try:
+        with pytest.raises(ConfigurationError, match="many-to-one"):
+            configure_mappers()
+    finally:
+        Base.registry.dispose()  # later tests configure their own mappers

@@ -47,22 +47,20 @@ def column_pages(engine: Engine, info: ModelInfo, *, where: Any = None,
                  page_size: int = 1000) -> Iterator[list[tuple[list[Any], dict[str, Any]]]]:
     """Like :func:`row_pages` for models with default documents: (primary key, document)
     pairs read with a plain column query, without building ORM objects."""
-    pk = list(info.mapper.primary_key)
-    columns, keys, pk_keys = documents.column_query_parts(info)
+    reader = documents.column_reader(info)
     last = list(after) if after is not None else None
     while True:
-        query = select(*columns).order_by(*pk).limit(page_size)
+        query = reader.select.order_by(*reader.pk_columns).limit(page_size)
         if where is not None:
             query = query.where(where)
         if last is not None:
-            query = query.where(after_key(pk, last))
+            query = query.where(after_key(reader.pk_columns, last))
         with engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
+            rows = conn.execute(query).all()
         if not rows:
             return
-        safe = documents.json_safe
-        yield [([row[k] for k in pk_keys], {k: safe(row[k]) for k in keys}) for row in rows]
-        last = [rows[-1][k] for k in pk_keys]
+        yield [(list(key), document) for key, document in map(reader.document, rows)]
+        last = [rows[-1][p] for p in reader.pk_positions]
 
 
 def orphan_pages(engine: Engine, backend: AdminBackend, info: ModelInfo, index: str, *,
