@@ -261,6 +261,59 @@ def start_opensearch(workdir: Path, port: int | None = None, detach: bool = Fals
     return running
 
 
+def start_pgbouncer(workdir: Path, upstream: str, port: int | None = None,
+                    detach: bool = False) -> Running:
+    """PgBouncer in transaction pooling mode in front of the PostgreSQL at ``upstream``
+    (a URL from :func:`start_postgres`): each transaction may run on another server
+    connection, so no session state (prepared statements, SET, advisory locks) lasts
+    from one transaction to the next. The URL it returns reaches the same database."""
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not Path(binary).exists():
+        raise MissingTool("pgbouncer was not found: install it with "
+                          f"`apt-get update && apt-get install -y pgbouncer`, or {INSTALL_HINT}")
+    from urllib.parse import urlsplit
+    target = urlsplit(upstream)
+    port = port or free_port()
+    began = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "pgbouncer.log"
+    (workdir / "userlist.txt").write_text(f'"{PG_USER}" "{PG_PASSWORD}"\n')
+    (workdir / "pgbouncer.ini").write_text(f"""[databases]
+postgres = host=127.0.0.1 port={target.port} dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {workdir / "userlist.txt"}
+pool_mode = transaction
+max_client_conn = 1000
+default_pool_size = 40
+ignore_startup_parameters = extra_float_digits,options
+logfile = {log}
+""")
+    if os.geteuid() == 0:  # PgBouncer refuses to run as root, like PostgreSQL
+        for path in (workdir, workdir / "userlist.txt", workdir / "pgbouncer.ini"):
+            shutil.chown(path, "postgres")
+        log.touch()
+        shutil.chown(log, "postgres")
+    proc = subprocess.Popen(_as_postgres_user() + [binary, str(workdir / "pgbouncer.ini")],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=detach, cwd="/")
+    url = upstream.replace(f"127.0.0.1:{target.port}", f"127.0.0.1:{port}")
+    running = Running("pgbouncer", url, proc.pid, str(workdir),
+                      proc=None if detach else proc)
+
+    def accepting() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+        return False
+
+    _wait_for(accepting, "pgbouncer", log, running, timeout=30)
+    running.started_in = time.monotonic() - began
+    return running
+
+
 STARTERS: dict[str, Callable[..., Running]] = {
     "postgresql": start_postgres,
     "redis": start_redis,

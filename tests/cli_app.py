@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 
-from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
 import scrypath_sa
 from scrypath_sa.backends import OpenSearchBackend
-from tests.models import define_models
+from tests.models import define_models, make_engine
 
 env = os.environ
 Base, Article, Comment, Translation = define_models(env["SCRYPATH_TEST_PREFIX"])
-engine = create_engine(env["SCRYPATH_TEST_DATABASE_URL"])
+engine = make_engine(env["SCRYPATH_TEST_DATABASE_URL"])
 modes = {}
 if env.get("SCRYPATH_TEST_BROKER_URL"):  # a Dramatiq mode on this Redis broker
     from dramatiq.brokers.redis import RedisBroker

@@ -22,18 +22,23 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import servicekit  # noqa: E402
 
-DATABASES = ["sqlite", "postgresql"]
+from tests.models import make_engine  # noqa: E402
+
+DATABASES = ["sqlite", "postgresql", "pgbouncer"]
+"""``pgbouncer``: PostgreSQL through PgBouncer in transaction pooling mode, for the
+modules that set ``THROUGH_PGBOUNCER = True`` (the modes, operator commands and
+workers); the others run on the first two."""
 SERVICE_FIXTURES = frozenset({"services", "postgres_url", "redis_url", "opensearch_url",
                               "index_prefix", "backend", "os_client", "faults"})
 
 
-SERVICE_PARAMS = frozenset({"postgresql", "opensearch"})
+SERVICE_PARAMS = frozenset({"postgresql", "pgbouncer", "opensearch"})
 """Fixture parameters that start a server (``database_url``, ``any_backend``)."""
 
 
@@ -45,7 +50,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     _running = item
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def _through_pgbouncer(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("database_url") == "pgbouncer"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skipped = [i for i in items if _through_pgbouncer(i)
+               and not getattr(getattr(i, "module", None), "THROUGH_PGBOUNCER", False)]
+    if skipped:
+        config.hook.pytest_deselected(items=skipped)
+        items[:] = [i for i in items if i not in set(skipped)]
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         callspec = getattr(item, "callspec", None)
@@ -122,12 +137,29 @@ def opensearch_url(services: _Services) -> str:
     return services.url("opensearch")
 
 
+@pytest.fixture(scope="session")
+def pgbouncer_url(services: _Services, postgres_url: str) -> str:
+    """PostgreSQL through PgBouncer (transaction pooling); workers started by the tests
+    find it in ``SCRYPATH_TEST_PGBOUNCER_URL`` and build their engines like
+    :func:`tests.models.make_engine`."""
+    url = os.environ.get("SCRYPATH_TEST_PGBOUNCER_URL")
+    if not url:
+        try:
+            running = servicekit.start_pgbouncer(services.workdir / "pgbouncer", postgres_url)
+        except servicekit.MissingTool as exc:
+            pytest.fail(str(exc), pytrace=False)
+        services.running["pgbouncer"] = running
+        url = os.environ["SCRYPATH_TEST_PGBOUNCER_URL"] = running.url
+    return url
+
+
 @pytest.fixture(params=DATABASES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database URL, once for SQLite (a file) and once for PostgreSQL."""
+    """A database URL: SQLite (a file), PostgreSQL, PostgreSQL through PgBouncer."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.sqlite'}"
-    url: str = request.getfixturevalue("postgres_url")
+    url: str = request.getfixturevalue(
+        "pgbouncer_url" if request.param == "pgbouncer" else "postgres_url")
     return url
 
 
@@ -135,7 +167,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def engine(database_url: str) -> Iterator[Engine]:
     """An engine on a clean database: PostgreSQL's public schema is reset before (a
     benchmark or an aborted run may have left tables) and after."""
-    eng = create_engine(database_url)
+    eng = make_engine(database_url)
 
     def reset() -> None:
         if eng.dialect.name == "postgresql":

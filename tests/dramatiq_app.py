@@ -14,13 +14,12 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
 import scrypath_sa
 from scrypath_sa.backends import OpenSearchBackend
 from scrypath_sa.modes.dramatiq import DramatiqMode
-from tests.models import define_models
+from tests.models import define_models, make_engine
 
 env = os.environ
 PREFIX = env["SCRYPATH_TEST_PREFIX"]
@@ -40,7 +39,7 @@ class StallingBackend(OpenSearchBackend):
 
 backend_cls = StallingBackend if env.get("SCRYPATH_TEST_STALL_FILE") else OpenSearchBackend
 backend = backend_cls(env["SCRYPATH_TEST_OPENSEARCH_URL"], max_retries=0, timeout=5)
-engine = create_engine(env["SCRYPATH_TEST_DATABASE_URL"])
+engine = make_engine(env["SCRYPATH_TEST_DATABASE_URL"])
 mode = DramatiqMode(broker, queue_name=env["SCRYPATH_TEST_QUEUE"],
                     max_retries=int(env.get("SCRYPATH_TEST_MAX_RETRIES", "8")))
 config = scrypath_sa.configure(

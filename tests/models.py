@@ -5,14 +5,24 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, ForeignKey, String
+from sqlalchemy import Engine, ForeignKey, String, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 import scrypath_sa
 from scrypath_sa import Searchable
+
+
+def make_engine(url: str) -> Engine:
+    """An engine as an application makes one for ``url``; behind PgBouncer in transaction
+    mode (before 1.21) psycopg must not prepare statements: the next transaction may
+    run on another server connection (docs/deployment.md)."""
+    if url == os.environ.get("SCRYPATH_TEST_PGBOUNCER_URL"):
+        return create_engine(url, connect_args={"prepare_threshold": None})
+    return create_engine(url)
 
 
 class Colour(enum.Enum):

@@ -21,6 +21,8 @@ from scrypath_sa.modes.dramatiq import DramatiqMode
 from tests.faults import TERMINAL, Workers, all_terminal, assert_in_step, states, wait_for
 from tests.models import World, make_world
 
+THROUGH_PGBOUNCER = True  # also through PgBouncer in transaction pooling mode
+
 
 @pytest.fixture
 def setup(engine: Engine, index_prefix: str, redis_url: str, opensearch_url: str,

@@ -24,6 +24,8 @@ from scrypath_sa.outcome import Outcome
 from scrypath_sa.visibility import Visibility
 from tests.models import World, make_world
 
+THROUGH_PGBOUNCER = True  # also through PgBouncer in transaction pooling mode
+
 
 class Hold(Mode):
     """Leaves committed events in ``requested`` so a test can drive the processor."""

@@ -19,6 +19,8 @@ from scrypath_sa import outbox, sync_events
 from scrypath_sa.errors import EventError
 from tests.models import World, make_world
 
+THROUGH_PGBOUNCER = True  # also through PgBouncer in transaction pooling mode
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -22,6 +22,8 @@ from scrypath_sa.schema import sync_checkpoints
 from tests.models import World, make_world
 from tests.test_ops import ROOT, run_cli
 
+THROUGH_PGBOUNCER = True  # also through PgBouncer in transaction pooling mode
+
 
 @pytest.fixture
 def world(engine: Engine, index_prefix: str, backend: Any) -> World:
