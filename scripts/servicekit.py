@@ -1,7 +1,8 @@
 """Start and stop the real services that scrypath_sa's tests and examples use.
 
-PostgreSQL and Redis come from Debian's packages; OpenSearch is a real 2.19 engine run
-as an embedded node (``scripts/opensearch-node``, built from Maven Central artifacts).
+PostgreSQL, Redis, RabbitMQ and PgBouncer come from Debian's packages; OpenSearch is a
+real engine run as an embedded node (``scripts/opensearch-node``, built from Maven
+Central artifacts).
 Each service gets a throwaway directory and a free loopback port. Standard library only:
 ``scripts/services`` and the pytest harness both use this module.
 """
@@ -297,7 +298,7 @@ logfile = {log}
             shutil.chown(path, "postgres")
         log.touch()
         shutil.chown(log, "postgres")
-    proc = subprocess.Popen(_as_postgres_user() + [binary, str(workdir / "pgbouncer.ini")],
+    proc = subprocess.Popen([*_as_postgres_user(), binary, str(workdir / "pgbouncer.ini")],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT, start_new_session=detach, cwd="/")
     url = upstream.replace(f"127.0.0.1:{target.port}", f"127.0.0.1:{port}")
@@ -314,10 +315,50 @@ logfile = {log}
     return running
 
 
+def start_rabbitmq(workdir: Path, port: int | None = None, detach: bool = False) -> Running:
+    """A throwaway RabbitMQ node (Debian's ``rabbitmq-server``) on a loopback port, with
+    its own node name, Erlang distribution and epmd ports, so it never meets another."""
+    binary = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+    if not binary.exists():
+        raise MissingTool("rabbitmq-server was not found: install it with `apt-get update && "
+                          f"apt-get install -y rabbitmq-server`, or {INSTALL_HINT}")
+    port = port or free_port()
+    began = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "rabbitmq.log"
+    (workdir / "enabled_plugins").write_text("[].\n")
+    (workdir / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{port}\n")
+    env = {**os.environ, "HOME": str(workdir),  # the Erlang cookie
+           "RABBITMQ_NODENAME": f"scrypath{port}@localhost",
+           "RABBITMQ_NODE_PORT": str(port), "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+           "RABBITMQ_DIST_PORT": str(free_port()), "ERL_EPMD_PORT": str(free_port()),
+           "RABBITMQ_MNESIA_BASE": str(workdir / "mnesia"),
+           "RABBITMQ_LOG_BASE": str(workdir / "log"),
+           "RABBITMQ_ENABLED_PLUGINS_FILE": str(workdir / "enabled_plugins"),
+           "RABBITMQ_CONFIG_FILE": str(workdir / "rabbitmq"),
+           "RABBITMQ_PID_FILE": str(workdir / "rabbitmq.pid")}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(binary)], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env=env, cwd=workdir,
+                                start_new_session=detach)
+    url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
+    running = Running("rabbitmq", url, proc.pid, str(workdir), proc=None if detach else proc)
+
+    def accepting() -> bool:  # the AMQP listener opens once the broker has booted
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+        return False
+
+    _wait_for(accepting, "rabbitmq-server", log, running, timeout=90)
+    running.started_in = time.monotonic() - began
+    return running
+
+
 STARTERS: dict[str, Callable[..., Running]] = {
     "postgresql": start_postgres,
     "redis": start_redis,
     "opensearch": start_opensearch,
+    "rabbitmq": start_rabbitmq,
 }
 
 

@@ -1,8 +1,10 @@
-"""The test harness: real PostgreSQL, SQLite, Redis and OpenSearch.
+"""The test harness: real PostgreSQL (also behind PgBouncer), SQLite, Redis, RabbitMQ and
+OpenSearch.
 
 Services start lazily, once per test session, each in a throwaway directory on a free
 loopback port (``scripts/servicekit.py``). When ``SCRYPATH_TEST_DATABASE_URL``,
-``SCRYPATH_TEST_OPENSEARCH_URL`` or ``SCRYPATH_TEST_REDIS_URL`` is set, that server is
+``SCRYPATH_TEST_OPENSEARCH_URL``, ``SCRYPATH_TEST_REDIS_URL``,
+``SCRYPATH_TEST_RABBITMQ_URL`` or ``SCRYPATH_TEST_PGBOUNCER_URL`` is set, that server is
 used instead. A missing binary fails with the command that installs it; nothing skips.
 
 Every test that needs one of those servers (through a fixture below, or the PostgreSQL
@@ -34,11 +36,12 @@ DATABASES = ["sqlite", "postgresql", "pgbouncer"]
 """``pgbouncer``: PostgreSQL through PgBouncer in transaction pooling mode, for the
 modules that set ``THROUGH_PGBOUNCER = True`` (the modes, operator commands and
 workers); the others run on the first two."""
-SERVICE_FIXTURES = frozenset({"services", "postgres_url", "redis_url", "opensearch_url",
-                              "index_prefix", "backend", "os_client", "faults"})
+SERVICE_FIXTURES = frozenset({"services", "postgres_url", "redis_url", "rabbitmq_url",
+                              "opensearch_url", "index_prefix", "backend", "os_client",
+                              "faults"})
 
 
-SERVICE_PARAMS = frozenset({"postgresql", "pgbouncer", "opensearch"})
+SERVICE_PARAMS = frozenset({"postgresql", "pgbouncer", "opensearch", "redis", "rabbitmq"})
 """Fixture parameters that start a server (``database_url``, ``any_backend``)."""
 
 
@@ -50,14 +53,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     _running = item
 
 
-def _through_pgbouncer(item: pytest.Item) -> bool:
+def _left_out(item: pytest.Item) -> bool:
+    """PgBouncer runs only for modules that ask (``THROUGH_PGBOUNCER``), and with Redis
+    as the broker (RabbitMQ runs on SQLite and PostgreSQL)."""
     callspec = getattr(item, "callspec", None)
-    return callspec is not None and callspec.params.get("database_url") == "pgbouncer"
+    if callspec is None or callspec.params.get("database_url") != "pgbouncer":
+        return False
+    return (not getattr(getattr(item, "module", None), "THROUGH_PGBOUNCER", False)
+            or callspec.params.get("broker_url") == "rabbitmq")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    skipped = [i for i in items if _through_pgbouncer(i)
-               and not getattr(getattr(i, "module", None), "THROUGH_PGBOUNCER", False)]
+    skipped = [i for i in items if _left_out(i)]
     if skipped:
         config.hook.pytest_deselected(items=skipped)
         items[:] = [i for i in items if i not in set(skipped)]
@@ -76,6 +83,7 @@ class _Services:
         "postgresql": "SCRYPATH_TEST_DATABASE_URL",
         "redis": "SCRYPATH_TEST_REDIS_URL",
         "opensearch": "SCRYPATH_TEST_OPENSEARCH_URL",
+        "rabbitmq": "SCRYPATH_TEST_RABBITMQ_URL",
     }
 
     def __init__(self) -> None:
@@ -130,6 +138,11 @@ def postgres_url(services: _Services) -> str:
 @pytest.fixture(scope="session")
 def redis_url(services: _Services) -> str:
     return services.url("redis")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(services: _Services) -> str:
+    return services.url("rabbitmq")
 
 
 @pytest.fixture(scope="session")

@@ -13,19 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.orm import sessionmaker
 
 import scrypath_sa
 from scrypath_sa.backends import OpenSearchBackend
 from scrypath_sa.modes.dramatiq import DramatiqMode
-from tests.models import define_models, make_engine
+from tests.models import define_models, make_engine, test_broker
 
 env = os.environ
 PREFIX = env["SCRYPATH_TEST_PREFIX"]
 Base, Article, Comment, Translation = define_models(PREFIX)
 
-broker = RedisBroker(url=env["SCRYPATH_TEST_REDIS_URL"])
+broker = test_broker(env["SCRYPATH_TEST_BROKER_URL"])
 dramatiq.set_broker(broker)
 
 

@@ -25,6 +25,17 @@ def make_engine(url: str) -> Engine:
     return create_engine(url)
 
 
+def test_broker(url: str) -> Any:
+    """The Dramatiq broker for ``url``: RabbitMQ for ``amqp://``, else Redis."""
+    if url.startswith("amqp://"):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=url)
+    from dramatiq.brokers.redis import RedisBroker
+
+    return RedisBroker(url=url)
+
+
 class Colour(enum.Enum):
     RED = "red"
     BLUE = "blue"

@@ -19,29 +19,42 @@ import scrypath_sa
 from scrypath_sa import sync_events
 from scrypath_sa.modes.dramatiq import DramatiqMode
 from tests.faults import TERMINAL, Workers, all_terminal, assert_in_step, states, wait_for
-from tests.models import World, make_world
+from tests.models import World, make_world, test_broker
 
 THROUGH_PGBOUNCER = True  # also through PgBouncer in transaction pooling mode
 
 
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Each test of the shared setup runs on Dramatiq's Redis and RabbitMQ brokers."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
 @pytest.fixture
-def setup(engine: Engine, index_prefix: str, redis_url: str, opensearch_url: str,
+def setup(engine: Engine, index_prefix: str, broker_url: str, opensearch_url: str,
           backend: Any, tmp_path: Path) -> Iterator[tuple[World, Workers, Any]]:
     world = make_world(engine, index_prefix)
     queue = f"q{index_prefix}"
-    broker = RedisBroker(url=redis_url)
+    broker = test_broker(broker_url)
     config = scrypath_sa.configure(world.Session, backend=backend, mode="dramatiq",
                                    modes={"dramatiq": DramatiqMode(broker, queue_name=queue)})
     workers = Workers(tmp_path, {
         "SCRYPATH_TEST_PREFIX": index_prefix,
-        "SCRYPATH_TEST_REDIS_URL": redis_url,
+        "SCRYPATH_TEST_BROKER_URL": broker_url,
         "SCRYPATH_TEST_OPENSEARCH_URL": opensearch_url,
         "SCRYPATH_TEST_DATABASE_URL": engine.url.render_as_string(hide_password=False),
         "SCRYPATH_TEST_QUEUE": queue,
     })
     yield world, workers, config
     workers.stop_all()
-    broker.client.delete(f"dramatiq:{queue}", f"dramatiq:{queue}.DQ", f"dramatiq:{queue}.XQ")
+    if isinstance(broker, RedisBroker):
+        broker.client.delete(f"dramatiq:{queue}", f"dramatiq:{queue}.DQ",
+                             f"dramatiq:{queue}.XQ")
+    else:
+        for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+            broker.channel.queue_delete(name)
+    broker.close()
 
 
 def index_state(os_client: Any, world: World) -> dict[str, str]:
@@ -132,7 +145,7 @@ def test_broker_down_at_commit_then_sweep(engine: Engine, index_prefix: str, bac
 
     redis = servicekit.start_redis(tmp_path / "redis", port)
     workers = Workers(tmp_path, {
-        "SCRYPATH_TEST_PREFIX": index_prefix, "SCRYPATH_TEST_REDIS_URL": redis_url,
+        "SCRYPATH_TEST_PREFIX": index_prefix, "SCRYPATH_TEST_BROKER_URL": redis_url,
         "SCRYPATH_TEST_OPENSEARCH_URL": opensearch_url, "SCRYPATH_TEST_QUEUE": queue,
         "SCRYPATH_TEST_DATABASE_URL": engine.url.render_as_string(hide_password=False)})
     try:
