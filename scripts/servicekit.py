@@ -10,6 +10,7 @@ Each service gets a throwaway directory and a free loopback port. Standard libra
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -214,16 +215,53 @@ def start_redis(workdir: Path, port: int | None = None, detach: bool = False) ->
     return running
 
 
-def opensearch_classpath() -> str:
-    classes, lib = NODE_DIR / "target" / "classes", NODE_DIR / "target" / "lib"
+LINES = {"2": ("target", 17), "3": ("target-3", 21)}
+"""OpenSearch line -> (the node's build directory, the Java it needs at least)."""
+
+
+def opensearch_classpath(line: str = "2") -> str:
+    build = NODE_DIR / LINES[line][0]
+    classes, lib = build / "classes", build / "lib"
     if not (classes / "scrypath" / "node" / "EmbeddedOpenSearch.class").exists() or not any(
-        lib.glob("opensearch-2.*.jar")
+        lib.glob(f"opensearch-{line}.*.jar")
     ):
+        profile = " -P opensearch3" if line == "3" else ""
         raise MissingTool(
-            "the embedded OpenSearch node is not built: run "
-            f"`mvn -q -B -f {NODE_DIR / 'pom.xml'} package`, or {INSTALL_HINT}"
+            f"the embedded OpenSearch {line}.x node is not built: run "
+            f"`mvn -q -B -f {NODE_DIR / 'pom.xml'}{profile} package`, or {INSTALL_HINT}"
         )
     return f"{classes}{os.pathsep}{lib}{os.sep}*"
+
+
+def java_for(line: str = "2") -> str:
+    """A java binary for the OpenSearch ``line``: for 2.x the ``java`` on PATH (17, as
+    Debian installs it); for 3.x ``SCRYPATH_JAVA_HOME`` or the newest JDK under
+    /usr/lib/jvm, when it is Java 21 or newer."""
+    if line == "2":
+        found = shutil.which("java")
+        if found is None:
+            raise MissingTool("java was not found: install it with `apt-get update && "
+                              f"apt-get install -y openjdk-17-jdk-headless`, or {INSTALL_HINT}")
+        return found
+    need = LINES[line][1]
+    homes = [os.environ.get("SCRYPATH_JAVA_HOME", "")]
+    homes += sorted(glob.glob("/usr/lib/jvm/*"), key=_jdk_feature, reverse=True)
+    for home in homes:
+        java = Path(home) / "bin" / "java"
+        if home and java.exists() and _jdk_feature(home) >= need:
+            return str(java)
+    raise MissingTool(f"OpenSearch {line}.x needs Java {need} or newer and none was found "
+                      "under /usr/lib/jvm: install one there, or point SCRYPATH_JAVA_HOME at it")
+
+
+def _jdk_feature(home: str) -> int:
+    """The Java feature version of the JDK at ``home`` (its ``release`` file); 0 if unknown."""
+    with contextlib.suppress(OSError):
+        for entry in (Path(home) / "release").read_text().splitlines():
+            if entry.startswith("JAVA_VERSION="):
+                version = entry.split("=", 1)[1].strip('"')
+                return int(version.split(".")[0])
+    return 0
 
 
 def _http_ok(url: str) -> bool:
@@ -235,14 +273,10 @@ def _http_ok(url: str) -> bool:
 
 
 def start_opensearch(workdir: Path, port: int | None = None, detach: bool = False,
-                     heap: str = "1g") -> Running:
-    java = shutil.which("java")
-    if java is None:
-        raise MissingTool(
-            "java was not found: install it with "
-            f"`apt-get update && apt-get install -y openjdk-17-jdk-headless`, or {INSTALL_HINT}"
-        )
-    classpath = opensearch_classpath()
+                     heap: str = "1g", line: str = "2") -> Running:
+    """A real OpenSearch node of the ``line`` ("2": 2.19, "3": 3.x) on a loopback port."""
+    java = java_for(line)
+    classpath = opensearch_classpath(line)
     port = port or free_port()
     began = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -256,7 +290,8 @@ def start_opensearch(workdir: Path, port: int | None = None, detach: bool = Fals
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=detach)
     url = f"http://127.0.0.1:{port}"
-    running = Running("opensearch", url, proc.pid, str(workdir), proc=None if detach else proc)
+    name = "opensearch" if line == "2" else f"opensearch{line}"
+    running = Running(name, url, proc.pid, str(workdir), proc=None if detach else proc)
     _wait_for(lambda: _http_ok(url), "OpenSearch", log, running, timeout=120)
     running.started_in = time.monotonic() - began
     return running
@@ -358,6 +393,7 @@ STARTERS: dict[str, Callable[..., Running]] = {
     "postgresql": start_postgres,
     "redis": start_redis,
     "opensearch": start_opensearch,
+    "opensearch3": functools.partial(start_opensearch, line="3"),
     "rabbitmq": start_rabbitmq,
 }
 

@@ -36,6 +36,10 @@ DATABASES = ["sqlite", "postgresql", "pgbouncer"]
 """``pgbouncer``: PostgreSQL through PgBouncer in transaction pooling mode, for the
 modules that set ``THROUGH_PGBOUNCER = True`` (the modes, operator commands and
 workers); the others run on the first two."""
+OPENSEARCH = "opensearch3" if os.environ.get("SCRYPATH_TEST_OPENSEARCH_LINE") == "3" else (
+    "opensearch")
+"""The OpenSearch line the tests run on: 2.19, or 3.x with SCRYPATH_TEST_OPENSEARCH_LINE=3
+(scripts/test runs the backend contract and the sync tests on both)."""
 SERVICE_FIXTURES = frozenset({"services", "postgres_url", "redis_url", "rabbitmq_url",
                               "opensearch_url", "index_prefix", "backend", "os_client",
                               "faults"})
@@ -83,6 +87,7 @@ class _Services:
         "postgresql": "SCRYPATH_TEST_DATABASE_URL",
         "redis": "SCRYPATH_TEST_REDIS_URL",
         "opensearch": "SCRYPATH_TEST_OPENSEARCH_URL",
+        "opensearch3": "SCRYPATH_TEST_OPENSEARCH3_URL",
         "rabbitmq": "SCRYPATH_TEST_RABBITMQ_URL",
     }
 
@@ -96,6 +101,8 @@ class _Services:
             pytest.fail(f"{_running.nodeid} uses {name} but is not marked `services`: add its "
                         "fixture or parameter to SERVICE_FIXTURES or SERVICE_PARAMS",
                         pytrace=False)
+        if name == "opensearch":
+            name = OPENSEARCH
         given = os.environ.get(self.ENV[name])
         if given:
             return given
@@ -110,6 +117,8 @@ class _Services:
         """The running server behind ``name``'s URL: started by this harness, or by
         ``scripts/services`` (its state file); fault tests signal or restart it."""
         url = self.url(name)
+        if name == "opensearch":
+            name = OPENSEARCH
         if name in self.running:
             return self.running[name]
         for running in servicekit.load_state(ROOT / ".services" / "state.json").values():

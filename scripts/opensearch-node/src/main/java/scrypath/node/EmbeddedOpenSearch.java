@@ -2,23 +2,18 @@ package scrypath.node;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.Collection;
-import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 
-import org.opensearch.analysis.common.CommonAnalysisPlugin;
 import org.opensearch.common.logging.LogConfigurator;
 import org.opensearch.common.settings.Settings;
 import org.opensearch.env.Environment;
 import org.opensearch.node.InternalSettingsPreparer;
 import org.opensearch.node.Node;
-import org.opensearch.plugins.Plugin;
-import org.opensearch.transport.Netty4Plugin;
 
 /**
- * A real, single-node OpenSearch engine with its REST API on 127.0.0.1.
+ * A real, single-node OpenSearch engine (2.x or 3.x, as built) with its REST API on 127.0.0.1.
  *
  * <p>Usage: {@code java -cp 'target/classes:target/lib/*' scrypath.node.EmbeddedOpenSearch HOME HTTP_PORT}
  *
@@ -27,13 +22,6 @@ import org.opensearch.transport.Netty4Plugin;
  * node cleanly on SIGTERM.
  */
 public final class EmbeddedOpenSearch {
-
-    /** OpenSearch's Node has a protected constructor that accepts classpath plugins. */
-    static final class PluginNode extends Node {
-        PluginNode(Environment environment, Collection<Class<? extends Plugin>> plugins) {
-            super(environment, plugins, true);
-        }
-    }
 
     private EmbeddedOpenSearch() {}
 
@@ -65,8 +53,7 @@ public final class EmbeddedOpenSearch {
         LogConfigurator.configureWithoutConfig(settings);
         Environment environment =
             InternalSettingsPreparer.prepareEnvironment(settings, Map.of(), home.resolve("config"), () -> "scrypath-node");
-        List<Class<? extends Plugin>> plugins = List.of(Netty4Plugin.class, CommonAnalysisPlugin.class);
-        Node node = new PluginNode(environment, plugins);
+        Node node = Nodes.create(environment);  // per OpenSearch line: src/v2 or src/v3
 
         CountDownLatch stopped = new CountDownLatch(1);
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
