@@ -273,8 +273,11 @@ def _http_ok(url: str) -> bool:
 
 
 def start_opensearch(workdir: Path, port: int | None = None, detach: bool = False,
-                     heap: str = "1g", line: str = "2") -> Running:
-    """A real OpenSearch node of the ``line`` ("2": 2.19, "3": 3.x) on a loopback port."""
+                     heap: str = "1g", line: str = "2",
+                     cluster: tuple[str, int, list[int]] | None = None) -> Running:
+    """A real OpenSearch node of the ``line`` ("2": 2.19, "3": 3.x) on a loopback port:
+    a single-node cluster, or with ``cluster`` = (node name, its transport port, every
+    node's transport port) one node of a cluster (see :class:`OpenSearchCluster`)."""
     java = java_for(line)
     classpath = opensearch_classpath(line)
     port = port or free_port()
@@ -286,15 +289,82 @@ def start_opensearch(workdir: Path, port: int | None = None, detach: bool = Fals
            "-Dopensearch.set.netty.runtime.available.processors=false",
            "-Dlog4j2.formatMsgNoLookups=true", "-cp", classpath,
            "scrypath.node.EmbeddedOpenSearch", str(workdir / "home"), str(port)]
-    with log.open("wb") as out:
+    if cluster is not None:
+        node_name, transport, seeds = cluster
+        cmd += [node_name, str(transport), ",".join(map(str, seeds))]
+    with log.open("ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=detach)
     url = f"http://127.0.0.1:{port}"
     name = "opensearch" if line == "2" else f"opensearch{line}"
     running = Running(name, url, proc.pid, str(workdir), proc=None if detach else proc)
-    _wait_for(lambda: _http_ok(url), "OpenSearch", log, running, timeout=120)
-    running.started_in = time.monotonic() - began
+    if cluster is None:
+        _wait_for(lambda: _http_ok(url), "OpenSearch", log, running, timeout=120)
+        running.started_in = time.monotonic() - began
     return running
+
+
+class OpenSearchCluster:
+    """``size`` real OpenSearch nodes on loopback forming one cluster; any node can be
+    killed (SIGKILL) and started again on its data, as a failed machine comes back."""
+
+    def __init__(self, workdir: Path, size: int = 3, heap: str = "512m",
+                 line: str = "2") -> None:
+        self.workdir, self.heap, self.line = workdir, heap, line
+        self.http = [free_port() for _ in range(size)]
+        self.transport = [free_port() for _ in range(size)]
+        self.nodes: list[Running | None] = [None] * size
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in self.http]
+
+    def start(self, *which: int) -> None:
+        """Start the nodes ``which`` (all by default) and wait until the cluster has
+        every live node in it."""
+        for i in which or range(len(self.nodes)):
+            self.nodes[i] = start_opensearch(
+                self.workdir / f"node{i}", self.http[i], heap=self.heap, line=self.line,
+                cluster=(f"scrypath-node-{i}", self.transport[i], self.transport))
+        self.wait_for_nodes(sum(1 for n in self.nodes if n is not None and n.alive()))
+
+    def kill(self, i: int) -> None:
+        node = self.nodes[i]
+        if node is not None:
+            os.kill(node.pid, signal.SIGKILL)
+            if node.proc is not None:
+                node.proc.wait()
+        self.nodes[i] = None
+
+    def health(self, via: int | None = None, **params: str) -> dict[str, object]:
+        """``_cluster/health`` as a live node answers it (``params`` go in the query)."""
+        live = [i for i, n in enumerate(self.nodes) if n is not None]
+        port = self.http[via if via is not None else live[0]]
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        with urllib.request.urlopen(  # noqa: S310 - loopback
+                f"http://127.0.0.1:{port}/_cluster/health?{query}", timeout=70) as response:
+            answer: dict[str, object] = json.loads(response.read())
+            return answer
+
+    def wait_for_nodes(self, count: int, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                if self.health(wait_for_nodes=str(count), timeout="5s").get(
+                        "number_of_nodes") == count:
+                    return
+            time.sleep(0.5)
+        logs = "\n".join(_tail(self.workdir / f"node{i}" / "opensearch.log", 10)
+                         for i in range(len(self.nodes)))
+        self.stop()
+        raise ServiceFailed(f"the OpenSearch cluster did not form {count} nodes in "
+                            f"{timeout:.0f}s. Log tails:\n{logs}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node is not None:
+                node.stop()
+        self.nodes = [None] * len(self.nodes)
 
 
 def start_pgbouncer(workdir: Path, upstream: str, port: int | None = None,

@@ -109,8 +109,10 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
             if m.backend_error:
                 print("  alias -> unknown; documents: unknown")
             else:
+                health = m.health.status if m.health is not None else "unknown"
                 print(f"  alias -> {', '.join(m.alias_points_to) or '(none)'}; "
-                      f"documents: {m.documents if m.documents is not None else 'none'}")
+                      f"documents: {m.documents if m.documents is not None else 'none'}; "
+                      f"health: {health if m.alias_points_to else '-'}")
             if m.rebuild_in_progress:
                 print(f"  rebuild in progress: {m.rebuild_in_progress}")
             match = {True: "matches", False: "DIFFERS", None: "unknown"}[m.contract_matches]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from flask import Flask
@@ -33,6 +33,8 @@ class Story(scrypath_sa.Searchable, db.Model):  # type: ignore[name-defined, mis
     # No __tablename__: Flask-SQLAlchemy names the table ("story").
     __search_index__ = f"{PREFIX}_stories"
     __search_fields__ = ("title",)
+    # One test node: a replica could never be assigned (status would say yellow).
+    __search_contract__: ClassVar[dict[str, Any]] = {"settings": {"number_of_replicas": 0}}
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(200))
 

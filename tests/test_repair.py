@@ -18,6 +18,7 @@ import scrypath_sa
 from scrypath_sa import outbox, sync_events
 from scrypath_sa.backends import ItemResult, ItemStatus, OpenSearchBackend
 from scrypath_sa.errors import BackendError
+from scrypath_sa.ops.rebuild import BACKFILL_RETRIES
 from scrypath_sa.schema import sync_checkpoints
 from tests.models import World, make_world
 from tests.test_ops import ROOT, run_cli
@@ -185,22 +186,39 @@ def test_reindex_while_a_writer_keeps_committing_loses_nothing(world: World,
     assert drift.documents == drift.indexable_rows > 30
 
 
-def test_backfill_resumes_after_interruption(world: World, opensearch_url: str,
-                                             os_client: Any) -> None:
-    alias = f"{world.prefix}_articles"
-    os_client.indices.delete(index=f"{alias}_*")  # the index is lost entirely
+def _flaky(opensearch_url: str, down: range) -> Any:
+    """A backend whose bulk calls numbered in ``down`` meet an outage."""
 
     class Flaky(OpenSearchBackend):
         calls = 0
 
         def bulk(self, ops: Any, *, wait_for_visibility: bool) -> Any:
             Flaky.calls += 1
-            if Flaky.calls == 3:  # the third page meets an outage
+            if Flaky.calls in down:
                 return [ItemResult(ItemStatus.RETRYABLE, "connection_error", "down")] * len(ops)
             return super().bulk(ops, wait_for_visibility=wait_for_visibility)
 
-    flaky = Flaky(opensearch_url)
-    config = scrypath_sa.configure(world.Session, backend=flaky)
+    return Flaky(opensearch_url)
+
+
+def test_backfill_rides_out_a_short_outage(world: World, opensearch_url: str,
+                                           os_client: Any) -> None:
+    alias = f"{world.prefix}_articles"
+    os_client.indices.delete(index=f"{alias}_*")
+    config = scrypath_sa.configure(world.Session, backend=_flaky(opensearch_url, range(3, 5)),
+                                   backoff_base=0.01)
+    report = scrypath_sa.backfill(world.Article, batch_size=7, config=config)
+    assert report.rows_seen == 30 and report.indexed == 30 and not report.failures
+    assert os_client.count(index=alias)["count"] == 30
+
+
+def test_backfill_resumes_after_interruption(world: World, opensearch_url: str,
+                                             os_client: Any) -> None:
+    alias = f"{world.prefix}_articles"
+    os_client.indices.delete(index=f"{alias}_*")  # the index is lost entirely
+    # The third page meets an outage longer than the backfill's own retries.
+    flaky = _flaky(opensearch_url, range(3, 3 + 1 + BACKFILL_RETRIES))
+    config = scrypath_sa.configure(world.Session, backend=flaky, backoff_base=0.01)
     seen: list[int] = []
     with pytest.raises(BackendError, match="run it again to resume"):
         scrypath_sa.backfill(world.Article, batch_size=7, config=config,

@@ -9,6 +9,7 @@ from scrypath_sa.backends.base import (
     Backend,
     BulkOp,
     IndexAdmin,
+    IndexHealth,
     IndexPosture,
     ItemResult,
     ItemStatus,
@@ -20,8 +21,9 @@ from scrypath_sa.backends.embedded import EmbeddedBackend
 if TYPE_CHECKING:
     from scrypath_sa.backends.opensearch import OpenSearchBackend
 
-__all__ = ["AdminBackend", "Backend", "BulkOp", "EmbeddedBackend", "IndexAdmin", "IndexPosture",
-           "ItemResult", "ItemStatus", "OpenSearchBackend", "PhysicalIndex", "SearchHits"]
+__all__ = ["AdminBackend", "Backend", "BulkOp", "EmbeddedBackend", "IndexAdmin", "IndexHealth",
+           "IndexPosture", "ItemResult", "ItemStatus", "OpenSearchBackend", "PhysicalIndex",
+           "SearchHits"]
 
 
 def __getattr__(name: str) -> Any:

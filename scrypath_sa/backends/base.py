@@ -76,6 +76,17 @@ class IndexPosture:
     is_alias: bool
 
 
+@dataclass(frozen=True)
+class IndexHealth:
+    """The engine's health of the indices behind an alias: ``green`` (every shard
+    copy assigned), ``yellow`` (a replica is not: one more lost node may lose writes),
+    ``red`` (a primary is not: writes to it fail)."""
+
+    status: str
+    unassigned_shards: int
+    nodes: int
+
+
 class Backend(abc.ABC):
     """A search engine the library can keep in step with the database: the small core
     that sync needs. A backend that also implements :class:`IndexAdmin` serves the
@@ -126,6 +137,11 @@ class IndexAdmin(abc.ABC):
     @abc.abstractmethod
     def posture(self, alias: str) -> IndexPosture | None:
         """Where ``alias`` points, or None when nothing by that name exists."""
+
+    def health(self, alias: str) -> IndexHealth | None:
+        """The health of the existing indices behind ``alias``; None when the backend
+        cannot tell."""
+        return None
 
     @abc.abstractmethod
     def documents(self, alias: str, ids: Sequence[str]) -> dict[str, tuple[int, Any] | None]:

@@ -24,6 +24,7 @@ from scrypath_sa.backends.base import (
     OK,
     AdminBackend,
     BulkOp,
+    IndexHealth,
     IndexPosture,
     ItemResult,
     ItemStatus,
@@ -130,6 +131,9 @@ class EmbeddedBackend(AdminBackend):
                  now))
             if alias is not None:
                 conn.execute("INSERT OR IGNORE INTO aliases VALUES (?, ?)", (alias, name))
+
+    def health(self, alias: str) -> IndexHealth | None:
+        return IndexHealth("green", 0, 1)  # one file, no replicas to lose
 
     def posture(self, alias: str) -> IndexPosture | None:
         with self._conn() as conn:

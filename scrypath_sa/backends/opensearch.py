@@ -13,6 +13,7 @@ from scrypath_sa.backends.base import (
     OK,
     AdminBackend,
     BulkOp,
+    IndexHealth,
     IndexPosture,
     ItemResult,
     ItemStatus,
@@ -136,6 +137,12 @@ class OpenSearchBackend(AdminBackend):
                 found = self._alias_posture(alias) or IndexPosture(
                     alias, (alias,), self._contract_hash(alias), False)
             return found
+
+    def health(self, alias: str) -> IndexHealth | None:
+        with _translated(f"could not read the health of {alias!r}"):
+            found = self.client.cluster.health(index=alias)
+        return IndexHealth(str(found["status"]), int(found["unassigned_shards"]),
+                           int(found["number_of_nodes"]))
 
     def _alias_posture(self, alias: str) -> IndexPosture | None:
         found = self.client.indices.get_alias(name=alias, ignore=404)

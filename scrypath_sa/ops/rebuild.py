@@ -20,7 +20,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from scrypath_sa import documents, outbox, registry
-from scrypath_sa.backends.base import BulkOp, ItemResult, ItemStatus, admin_of
+from scrypath_sa.backends.base import AdminBackend, BulkOp, ItemResult, ItemStatus, admin_of
 from scrypath_sa.config import Config
 from scrypath_sa.documents import build_document
 from scrypath_sa.errors import BackendError, IndexContractError
@@ -146,7 +146,7 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
     def settle(pending: tuple[list[BulkOp], int, list[Any], Future[list[ItemResult]]]) -> None:
         nonlocal done
         ops, rows, position, future = pending
-        results = future.result()
+        results = _ride_out(backend, ops, future.result(), config)
         retryable = [r for r in results if r.status is ItemStatus.RETRYABLE]
         if retryable:
             raise BackendError(
@@ -221,6 +221,32 @@ def _record_failure(engine: Engine, name: str, target: str, exc: BaseException) 
     except Exception as also:  # noqa: BLE001 - the database may be what failed
         log.warning("scrypath_sa: could not record that %s of %s stopped: %s", name,
                     target, redact(also))
+
+
+BACKFILL_RETRIES = 6
+"""How often a page's retryable writes are sent again (with the configured backoff,
+each wait at most 30 s: about a minute in all) before a backfill stops: long enough
+for a cluster to promote replicas and elect a manager after losing a node."""
+
+
+def _ride_out(backend: AdminBackend, ops: list[BulkOp], results: list[ItemResult],
+              config: Config) -> list[ItemResult]:
+    """``results`` with the retryable writes of ``ops`` sent again until they land or
+    :data:`BACKFILL_RETRIES` tries are spent. A write that did land before its answer
+    was lost comes back as a conflict at its own version, which counts as written."""
+    results = list(results)
+    for attempt in range(BACKFILL_RETRIES):
+        again = [i for i, r in enumerate(results) if r.status is ItemStatus.RETRYABLE]
+        if not again:
+            break
+        wait = min(30.0, config.backoff_max, config.backoff_base * 2 ** attempt)
+        log.warning("scrypath_sa: %d backfill writes failed (%s); again in %.1fs",
+                    len(again), results[again[0]].error, wait)
+        time.sleep(wait)  # backoff before asking the engine again, not a synchronisation
+        for i, result in zip(again, backend.bulk([ops[i] for i in again],
+                                                 wait_for_visibility=False), strict=True):
+            results[i] = result
+    return results
 
 
 class _Page(list[tuple[str, str, Any]]):

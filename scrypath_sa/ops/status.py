@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scrypath_sa import migrations, outbox
-from scrypath_sa.backends.base import PhysicalIndex, admin_of
+from scrypath_sa.backends.base import IndexHealth, PhysicalIndex, admin_of
 from scrypath_sa.config import Config
 from scrypath_sa.errors import EventError, ScrypathError
 from scrypath_sa.install import resolve_config
@@ -42,6 +42,7 @@ class ModelStatus:
     contract_hash: str
     live_contract_hash: str | None
     contract_matches: bool | None
+    health: IndexHealth | None = None
     backend_error: str | None = None
 
     @property
@@ -53,6 +54,15 @@ class ModelStatus:
             out.append(f"the alias {self.index} is missing, though "
                        f"{self.counts[State.COMPLETED.value]} writes to it were completed: "
                        "backfill (or reconcile) to rebuild it")
+        if self.health is not None and self.health.status == "red":
+            out.append(f"index {self.index} is red: {self.health.unassigned_shards} shards "
+                       "are unassigned, primaries among them: writes to those shards fail "
+                       "and retry until their nodes are back")
+        elif self.health is not None and self.health.status == "yellow":
+            out.append(f"index {self.index} is yellow: {self.health.unassigned_shards} "
+                       f"replica shards are unassigned ({self.health.nodes} nodes): writes "
+                       "go on, but losing another node may lose them; bring the nodes "
+                       "back, or lower number_of_replicas in the contract")
         if self.stuck:
             out.append(f"{self.stuck} events unfinished for too long")
         if self.lost:
@@ -110,8 +120,9 @@ class StatusReport:
 def status(models: Iterable[type | str] | None = None, *, config: Config | None = None,
            stuck_after: dt.timedelta = dt.timedelta(minutes=5)) -> StatusReport:
     """Per model: events by state, the oldest unfinished one, retrying (and when next),
-    discarded, where the alias points, document count, a rebuild in progress, and
-    whether the live index was built for the model's current contract."""
+    discarded, where the alias points, document count, the index's health (yellow or
+    red is a problem), a rebuild in progress, and whether the live index was built for
+    the model's current contract."""
     config = resolve_config(config)
     backend = admin_of(config.backend)
     infos = resolve_models(models)
@@ -151,6 +162,7 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
                 entry.live_contract_hash = posture.contract_hash
                 entry.contract_matches = posture.contract_hash == info.contract.hash
                 entry.documents = backend.count(info.index)
+                entry.health = backend.health(info.index)
             live = set(entry.alias_points_to)
             newest_live = max((p.created_at or "" for p in entry.physical_indices
                                if p.name in live), default="")

@@ -2,6 +2,8 @@ package scrypath.node;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
@@ -16,6 +18,9 @@ import org.opensearch.node.Node;
  * A real, single-node OpenSearch engine (2.x or 3.x, as built) with its REST API on 127.0.0.1.
  *
  * <p>Usage: {@code java -cp 'target/classes:target/lib/*' scrypath.node.EmbeddedOpenSearch HOME HTTP_PORT}
+ * for a single node, or {@code ... HOME HTTP_PORT NODE_NAME TRANSPORT_PORT SEED_TRANSPORT_PORTS}
+ * for node {@code scrypath-node-I} of a cluster on loopback (the seeds: every node's
+ * transport port, comma-separated, in node order).
  *
  * <p>HOME is a throwaway directory (data and logs go below it). The process prints
  * {@code scrypath-opensearch started http=127.0.0.1:PORT} once the node is up and stops the
@@ -26,8 +31,9 @@ public final class EmbeddedOpenSearch {
     private EmbeddedOpenSearch() {}
 
     public static void main(String[] args) throws Exception {
-        if (args.length != 2) {
-            System.err.println("usage: EmbeddedOpenSearch HOME HTTP_PORT");
+        if (args.length != 2 && args.length != 5) {
+            System.err.println("usage: EmbeddedOpenSearch HOME HTTP_PORT"
+                + " [NODE_NAME TRANSPORT_PORT SEED_TRANSPORT_PORTS]");
             System.exit(64);
         }
         Path home = Path.of(args[0]).toAbsolutePath();
@@ -36,23 +42,41 @@ public final class EmbeddedOpenSearch {
         Files.createDirectories(home.resolve("logs"));
         Files.createDirectories(home.resolve("config"));
 
-        Settings settings = Settings.builder()
+        Settings.Builder builder = Settings.builder()
             .put("cluster.name", "scrypath-test")
-            .put("node.name", "scrypath-node")
             .put("path.home", home.toString())
             .put("path.data", home.resolve("data").toString())
             .put("path.logs", home.resolve("logs").toString())
             .put("network.host", "127.0.0.1")
             .put("http.port", httpPort)
-            .put("transport.port", "0")
-            .put("discovery.type", "single-node")
             .put("cluster.routing.allocation.disk.threshold_enabled", false)
-            .put("action.auto_create_index", true)
-            .build();
+            .put("action.auto_create_index", true);
+        if (args.length == 2) {
+            builder.put("node.name", "scrypath-node")
+                .put("transport.port", "0")
+                .put("discovery.type", "single-node");
+        } else {
+            // One node of a cluster on loopback: every node seeds from every transport
+            // port, and all of them are eligible cluster managers from the start.
+            List<String> seeds = new ArrayList<>();
+            List<String> names = new ArrayList<>();
+            String[] ports = args[4].split(",");
+            for (int i = 0; i < ports.length; i++) {
+                seeds.add("127.0.0.1:" + ports[i]);
+                names.add("scrypath-node-" + i);
+            }
+            builder.put("cluster.name", "scrypath-cluster")
+                .put("node.name", args[2])
+                .put("transport.port", args[3])
+                .putList("discovery.seed_hosts", seeds)
+                .putList("cluster.initial_cluster_manager_nodes", names);
+        }
+        Settings settings = builder.build();
+        String nodeName = settings.get("node.name");
 
         LogConfigurator.configureWithoutConfig(settings);
         Environment environment =
-            InternalSettingsPreparer.prepareEnvironment(settings, Map.of(), home.resolve("config"), () -> "scrypath-node");
+            InternalSettingsPreparer.prepareEnvironment(settings, Map.of(), home.resolve("config"), () -> nodeName);
         Node node = Nodes.create(environment);  // per OpenSearch line: src/v2 or src/v3
 
         CountDownLatch stopped = new CountDownLatch(1);
