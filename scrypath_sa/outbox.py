@@ -617,6 +617,17 @@ def accepted(conn: Connection, ids: Sequence[int] | None, limit: int) -> list[An
     return list(conn.execute(query).all())
 
 
+def accepted_before(conn: Connection, before: dt.datetime,
+                    limit: int) -> list[tuple[int, str | None]]:
+    """``backend_accepted`` events accepted before ``before``, as (id, mode), oldest
+    first."""
+    t = sync_events
+    query = (select(t.c.id, t.c.mode)
+             .where(in_states([State.BACKEND_ACCEPTED]) & (t.c.accepted_at <= before))
+             .order_by(t.c.id).limit(limit))
+    return [(row.id, row.mode) for row in conn.execute(query)]
+
+
 def discard_exhausted(conn: Connection, ids: Sequence[int], reason: str) -> int:
     """``retrying`` events whose retries ran out become ``discarded``; ``reason`` goes
     before their last error."""

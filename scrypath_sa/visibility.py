@@ -166,7 +166,8 @@ def refresh_all(backend: Backend, indices: Sequence[str]) -> dict[str, bool]:
             visible[index] = True
         except BackendError as exc:
             log.warning("scrypath_sa: writes to %s were accepted but the refresh failed; "
-                        "they stay backend_accepted: %s", index, redact(exc))
+                        "until one works they stay backend_accepted (sweep confirms them "
+                        "later): %s", index, redact(exc))
             visible[index] = False
     return visible
 
@@ -236,6 +237,10 @@ class Confirmer(HandOff[Accepted]):
 
 def _confirm(backend: Backend, engine: Engine, by_index: dict[str, list[Transition]]) -> None:
     visible = refresh_all(backend, sorted(by_index))
+    failed = [index for index, ok in visible.items() if not ok]
+    if failed:  # once more, after a pause: a node that refused is out of the client's pool
+        time.sleep(CONFIRM_EVERY)
+        visible.update(refresh_all(backend, failed))
     with begin(engine) as conn:
         for index, group in by_index.items():
             outbox.apply(conn, group, as_state=State.COMPLETED if visible[index] else None)

@@ -42,7 +42,7 @@ OPENSEARCH = "opensearch3" if os.environ.get("SCRYPATH_TEST_OPENSEARCH_LINE") ==
 (scripts/test runs the backend contract and the sync tests on both)."""
 SERVICE_FIXTURES = frozenset({"services", "postgres_url", "redis_url", "rabbitmq_url",
                               "opensearch_url", "index_prefix", "backend", "os_client",
-                              "faults"})
+                              "faults", "cluster"})
 
 
 SERVICE_PARAMS = frozenset({"postgresql", "pgbouncer", "opensearch", "redis", "rabbitmq"})

@@ -37,7 +37,8 @@ class StallingBackend(OpenSearchBackend):
 
 
 backend_cls = StallingBackend if env.get("SCRYPATH_TEST_STALL_FILE") else OpenSearchBackend
-backend = backend_cls(env["SCRYPATH_TEST_OPENSEARCH_URL"], max_retries=0, timeout=5)
+# A comma-separated list is the nodes of a cluster (tests/test_cluster.py).
+backend = backend_cls(env["SCRYPATH_TEST_OPENSEARCH_URL"].split(","), max_retries=0, timeout=5)
 engine = make_engine(env["SCRYPATH_TEST_DATABASE_URL"])
 mode = DramatiqMode(broker, queue_name=env["SCRYPATH_TEST_QUEUE"],
                     max_retries=int(env.get("SCRYPATH_TEST_MAX_RETRIES", "8")))

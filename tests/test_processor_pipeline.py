@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,7 @@ import scrypath_sa
 from scrypath_sa import State, sync_events, visibility
 from scrypath_sa.threads import ahead
 from scrypath_sa.visibility import Visibility
+from tests.faults import states
 from tests.models import make_world
 from tests.test_modes import Hold
 
@@ -192,6 +194,53 @@ def test_confirm_later_with_a_failed_refresh_records_backend_accepted(
     with engine.connect() as conn:
         assert set(conn.execute(select(sync_events.c.state)).scalars()) == {
             "backend_accepted"}
+
+
+def test_sweep_confirms_accepted_writes_whose_refresh_failed(
+        engine: Engine, index_prefix: str, opensearch_url: str, os_client: Any) -> None:
+    """Writes accepted by a worker whose refresh failed stay ``backend_accepted`` (the
+    worker cannot tell they are visible). sweep() checks them as confirm() does: found
+    at their version -> completed; lost -> written again. Manual mode's accepted writes
+    are its caller's to confirm: sweep leaves them."""
+    from scrypath_sa import processor
+    from scrypath_sa.backends import OpenSearchBackend
+    from scrypath_sa.backends.base import OK
+    from scrypath_sa.errors import BackendError
+
+    class BrokenRefresh(OpenSearchBackend):
+        """Refreshes fail; while broken, the write of document 2 is acknowledged and
+        lost (a node that died before its translog reached the disk, no replica)."""
+
+        broken = True
+
+        def refresh(self, alias: str) -> None:
+            if self.broken:
+                raise BackendError("refresh timed out")
+            super().refresh(alias)
+
+        def bulk(self, ops: Any, *, wait_for_visibility: bool) -> Any:
+            if not self.broken:
+                return super().bulk(ops, wait_for_visibility=wait_for_visibility)
+            kept = [op for op in ops if op.id != "2"]
+            answers = iter(super().bulk(kept, wait_for_visibility=wait_for_visibility))
+            return [next(answers) if op.id != "2" else OK for op in ops]
+
+    backend = BrokenRefresh(opensearch_url)
+    config, ids = held_events(engine, index_prefix, backend, 5)
+    processor.process(config, ids[:4], mode="inline", visibility=Visibility.DEFERRED)
+    processor.process(config, ids[4:], mode="manual", visibility=Visibility.NONE)
+    assert visibility.flush_confirmations(30)
+    assert states(engine) == {"backend_accepted": 5}
+    backend.broken = False
+
+    report = scrypath_sa.sweep(config, older_than=dt.timedelta(0))
+    assert (report.confirmed, report.dispatched) == (3, 1)
+    assert report.to_dict()["confirmed"] == 3
+    with engine.connect() as conn:
+        by_doc = dict(conn.execute(select(sync_events.c.document_id, sync_events.c.state)).all())
+    assert by_doc == {"1": "completed", "2": "completed", "3": "completed",
+                      "4": "completed", "5": "backend_accepted"}
+    assert os_client.exists(index=f"{index_prefix}_articles", id="2")
 
 
 def test_a_dramatiq_worker_shutting_down_records_what_it_made_visible(
