@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -257,7 +258,49 @@ def _trouble(result: Any) -> list[str]:
     return lines
 
 
+def _distributed(config: Config, args: argparse.Namespace, run: Any) -> int:
+    """Print a started distributed rebuild; with ``--wait``, follow it to its end."""
+    if not args.wait:
+        if args.json:
+            _print_json(run.to_dict())
+        else:
+            print(f"{run.model}: started a distributed rebuild of {run.index} in "
+                  f"{run.ranges} ranges ({run.rows} rows); follow it with `scrypath-sa "
+                  "status` or wait with --wait")
+        return OK
+    while not run.done:
+        _progress_bar(_RunBar(run))
+        time.sleep(1.0)  # polling the checkpoints the workers write
+        run = scrypath_sa.rebuild_progress(run.index, config=config) or run
+    if args.json:
+        _print_json(run.to_dict())
+    else:
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+        cut = f"; alias {run.reindex_of} -> {run.index}" if run.cut_over else ""
+        print(f"{run.model}: {run.state}: {run.rows_done} rows in {run.ranges_done}/"
+              f"{run.ranges} ranges{cut}")
+        for problem in [*run.problems, *([run.error] if run.error else [])]:
+            print(f"  ! {problem}")
+    if run.state == "failed":
+        return ERROR
+    return OK if run.ok else ATTENTION
+
+
+class _RunBar:
+    """A distributed run as the progress bar reads it."""
+
+    def __init__(self, run: Any) -> None:
+        self.done, self.total = run.rows_done, max(run.rows, run.rows_done)
+        self.rate = run.rows_per_second or 0.0
+        self.eta_seconds = run.eta_seconds
+
+
 def cmd_backfill(config: Config, args: argparse.Namespace) -> int:
+    if args.distributed:
+        return _distributed(config, args, scrypath_sa.start_backfill(
+            args.model, ranges=args.ranges, batch_size=args.batch_size, mode=args.mode,
+            config=config))
     report = scrypath_sa.backfill(
         args.model, batch_size=args.batch_size, resume=not args.restart,
         remove_orphans=args.remove_orphans, config=config,
@@ -297,11 +340,25 @@ def _print_reindex(report: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(config: Config, args: argparse.Namespace) -> int:
+    if args.distributed:
+        return _distributed(config, args, scrypath_sa.start_reindex(
+            args.model, ranges=args.ranges, cutover=args.cutover, batch_size=args.batch_size,
+            mode=args.mode, config=config))
     report = scrypath_sa.reindex(args.model, cutover=args.cutover, batch_size=args.batch_size,
                                  config=config, progress=None if args.json else _progress_bar)
     if not args.json and sys.stderr.isatty():
         print(file=sys.stderr)  # end the progress bar's line
     return _print_reindex(report, args)
+
+
+def _distributed_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--distributed", action="store_true",
+                   help="split the rows into ranges and let the workers of --mode run them")
+    p.add_argument("--ranges", type=int, default=None,
+                   help="how many ranges (default: about 100,000 rows each)")
+    p.add_argument("--mode", default="dramatiq", help="the mode whose workers run the ranges")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the distributed run to its end (exit code: its result)")
 
 
 def cmd_cutover(config: Config, args: argparse.Namespace) -> int:
@@ -407,11 +464,13 @@ def _build_parser(prog: str) -> tuple[argparse.ArgumentParser, Any]:
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--remove-orphans", action="store_true")
     p.add_argument("--restart", action="store_true", help="ignore a saved position")
+    _distributed_options(p)
     p = command("reindex", cmd_reindex, "rebuild a model's index behind its alias")
     p.add_argument("model")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--cutover", action=argparse.BooleanOptionalAction, default=True,
                    help="move the alias when the new index checks out (default: yes)")
+    _distributed_options(p)
     p = command("cutover", cmd_cutover, "move a model's alias to an index reindex built")
     p.add_argument("model")
     p.add_argument("index")

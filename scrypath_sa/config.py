@@ -35,6 +35,8 @@ class SyncMode(Protocol):
 
     def check(self) -> str | None: ...
 
+    def send_task(self, kind: str, args: dict[str, Any]) -> None: ...
+
 
 @dataclass
 class Config:

@@ -717,7 +717,7 @@ def _zombie(pid: int) -> bool:
     return fields[fields.rindex(b")") + 2:][:1] == b"Z"
 
 
-def save_checkpoint(conn: Connection, name: str, index: str, position: list[Any] | None,
+def save_checkpoint(conn: Connection, name: str, index: str, position: Any,
                     version: int, processed: int, state: str = "running",
                     error: str | None = None) -> None:
     """Record the long run ``name``'s progress, and that this process owns it."""
@@ -729,6 +729,36 @@ def save_checkpoint(conn: Connection, name: str, index: str, position: list[Any]
     t = sync_checkpoints
     if conn.execute(update(t).where(t.c.name == name).values(values)).rowcount == 0:
         conn.execute(insert(t).values(name=name, started_at=now, **values))
+
+
+def queue_checkpoints(conn: Connection, names: Sequence[str], index: str,
+                      version: int) -> None:
+    """Record the parts of a long run as ``queued``: owned by nobody until a worker
+    claims one (:func:`claim_checkpoint`)."""
+    now = utcnow()
+    conn.execute(insert(sync_checkpoints), [
+        {"name": name, "index_name": index, "position": None, "version": version,
+         "processed": 0, "started_at": now, "updated_at": now, "owner": None,
+         "state": "queued"} for name in names])
+
+
+def claim_checkpoint(conn: Connection, name: str, seen_owner: str | None) -> bool:
+    """Take the unfinished run ``name`` for this process, if its owner is still the one
+    the caller saw (nobody, a dead process, or a stale one): one claimant wins."""
+    t = sync_checkpoints
+    owned = t.c.owner.is_(None) if seen_owner is None else t.c.owner == seen_owner
+    claimed = conn.execute(update(t).where(
+        (t.c.name == name) & owned & (t.c.finished_at.is_(None))).values(
+        owner=this_process(), state="running", updated_at=utcnow(), last_error=None))
+    return bool(claimed.rowcount == 1)
+
+
+def checkpoints_like(conn: Connection, prefix: str) -> list[Any]:
+    """Every saved run whose name starts with ``prefix``, by name."""
+    t = sync_checkpoints
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return list(conn.execute(select(t).where(t.c.name.like(f"{escaped}%", escape="\\"))
+                             .order_by(t.c.name)).all())
 
 
 def fail_checkpoint(conn: Connection, name: str, error: str) -> None:

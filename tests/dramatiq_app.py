@@ -29,9 +29,15 @@ dramatiq.set_broker(broker)
 
 
 class StallingBackend(OpenSearchBackend):
-    """Announces that a bulk is in flight, then never returns (the test kills us)."""
+    """Announces that a bulk is in flight, then never returns (the test kills us); with
+    SCRYPATH_TEST_STALL_AFTER=N, the first N bulks go through."""
+
+    calls = 0
 
     def bulk(self, ops: Any, *, wait_for_visibility: bool) -> Any:
+        StallingBackend.calls += 1
+        if StallingBackend.calls <= int(env.get("SCRYPATH_TEST_STALL_AFTER", "0")):
+            return super().bulk(ops, wait_for_visibility=wait_for_visibility)
         Path(env["SCRYPATH_TEST_STALL_FILE"]).write_text(",".join(op.id for op in ops))
         threading.Event().wait()
 

@@ -4,9 +4,10 @@ does, and declares what a successful dispatch promises."""
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from scrypath_sa.errors import ConfigurationError
 from scrypath_sa.schema import State
 
 if TYPE_CHECKING:
@@ -39,6 +40,13 @@ class Mode(abc.ABC):
                  engine: Engine | None = None) -> Outcome:
         """Run or hand over the work for ``event_ids``."""
 
+    def send_task(self, kind: str, args: dict[str, Any]) -> None:
+        """Have a worker run the task ``kind`` (see :func:`task`) with ``args``; a mode
+        that runs nothing elsewhere refuses."""
+        raise ConfigurationError(
+            f"the {self.name} mode runs nothing on workers: distributed work needs a mode "
+            "that does (pass mode='dramatiq', configured with a DramatiqMode)")
+
     def check(self) -> str | None:
         """Why this mode could not hand work over right now (its broker cannot be
         reached), redacted; None when it can, or when there is nothing to check."""
@@ -50,3 +58,25 @@ class Mode(abc.ABC):
         if outcome.error or outcome.failures:
             return False
         return all(State(state) in self.promise for state in outcome.states)
+
+
+TaskHandler = Callable[["Config", dict[str, Any]], None]
+_tasks: dict[str, TaskHandler] = {}
+
+
+def task(kind: str) -> Callable[[TaskHandler], TaskHandler]:
+    """Register the handler of the task ``kind`` that modes run on workers (a range of
+    a distributed rebuild): the modes carry tasks without knowing what they do."""
+    def register(handler: TaskHandler) -> TaskHandler:
+        _tasks[kind] = handler
+        return handler
+    return register
+
+
+def run_task(config: Config, kind: str, args: dict[str, Any]) -> None:
+    """Run the registered task ``kind`` (on a worker)."""
+    handler = _tasks.get(kind)
+    if handler is None:
+        raise ConfigurationError(f"no task {kind!r} is known in this process: import "
+                                 "scrypath_sa in the worker's module")
+    handler(config, args)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from scrypath_sa import outbox, processor
 from scrypath_sa.errors import MissingExtraError, NotConfiguredError
-from scrypath_sa.modes.base import Mode
+from scrypath_sa.modes.base import Mode, run_task
 from scrypath_sa.modes.dispatch import push_due
 from scrypath_sa.outcome import Outcome
 from scrypath_sa.redaction import redact
@@ -229,8 +229,23 @@ class DramatiqMode(Mode):
                      "on_retry_exhausted": self.exhausted_actor.actor_name},
         )
 
+        # Distributed rebuilds: one message per range, retried with Dramatiq's backoff
+        # (a range resumes from its checkpoint).
+        self.task_actor: dramatiq.Actor[Any, Any] = dramatiq.Actor(
+            self._run_task, broker=broker, actor_name=f"{actor_name}_task",
+            queue_name=queue_name, priority=10,
+            options={"max_retries": 20, "throws": (NotConfiguredError,),
+                     "time_limit": 24 * 3600 * 1000},
+        )
+
     def attach(self, config: Config) -> None:
         self._config = config
+
+    def send_task(self, kind: str, args: dict[str, Any]) -> None:
+        self.task_actor.send(kind, args)
+
+    def _run_task(self, kind: str, args: dict[str, Any]) -> None:
+        run_task(self.config, kind, args)
 
     @property
     def config(self) -> Config:

@@ -3,6 +3,12 @@ report that also serialises to JSON (``report.to_dict()``)."""
 
 from __future__ import annotations
 
+from scrypath_sa.ops.distributed import (
+    RunProgress,
+    rebuild_progress,
+    start_backfill,
+    start_reindex,
+)
 from scrypath_sa.ops.prune import PruneReport, prune
 from scrypath_sa.ops.rebuild import (
     BackfillReport,
@@ -34,6 +40,7 @@ __all__ = [
     "PruneReport",
     "ReconcileReport",
     "ReindexReport",
+    "RunProgress",
     "StatusReport",
     "SweepReport",
     "backfill",
@@ -41,9 +48,12 @@ __all__ = [
     "cutover",
     "failed",
     "prune",
+    "rebuild_progress",
     "reconcile",
     "reindex",
     "retry",
+    "start_backfill",
+    "start_reindex",
     "status",
     "sweep",
 ]

@@ -96,7 +96,7 @@ def _checkpoint(engine: Engine, name: str) -> Any:
         return outbox.checkpoint(conn, name)
 
 
-def _save_checkpoint(engine: Engine, name: str, index: str, position: list[Any] | None,
+def _save_checkpoint(engine: Engine, name: str, index: str, position: Any,
                      version: int, processed: int, state: str = "running",
                      error: str | None = None) -> None:
     with engine.begin() as conn:
@@ -117,13 +117,23 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
     A document the backend rejects is reported in ``failures``; the rest still land.
     """
     config = resolve_config(config)
-    engine = config.bind
-    backend = admin_of(config.backend)
     info = _model(model)
     target = into or info.index
     if into is None:
-        backend.ensure_index(info.index, info.contract, info.name, fresh=True)
-    name = f"backfill:{target}"
+        admin_of(config.backend).ensure_index(info.index, info.contract, info.name, fresh=True)
+    return fill(config, info, target, f"backfill:{target}", where=where,
+                batch_size=batch_size, progress=progress, resume=resume,
+                remove_orphans=remove_orphans)
+
+
+def fill(config: Config, info: ModelInfo, target: str, name: str, *, where: Any,
+         batch_size: int, progress: Callable[[Progress], None] | None, resume: bool,
+         remove_orphans: bool = False, version: int | None = None) -> BackfillReport:
+    """The backfill loop: the rows of ``info`` (``where``) into ``target``, checkpointed
+    as ``name`` after every acknowledged page, at ``version`` (default: above every event
+    so far; a resumed run keeps the version it started with)."""
+    engine = config.bind
+    backend = admin_of(config.backend)
     began = time.monotonic()
     saved = _checkpoint(engine, name) if resume else None
     after: list[Any] | None = None
@@ -132,8 +142,9 @@ def backfill(model: type | str, *, where: Any = None, batch_size: int = 1000,
         version, done = int(saved.version), int(saved.processed)
         resumed = done
     else:
-        with engine.connect() as conn:
-            version = backfill_version(outbox.high_water_mark(conn))
+        if version is None:
+            with engine.connect() as conn:
+                version = backfill_version(outbox.high_water_mark(conn))
         done = resumed = 0
     report = BackfillReport(info.name, target, version, resumed_from=after)
     with engine.connect() as conn:

@@ -15,6 +15,7 @@ from scrypath_sa.install import resolve_config
 from scrypath_sa.modes.dispatch import redispatch
 from scrypath_sa.modes.manual import NOT_FOUND
 from scrypath_sa.ops.common import jsonable, resolve_models
+from scrypath_sa.ops.distributed import RunProgress, latest_rebuild
 from scrypath_sa.outcome import Outcome
 from scrypath_sa.redaction import redact
 from scrypath_sa.schema import UNFINISHED, State, utcnow
@@ -43,6 +44,7 @@ class ModelStatus:
     live_contract_hash: str | None
     contract_matches: bool | None
     health: IndexHealth | None = None
+    distributed: RunProgress | None = None  # the newest distributed rebuild
     backend_error: str | None = None
 
     @property
@@ -63,6 +65,18 @@ class ModelStatus:
                        f"replica shards are unassigned ({self.health.nodes} nodes): writes "
                        "go on, but losing another node may lose them; bring the nodes "
                        "back, or lower number_of_replicas in the contract")
+        run = self.distributed
+        if run is not None:
+            if run.state == "failed":
+                out.append(f"distributed rebuild of {run.index} failed: {run.error}: sweep "
+                           "sends its ranges again, or start it again")
+            elif run.stalled_ranges:
+                out.append(f"distributed rebuild of {run.index}: ranges "
+                           f"{run.stalled_ranges} have no live worker: sweep sends them again")
+            elif run.state == "finished" and run.problems:
+                out.append(f"distributed rebuild of {run.index} finished with problems"
+                           f"{' (not cut over)' if run.reindex_of else ''}: "
+                           + "; ".join(run.problems))
         if self.stuck:
             out.append(f"{self.stuck} events unfinished for too long")
         if self.lost:
@@ -154,6 +168,7 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
             physical_indices=[], rebuild_in_progress=None, rebuilds=[],
             contract_hash=info.contract.hash,
             live_contract_hash=None, contract_matches=None)
+        entry.distributed = latest_rebuild(config, info)
         try:
             posture = backend.posture(info.index)
             entry.physical_indices = backend.physical_indices(info.index)

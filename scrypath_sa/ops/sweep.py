@@ -13,6 +13,7 @@ from scrypath_sa.install import resolve_config
 from scrypath_sa.modes.dispatch import push_due, redispatch
 from scrypath_sa.modes.manual import ConfirmReport, ManualMode
 from scrypath_sa.modes.manual import confirm as _confirm
+from scrypath_sa.ops.distributed import resend_stalled
 from scrypath_sa.outcome import Outcome
 from scrypath_sa.schema import State, utcnow
 
@@ -25,6 +26,7 @@ class SweepReport:
     outcomes: list[Outcome] = field(default_factory=list)
     confirmed: int = 0
     unverified: int = 0
+    rebuild_tasks: int = 0  # ranges (and finishes) of distributed rebuilds sent again
 
     @property
     def dispatched(self) -> int:
@@ -32,7 +34,7 @@ class SweepReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"dispatched": self.dispatched, "confirmed": self.confirmed,
-                "unverified": self.unverified,
+                "unverified": self.unverified, "rebuild_tasks": self.rebuild_tasks,
                 "outcomes": [o.to_dict() for o in self.outcomes]}
 
 
@@ -52,7 +54,9 @@ def sweep(config: Config | None = None, *, older_than: dt.timedelta = dt.timedel
     * ``backend_accepted`` events of the modes that confirm by themselves (all but
       ``manual``, whose caller confirms), accepted more than ``older_than`` ago (their
       refresh failed): confirmed as :func:`confirm` does, and those not found in the
-      index at their version are written again.
+      index at their version are written again;
+    * the ranges of distributed rebuilds whose worker died on this host (or was not
+      heard from for five minutes), and the finish of runs whose ranges are all done.
 
     Safe on a schedule and from several processes at once: the processor claims events
     before working on them, so each is worked by one caller at a time.
@@ -75,6 +79,7 @@ def sweep(config: Config | None = None, *, older_than: dt.timedelta = dt.timedel
             outbox.mark(conn, sorted(lost), State.REQUESTED,
                         only_from=[State.BACKEND_ACCEPTED])
         report.outcomes += redispatch(config, [e for e in stale if e[0] in lost])
+    report.rebuild_tasks = resend_stalled(config)
     return report
 
 
