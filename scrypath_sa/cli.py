@@ -116,6 +116,13 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
                       f"health: {health if m.alias_points_to else '-'}")
             if m.rebuild_in_progress:
                 print(f"  rebuild in progress: {m.rebuild_in_progress}")
+            run = m.distributed
+            if run is not None and (not run.done or run.problems):
+                rate = f", {run.rows_per_second:,.0f} rows/s" if run.rows_per_second else ""
+                eta = f", ETA {run.eta_seconds:.0f}s" if run.eta_seconds is not None else ""
+                print(f"  distributed rebuild of {run.index}: {run.state}, ranges "
+                      f"{run.ranges_done}/{run.ranges}, rows {run.rows_done}/{run.rows}"
+                      f"{rate}{eta}")
             match = {True: "matches", False: "DIFFERS", None: "unknown"}[m.contract_matches]
             print(f"  contract {m.contract_hash}: live index {match}")
             for problem in m.problems:
