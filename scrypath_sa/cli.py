@@ -167,10 +167,12 @@ def cmd_sweep(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.to_dict())
     else:
-        print(f"redispatched {report.dispatched} events")
+        print(f"redispatched {report.dispatched} events; confirmed {report.confirmed} "
+              f"accepted writes ({report.unverified} could not be checked); sent "
+              f"{report.rebuild_tasks} rebuild ranges again")
         for outcome in report.outcomes:
             print(f"  {outcome.describe()}")
-    return OK if all(o.ok for o in report.outcomes) else ATTENTION
+    return OK if all(o.ok for o in report.outcomes) and not report.unverified else ATTENTION
 
 
 def cmd_confirm(config: Config, args: argparse.Namespace) -> int:

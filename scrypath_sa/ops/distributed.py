@@ -173,10 +173,10 @@ def _start(config: Config, info: ModelInfo, target: str, ranges: int | None,
     plan = {"model": info.name, "bounds": bounds, "rows": rows, "batch_size": batch_size,
             "mode": mode, "reindex": reindex}
     names = [_range_name(target, i) for i in range(len(bounds) + 1)]
-    with engine.begin() as conn:
+    with engine.begin() as conn:  # a finished or failed run before this one goes
+        old = [p.name for p in outbox.checkpoints_like(conn, f"{name}#")]
         t = sync_checkpoints
-        conn.execute(t.delete().where(t.c.name.in_([name, *names]) | t.c.name.like(
-            f"{name}#%")))
+        conn.execute(t.delete().where(t.c.name.in_([name, *names, *old])))
         outbox.save_checkpoint(conn, name, target, plan, version, 0)
         outbox.queue_checkpoints(conn, names, target, version)
     for part in range(len(names)):
