@@ -341,7 +341,7 @@ class OpenSearchCluster:
         live = [i for i, n in enumerate(self.nodes) if n is not None]
         port = self.http[via if via is not None else live[0]]
         query = "&".join(f"{k}={v}" for k, v in params.items())
-        with urllib.request.urlopen(  # noqa: S310 - loopback
+        with urllib.request.urlopen(
                 f"http://127.0.0.1:{port}/_cluster/health?{query}", timeout=70) as response:
             answer: dict[str, object] = json.loads(response.read())
             return answer

@@ -167,7 +167,8 @@ def info_for(cls: type) -> ModelInfo | None:
 def info_for_table(table: Any) -> ModelInfo | None:
     """The model mapped to ``table`` (its own table, not an inherited one)."""
     for info in _by_index.values():
-        if info.mapper.local_table is table:
+        mapper = inspect(info.cls, raiseerr=False)  # None once its registry was disposed
+        if mapper is not None and mapper.local_table is table:
             return info
     return None
 

@@ -18,13 +18,13 @@ from sqlalchemy.orm import sessionmaker
 import scrypath_sa
 from scrypath_sa.backends import OpenSearchBackend
 from scrypath_sa.modes.dramatiq import DramatiqMode
-from tests.models import define_models, make_engine, test_broker
+from tests.models import define_models, make_broker, make_engine
 
 env = os.environ
 PREFIX = env["SCRYPATH_TEST_PREFIX"]
 Base, Article, Comment, Translation = define_models(PREFIX)
 
-broker = test_broker(env["SCRYPATH_TEST_BROKER_URL"])
+broker = make_broker(env["SCRYPATH_TEST_BROKER_URL"])
 dramatiq.set_broker(broker)
 
 

@@ -25,7 +25,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(url)
 
 
-def test_broker(url: str) -> Any:
+def make_broker(url: str) -> Any:
     """The Dramatiq broker for ``url``: RabbitMQ for ``amqp://``, else Redis."""
     if url.startswith("amqp://"):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker

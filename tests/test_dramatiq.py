@@ -19,7 +19,7 @@ import scrypath_sa
 from scrypath_sa import sync_events
 from scrypath_sa.modes.dramatiq import DramatiqMode
 from tests.faults import TERMINAL, Workers, all_terminal, assert_in_step, states, wait_for
-from tests.models import World, make_world, test_broker
+from tests.models import World, make_broker, make_world
 
 THROUGH_PGBOUNCER = True  # also through PgBouncer in transaction pooling mode
 
@@ -36,7 +36,7 @@ def setup(engine: Engine, index_prefix: str, broker_url: str, opensearch_url: st
           backend: Any, tmp_path: Path) -> Iterator[tuple[World, Workers, Any]]:
     world = make_world(engine, index_prefix)
     queue = f"q{index_prefix}"
-    broker = test_broker(broker_url)
+    broker = make_broker(broker_url)
     config = scrypath_sa.configure(world.Session, backend=backend, mode="dramatiq",
                                    modes={"dramatiq": DramatiqMode(broker, queue_name=queue)})
     workers = Workers(tmp_path, {

@@ -21,7 +21,7 @@ from sqlalchemy.orm import (
 )
 
 import scrypath_sa
-from scrypath_sa import Searchable
+from scrypath_sa import Searchable, registry
 from scrypath_sa.errors import ConfigurationError
 from tests.faults import states
 
@@ -256,3 +256,4 @@ def test_a_default_document_cannot_read_a_list_of_related_rows(engine: Engine) -
             configure_mappers()
     finally:
         Base.registry.dispose()  # later tests configure their own mappers
+        registry.unregister(Book)

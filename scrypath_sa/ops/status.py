@@ -168,7 +168,8 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
             physical_indices=[], rebuild_in_progress=None, rebuilds=[],
             contract_hash=info.contract.hash,
             live_contract_hash=None, contract_matches=None)
-        entry.distributed = latest_rebuild(config, info)
+        if report.schema_behind is None:  # older sync tables cannot say
+            entry.distributed = latest_rebuild(config, info)
         try:
             posture = backend.posture(info.index)
             entry.physical_indices = backend.physical_indices(info.index)
