@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Delete, Engine, Insert, Update, event, inspec
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction, object_session
 
-from scrypath_sa import aio, documents, outbox, registry
+from scrypath_sa import aio, documents, outbox, registry, telemetry
 from scrypath_sa.config import Config
 from scrypath_sa.errors import ConfigurationError, NotConfiguredError, SyncIncompleteError
 from scrypath_sa.mixin import Searchable
@@ -214,7 +214,8 @@ def _remember(session: Session, config: Config, conn: Connection,
         events = [e for e in events if not outbox.too_long(e.document_id)]
         state.refused.extend(outbox.record_rejected(conn, refused, mode))
     try:
-        state.pending.extend(outbox.record(conn, events, mode))
+        with telemetry.span("scrypath_sa.capture", events=len(events), mode=mode):
+            state.pending.extend(outbox.record(conn, events, mode))
     except DBAPIError as exc:
         if _missing_table(exc):
             raise ConfigurationError(

@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import inspect as sa_inspect
 
-from scrypath_sa import codec
+from scrypath_sa import codec, telemetry
 from scrypath_sa.outcome import Failure
 from scrypath_sa.schema import (
     CLAIMABLE,
@@ -98,6 +98,7 @@ def record(conn: Connection, events: Sequence[NewEvent], mode: str | None) -> li
         }
         for e in events
     ]
+    telemetry.transitions(State.REQUESTED.value, len(rows))
     if len(rows) == 1:  # the common small commit: a plain execute, not an executemany
         return [conn.execute(_INSERT_ONE, rows[0]).scalar_one()]
     stmt = insert(sync_events).returning(sync_events.c.id, sort_by_parameter_order=True)
@@ -291,8 +292,11 @@ def _claim_where(conn: Connection, where: list[Any], mode: str,
         .returning(t.c.id, t.c.model, t.c.index_name, t.c.document_id,
                    cast(t.c.pk, Text), t.c.operation, t.c.attempts)
     )
-    return [Event(i, model, index, doc_id, tuple(codec.loads(pk)), operation, attempts)
-            for i, model, index, doc_id, pk, operation, attempts in rows(conn.execute(stmt))]
+    found = [Event(i, model, index, doc_id, tuple(codec.loads(pk)), operation, attempts)
+             for i, model, index, doc_id, pk, operation, attempts in rows(conn.execute(stmt))]
+    if found:
+        telemetry.transitions(State.PROCESSING.value, len(found))
+    return found
 
 
 def claimable(conn: Connection, ids: Sequence[int]) -> list[int]:
@@ -353,6 +357,7 @@ def apply(conn: Connection, transitions: Sequence[Transition],
             ids = groups[key] = []
         ids.append(event_id)
     for (state, operation, kind, error, next_at, versioned), ids in groups.items():
+        telemetry.transitions(state.value, len(ids), kind)
         values: dict[str, Any] = {"state": state.value, "updated_at": now, "error_kind": kind,
                                   "last_error": error, "next_attempt_at": next_at}
         if operation is not None:
@@ -370,6 +375,10 @@ def apply(conn: Connection, transitions: Sequence[Transition],
         params = [{"b_id": tr.event_id, "b_operation": tr.operation, "b_version": tr.version_sent,
                    "b_kind": tr.error_kind, "b_error": tr.error, "b_next": tr.next_attempt_at}
                   for tr in singles if tr.state is state]
+        for error_kind in {tr.error_kind for tr in singles if tr.state is state}:
+            telemetry.transitions(state.value, sum(
+                1 for tr in singles if tr.state is state and tr.error_kind == error_kind),
+                error_kind)
         values = {
             "state": state.value, "updated_at": now,
             "error_kind": bindparam("b_kind"), "last_error": bindparam("b_error"),
@@ -396,6 +405,9 @@ def mark(conn: Connection, ids: Sequence[int], state: State,
         if only_from is not None:
             stmt = stmt.where(in_states(only_from))
         count += conn.execute(stmt.values(values)).rowcount
+    if count:
+        kind = values.get("error_kind")
+        telemetry.transitions(state.value, count, kind if isinstance(kind, str) else None)
     return count
 
 
@@ -411,7 +423,10 @@ def expire_claims(conn: Connection, older_than: dt.timedelta) -> list[tuple[int,
                     last_error=f"processing claim older than {older_than} expired; "
                                "the worker holding it died or hangs")
             .returning(t.c.id, t.c.mode))
-    return [(row[0], row[1]) for row in conn.execute(stmt)]
+    expired = [(row[0], row[1]) for row in conn.execute(stmt)]
+    if expired:
+        telemetry.transitions(State.RETRYING.value, len(expired), "claim_expired")
+    return expired
 
 
 def expire_dead_claims(conn: Connection) -> list[tuple[int, str | None]]:
@@ -431,6 +446,8 @@ def expire_dead_claims(conn: Connection) -> list[tuple[int, str | None]]:
                         last_error=f"the worker holding the claim ({owner}) is gone")
                 .returning(t.c.id, t.c.mode))
         expired.extend((row[0], row[1]) for row in conn.execute(stmt))
+    if expired:
+        telemetry.transitions(State.RETRYING.value, len(expired), "claim_expired")
     return expired
 
 

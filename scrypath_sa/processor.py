@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
-from scrypath_sa import outbox
+from scrypath_sa import outbox, telemetry
 from scrypath_sa.backends.base import BulkOp
 from scrypath_sa.documents import load_documents
 from scrypath_sa.outbox import Event, Transition
@@ -70,10 +70,25 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
     policy = plan(visibility, bind)
     writer = Writer(config, bind, policy, pipelined=len(ids) + take_along > config.batch_size,
                     deadline=None if timeout is None else time.monotonic() + timeout)
-    if policy is Visibility.DEFERRED:
-        with confirmer.run():
-            return _process(config, bind, ids, outcome, writer, mode, worker, take_along)
-    return _process(config, bind, ids, outcome, writer, mode, worker, take_along)
+    began = time.perf_counter()
+    with telemetry.span("scrypath_sa.process", mode=mode, events=len(ids)) as span:
+        if policy is Visibility.DEFERRED:
+            with confirmer.run():
+                _process(config, bind, ids, outcome, writer, mode, worker, take_along)
+        else:
+            _process(config, bind, ids, outcome, writer, mode, worker, take_along)
+        span.set(documents=outcome.documents, taken_along=len(outcome.extra),
+                 **{f"state.{state}": n for state, n in outcome.states.items()})
+    details = telemetry.fields(
+        "scrypath_sa.run", mode=mode, events=len(ids) + len(outcome.extra),
+        documents=outcome.documents, states=dict(outcome.states),
+        error_kinds=sorted({f.error_kind or "" for f in outcome.failures}) or None,
+        seconds=round(time.perf_counter() - began, 6))
+    if outcome.failures:
+        log.warning("scrypath_sa: %s", outcome.describe(), extra=details)
+    else:
+        log.debug("scrypath_sa: run of %d events done", len(ids), extra=details)
+    return outcome
 
 
 def _process(config: Config, bind: Bind, ids: list[int], outcome: Outcome, writer: Writer,
@@ -108,8 +123,6 @@ def _process(config: Config, bind: Bind, ids: list[int], outcome: Outcome, write
             index, document_id = (doc.info.index, doc.document_id) if doc else ("?", "?")
             outcome.failures.append(Failure(tr.event_id, index, document_id, tr.state.value,
                                             tr.error_kind, tr.error))
-    if outcome.failures:
-        log.warning("scrypath_sa: %s", outcome.describe())
     return outcome
 
 

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 
 from sqlalchemy import Engine
 
-from scrypath_sa import outbox
+from scrypath_sa import outbox, telemetry
 from scrypath_sa.backends.base import Backend
 from scrypath_sa.errors import BackendError
 from scrypath_sa.outbox import Transition
@@ -134,14 +134,18 @@ class SharedRefresh:
             self._last_start[key] = time.monotonic()
             self._busy[key] = self._peak.get(key, 0) > 1
             self._peak[key] = self._inside[key]
+        began = time.perf_counter()
         try:
-            backend.refresh(index)
+            with telemetry.span("scrypath_sa.refresh", index=index):
+                backend.refresh(index)
         except BaseException:
+            telemetry.refresh(index, time.perf_counter() - began, False)
             with self._cond:
                 self._running.discard(key)
                 self._started[key] = self._finished.get(key, 0)
                 self._cond.notify_all()
             raise
+        telemetry.refresh(index, time.perf_counter() - began, True)
         with self._cond:
             self._finished[key] = ticket
             self._running.discard(key)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from scrypath_sa import codec
+from scrypath_sa import codec, telemetry
 from scrypath_sa.backends.base import (
     OK,
     AdminBackend,
@@ -205,6 +206,16 @@ class OpenSearchBackend(AdminBackend):
 
     def _send(self, ops: Sequence[BulkOp], body: bytes,
               wait_for_visibility: bool) -> list[ItemResult]:
+        began = time.perf_counter()
+        with telemetry.span("scrypath_sa.bulk", documents=len(ops), bytes=len(body)) as span:
+            results = self._request(ops, body, wait_for_visibility)
+            failed = sum(r.status not in (ItemStatus.OK, ItemStatus.CONFLICT) for r in results)
+            span.set(failed=failed)
+        telemetry.bulk(len(ops), len(body), time.perf_counter() - began, failed)
+        return results
+
+    def _request(self, ops: Sequence[BulkOp], body: bytes,
+                 wait_for_visibility: bool) -> list[ItemResult]:
         # Only whether anything failed, and each item's status and error: a fraction of
         # the full response for the cluster to write and for us to read.
         params: dict[str, Any] = {"filter_path": "errors,items.*.status,items.*.error"}

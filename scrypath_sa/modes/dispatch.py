@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from scrypath_sa import outbox
+from scrypath_sa import outbox, telemetry
 from scrypath_sa.outcome import Outcome
 from scrypath_sa.redaction import redact
 
@@ -24,13 +24,18 @@ def dispatch(config: Config, mode_name: str, ids: Sequence[int],
              engine: Engine | None = None) -> Outcome:
     """Hand ``ids`` to mode ``mode_name``. Never raises: a failure is logged and
     reported in the outcome, and the events stay in ``sync_events`` for ``sweep()``."""
-    try:
-        return config.mode(mode_name).dispatch(config, ids, engine=engine)
-    except Exception as exc:  # noqa: BLE001 - the commit already happened: report, never raise
-        message = redact(f"{type(exc).__name__}: {exc}")
-        log.error("scrypath_sa: dispatch of %d committed events in mode %s failed; they stay "
-                  "in sync_events for sweep(): %s", len(ids), mode_name, message)
-        return Outcome(mode=mode_name, event_ids=list(ids), error=message)
+    with telemetry.span("scrypath_sa.dispatch", mode=mode_name, events=len(ids)) as span:
+        try:
+            outcome = config.mode(mode_name).dispatch(config, ids, engine=engine)
+        except Exception as exc:  # noqa: BLE001 - the commit happened: report, never raise
+            message = redact(f"{type(exc).__name__}: {exc}")
+            log.error("scrypath_sa: dispatch of %d committed events in mode %s failed; they "
+                      "stay in sync_events for sweep(): %s", len(ids), mode_name, message,
+                      extra=telemetry.fields("scrypath_sa.dispatch_failed", mode=mode_name,
+                                             events=len(ids), error_kind=type(exc).__name__))
+            outcome = Outcome(mode=mode_name, event_ids=list(ids), error=message)
+        span.set(state=outcome.state, failed=len(outcome.failures))
+        return outcome
 
 
 def redispatch(config: Config, events: Iterable[tuple[int, str | None]],

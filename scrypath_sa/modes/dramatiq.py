@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from scrypath_sa import outbox, processor
+from scrypath_sa import outbox, processor, telemetry
 from scrypath_sa.errors import MissingExtraError, NotConfiguredError
 from scrypath_sa.modes.base import Mode, run_task
 from scrypath_sa.modes.dispatch import push_due
@@ -283,7 +283,8 @@ class DramatiqMode(Mode):
     def send(self, ids: list[int]) -> str | None:
         """Hand ``ids`` to the broker; the redacted reason when it did not take them."""
         try:
-            self.actor.send(ids, time.time())
+            # The committing request's trace context rides along: the worker's spans join it.
+            self.actor.send(ids, time.time(), telemetry.inject())
         except Exception as exc:  # noqa: BLE001 - any broker failure leaves them requested
             error = redact(f"broker did not accept the message: {type(exc).__name__}: {exc}")
             log.warning("scrypath_sa: %d committed events stay requested: %s", len(ids), error)
@@ -331,7 +332,13 @@ class DramatiqMode(Mode):
         return outcomes
 
 
-    def _work(self, event_ids: list[int], sent_at: float | None = None) -> None:
+    def _work(self, event_ids: list[int], sent_at: float | None = None,
+              trace: dict[str, str] | None = None) -> None:
+        with telemetry.span("scrypath_sa.work", context=telemetry.extract(trace),
+                            events=len(event_ids)):
+            self._work_on(event_ids, sent_at)
+
+    def _work_on(self, event_ids: list[int], sent_at: float | None) -> None:
         # A message smaller than a batch waits until it is `collect` old, then takes
         # along the events of the messages behind it (one claim, one read, one request
         # for many small commits); those messages find their events taken by this
