@@ -205,3 +205,17 @@ def test_structlog_reads_the_same_fields(world: World, secret_url: str) -> None:
     (run,) = [e for e in seen if e.get("scrypath_event") == "scrypath_sa.run"]
     assert run["scrypath"]["error_kinds"] == ["mapper_parsing_exception"]
     assert SECRET not in repr(seen)
+
+
+def test_the_worker_middleware_counts_in_each_worker_process() -> None:
+    registry = CollectorRegistry()
+    broker = StubBroker()
+    broker.add_middleware(metrics.worker_middleware(registry))
+    broker.emit_after("process_boot")  # what Dramatiq does in each worker process
+    try:
+        from scrypath_sa import telemetry
+
+        telemetry.transitions("retrying", 2, "connection_error")
+        assert sample(registry, "scrypath_sa_retries_total", error_kind="connection_error") == 2
+    finally:
+        metrics.uninstall(registry)
