@@ -25,6 +25,10 @@ PREFIX = env["SCRYPATH_TEST_PREFIX"]
 Base, Article, Comment, Translation = define_models(PREFIX)
 
 broker = make_broker(env["SCRYPATH_TEST_BROKER_URL"])
+if env.get("PROMETHEUS_MULTIPROC_DIR"):  # tests/test_telemetry.py: counted across processes
+    from scrypath_sa.metrics import worker_middleware
+
+    broker.add_middleware(worker_middleware())
 dramatiq.set_broker(broker)
 
 

@@ -219,3 +219,41 @@ def test_the_worker_middleware_counts_in_each_worker_process() -> None:
         assert sample(registry, "scrypath_sa_retries_total", error_kind="connection_error") == 2
     finally:
         metrics.uninstall(registry)
+
+
+def test_worker_processes_count_into_prometheus_multiprocess_files(
+        world: World, redis_url: str, opensearch_url: str, index_prefix: str,
+        tmp_path: Path) -> None:
+    """Real `dramatiq` worker processes with the middleware and PROMETHEUS_MULTIPROC_DIR:
+    what they counted is read back by a MultiProcessCollector, as an exporter would."""
+    from dramatiq.brokers.redis import RedisBroker
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from tests.faults import Workers, all_terminal, states, wait_for
+
+    queue = f"q{index_prefix}"
+    broker = RedisBroker(url=redis_url)
+    scrypath_sa.configure(world.Session, backend=OpenSearchBackend(opensearch_url),
+                          mode="dramatiq", modes={"dramatiq": DramatiqMode(
+                              broker, queue_name=queue)})
+    counted = tmp_path / "prometheus"
+    counted.mkdir()
+    workers = Workers(tmp_path, {
+        "SCRYPATH_TEST_PREFIX": index_prefix, "SCRYPATH_TEST_BROKER_URL": redis_url,
+        "SCRYPATH_TEST_OPENSEARCH_URL": opensearch_url, "SCRYPATH_TEST_QUEUE": queue,
+        "SCRYPATH_TEST_DATABASE_URL": world.engine.url.render_as_string(hide_password=False),
+        "PROMETHEUS_MULTIPROC_DIR": str(counted)})
+    try:
+        for i in range(1, 6):
+            commit(world, (i, f"counted {i}", i))
+        workers.start(2, "--processes", "2")
+        wait_for(all_terminal(world.engine), "the workers to finish")
+    finally:
+        workers.stop_all()
+        broker.client.delete(f"dramatiq:{queue}", f"dramatiq:{queue}.DQ",
+                             f"dramatiq:{queue}.XQ")
+    assert states(world.engine) == {"completed": 5}
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(counted))
+    assert sample(registry, "scrypath_sa_event_transitions_total", state="completed") == 5
+    assert sample(registry, "scrypath_sa_bulk_documents_sum") == 5
