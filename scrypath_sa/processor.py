@@ -79,15 +79,17 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
             _process(config, bind, ids, outcome, writer, mode, worker, take_along)
         span.set(documents=outcome.documents, taken_along=len(outcome.extra),
                  **{f"state.{state}": n for state, n in outcome.states.items()})
-    details = telemetry.fields(
-        "scrypath_sa.run", mode=mode, events=len(ids) + len(outcome.extra),
-        documents=outcome.documents, states=dict(outcome.states),
-        error_kinds=sorted({f.error_kind or "" for f in outcome.failures}) or None,
-        seconds=round(time.perf_counter() - began, 6))
-    if outcome.failures:
-        log.warning("scrypath_sa: %s", outcome.describe(), extra=details)
-    else:
-        log.debug("scrypath_sa: run of %d events done", len(ids), extra=details)
+    if outcome.failures or log.isEnabledFor(logging.DEBUG):
+        details = telemetry.fields(
+            "scrypath_sa.run", mode=mode, events=len(ids) + len(outcome.extra),
+            indices=sorted({doc.info.index for doc in writer.where.values()}) or None,
+            documents=outcome.documents, states=dict(outcome.states),
+            error_kinds=sorted({f.error_kind or "" for f in outcome.failures}) or None,
+            seconds=round(time.perf_counter() - began, 6))
+        if outcome.failures:
+            log.warning("scrypath_sa: %s", outcome.describe(), extra=details)
+        else:
+            log.debug("scrypath_sa: run of %d events done", len(ids), extra=details)
     return outcome
 
 

@@ -78,6 +78,7 @@ class _Span:
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
+        self.recording = inner is not None and bool(inner.is_recording())
 
     def set(self, **attributes: Any) -> None:
         if self._inner is not None:

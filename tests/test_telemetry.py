@@ -129,6 +129,8 @@ def test_the_span_tree_of_one_commit(world: World, secret_url: str, mode: str) -
     expected = "completed" if mode == "inline" else "backend_accepted"
     assert process[f"scrypath_sa.state.{expected}"] == 1
     assert spans["scrypath_sa.bulk"].attributes["scrypath_sa.documents"] == 1
+    alias = f"{world.prefix}_articles"
+    assert spans["scrypath_sa.bulk"].attributes["scrypath_sa.index"].startswith(alias)
     every = repr([(s.name, dict(s.attributes or {})) for s in spans.values()])
     assert SECRET not in every and "admin" not in every
 
@@ -178,6 +180,7 @@ def test_logs_carry_stable_names_and_fields_and_nothing_at_info_per_request(
     assert failed.scrypath["error_kinds"] == [  # type: ignore[attr-defined]
         "mapper_parsing_exception"]
     assert failed.scrypath["seconds"] > 0  # type: ignore[attr-defined]
+    assert failed.scrypath["indices"] == [f"{world.prefix}_articles"]  # type: ignore[attr-defined]
     text = "\n".join(f"{r.getMessage()} {getattr(r, 'scrypath', '')}" for r in caplog.records)
     assert SECRET not in text
 

@@ -208,6 +208,8 @@ class OpenSearchBackend(AdminBackend):
               wait_for_visibility: bool) -> list[ItemResult]:
         began = time.perf_counter()
         with telemetry.span("scrypath_sa.bulk", documents=len(ops), bytes=len(body)) as span:
+            if span.recording:
+                span.set(index=",".join(sorted({op.index for op in ops})))
             results = self._request(ops, body, wait_for_visibility)
             failed = sum(r.status not in (ItemStatus.OK, ItemStatus.CONFLICT) for r in results)
             span.set(failed=failed)
