@@ -152,6 +152,13 @@ def test_requests_that_cannot_run_change_nothing(setup: Any, pg: Engine) -> None
     with pg.connect() as conn:
         assert conn.execute(select(sync_checkpoints)).all() == []
     assert scrypath_sa.status([world.Article]).models[0].physical_indices == []
+    # One run per model at a time: a second request while one waits changes nothing.
+    first = scrypath_sa.start_backfill(world.Article, ranges=2)
+    indices = scrypath_sa.status([world.Article]).models[0].physical_indices
+    with pytest.raises(ConfigurationError, match="is running"):
+        scrypath_sa.start_reindex(world.Article)
+    assert scrypath_sa.status([world.Article]).models[0].physical_indices == indices
+    assert scrypath_sa.rebuild_progress(first.index) == first
 
 
 def test_the_cli_starts_one_and_waits_for_it(setup: Any, tmp_path: Path) -> None:

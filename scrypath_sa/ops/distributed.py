@@ -24,7 +24,7 @@ from sqlalchemy import Engine, func, select, update
 from scrypath_sa import outbox
 from scrypath_sa.backends.base import admin_of
 from scrypath_sa.config import Config
-from scrypath_sa.documents import json_safe
+from scrypath_sa.documents import json_safe, typed_key
 from scrypath_sa.errors import ConfigurationError
 from scrypath_sa.install import resolve_config
 from scrypath_sa.modes.base import Mode, task
@@ -153,6 +153,12 @@ def _check(config: Config, info: ModelInfo, ranges: int | None, mode: str) -> No
         raise ConfigurationError(
             f"{info.name} has a primary key of {len(pk)} columns: distributed rebuilds "
             "split one column's key space; run backfill() in one process instead")
+    running = latest_rebuild(config, info)
+    if running is not None and not running.done:
+        raise ConfigurationError(
+            f"a distributed rebuild of {info.name} into {running.index} is {running.state} "
+            f"({running.ranges_done} of {running.ranges} ranges done): wait for it (status "
+            "shows it); if its workers are gone, sweep sends its ranges again")
 
 
 def _start(config: Config, info: ModelInfo, target: str, ranges: int | None,
@@ -224,13 +230,19 @@ def run_range(config: Config, args: dict[str, Any]) -> None:
         (key,) = info.mapper.primary_key
         where = None
         if part > 0:
-            where = key > bounds[part - 1]
+            where = key > _typed(info, bounds[part - 1])
         if part < len(bounds):
-            upper = key <= bounds[part]
+            upper = key <= _typed(info, bounds[part])
             where = upper if where is None else where & upper
         fill(config, info, target, name, where=where, batch_size=int(plan["batch_size"]),
              progress=None, resume=True, version=int(run.version))
     finish_run(config, {"index": target})
+
+
+def _typed(info: ModelInfo, bound: Any) -> Any:
+    """A range bound as stored (JSON-safe) -> a value of the key column's type."""
+    typed = typed_key(info, [bound])
+    return typed[0] if typed is not None else bound
 
 
 def _claimable(saved: Any) -> bool:
