@@ -65,12 +65,30 @@ def refresh(index: str, seconds: float, ok: bool) -> None:
 # ------------------------------------------------------------------------- traces
 
 @functools.cache
-def _tracer() -> Any:
+def _trace_api() -> Any:
     try:
         from opentelemetry import trace
     except ImportError:
         return None
-    return trace.get_tracer("scrypath_sa")
+    return trace
+
+
+@functools.cache
+def _tracer_of(provider: Any) -> Any:
+    return provider.get_tracer("scrypath_sa")
+
+
+def _tracer() -> Any:
+    """The library's tracer, or None while no tracer provider is configured (the API's
+    default provider makes spans that record nothing: skipping them keeps the commit
+    path as cheap as without OpenTelemetry)."""
+    api = _trace_api()
+    if api is None:
+        return None
+    provider = api.get_tracer_provider()
+    if isinstance(provider, (api.ProxyTracerProvider, api.NoOpTracerProvider)):
+        return None
+    return _tracer_of(provider)
 
 
 class _Span:
@@ -87,14 +105,34 @@ class _Span:
                     self._inner.set_attribute(f"scrypath_sa.{key}", value)
 
 
-@contextlib.contextmanager
-def span(name: str, context: Any = None, **attributes: Any) -> Iterator[_Span]:
+class _NoSpan:
+    """The context manager :func:`span` returns while nobody traces."""
+
+    handle = _Span(None)
+
+    def __enter__(self) -> _Span:
+        return self.handle
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()
+
+
+def span(name: str, context: Any = None,
+         **attributes: Any) -> contextlib.AbstractContextManager[_Span]:
     """An OpenTelemetry span ``name`` (a child of the current one, or of ``context``
     from :func:`extract`), with ``attributes`` prefixed ``scrypath_sa.``."""
     tracer = _tracer()
     if tracer is None:
-        yield _Span(None)
-        return
+        return _NO_SPAN
+    return _traced(tracer, name, context, attributes)
+
+
+@contextlib.contextmanager
+def _traced(tracer: Any, name: str, context: Any,
+            attributes: dict[str, Any]) -> Iterator[_Span]:
     with tracer.start_as_current_span(name, context=context) as current:
         handle = _Span(current)
         handle.set(**attributes)
