@@ -184,6 +184,13 @@ def start_postgres(workdir: Path, port: int | None = None, durable: bool = False
     return Running("postgresql", url, pid, str(workdir), time.monotonic() - began)
 
 
+def _port_open(port: int) -> bool:
+    """Whether something accepts connections on the loopback ``port``."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
 def _redis_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
@@ -410,12 +417,7 @@ logfile = {log}
     running = Running("pgbouncer", url, proc.pid, str(workdir),
                       proc=None if detach else proc)
 
-    def accepting() -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return True
-        return False
-
-    _wait_for(accepting, "pgbouncer", log, running, timeout=30)
+    _wait_for(lambda: _port_open(port), "pgbouncer", log, running, timeout=30)
     running.started_in = time.monotonic() - began
     return running
 
@@ -449,12 +451,8 @@ def start_rabbitmq(workdir: Path, port: int | None = None, detach: bool = False)
     url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
     running = Running("rabbitmq", url, proc.pid, str(workdir), proc=None if detach else proc)
 
-    def accepting() -> bool:  # the AMQP listener opens once the broker has booted
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return True
-        return False
-
-    _wait_for(accepting, "rabbitmq-server", log, running, timeout=90)
+    # The AMQP listener opens once the broker has booted.
+    _wait_for(lambda: _port_open(port), "rabbitmq-server", log, running, timeout=90)
     running.started_in = time.monotonic() - began
     return running
 

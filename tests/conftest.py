@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -183,6 +183,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue(
         "pgbouncer_url" if request.param == "pgbouncer" else "postgres_url")
     return url
+
+
+@pytest.fixture
+def pg(postgres_url: str) -> Iterator[Engine]:
+    """An engine on a clean PostgreSQL only (tests that need several processes on one
+    database, where SQLite and PgBouncer add nothing)."""
+    eng = create_engine(postgres_url)
+    with eng.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    yield eng
+    eng.dispose()
 
 
 @pytest.fixture

@@ -182,7 +182,12 @@ class Workers:
     def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a stopped worker stuck in a stalled request
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
         # The leader's exit says nothing of its worker processes: a killed one may still
         # be on its way out, alive to os.kill(pid, 0), and its claims not yet seen dead.
         wait_for(lambda: not _running_in_group(proc.pid), "the worker processes to exit")

@@ -13,7 +13,7 @@ import pytest
 import servicekit
 from dramatiq.brokers.redis import RedisBroker
 from opensearchpy import OpenSearch
-from sqlalchemy import Engine, create_engine, insert, text
+from sqlalchemy import Engine, insert
 
 import scrypath_sa
 from scrypath_sa import registry
@@ -36,15 +36,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servicekit.Ope
     nodes.start()
     yield nodes
     nodes.stop()
-
-
-@pytest.fixture
-def pg(postgres_url: str) -> Iterator[Engine]:
-    engine = create_engine(postgres_url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
