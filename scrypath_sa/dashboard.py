@@ -10,6 +10,7 @@ authorization callback you supply.
     from a2wsgi import WSGIMiddleware   # or starlette.middleware.wsgi.WSGIMiddleware
     app.mount("/search", WSGIMiddleware(dashboard))
 
+``models`` limits the pages to some models (default: every registered one).
 ``authorize(environ, action)`` answers for every request: ``action`` is ``"view"``
 (any page) or ``"retry"`` (the one action: retry one event). Without ``"view"`` the
 answer is 403 and nothing is read; without ``"retry"`` the pages are read-only (no
@@ -25,7 +26,7 @@ import hashlib
 import hmac
 import html
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
@@ -52,8 +53,10 @@ class Dashboard:
     """The dashboard as a WSGI application (see the module's docs)."""
 
     def __init__(self, config: Config | None = None, *, authorize: Authorize,
-                 secret: bytes | None = None, title: str = "Search sync") -> None:
+                 models: Sequence[type | str] | None = None, secret: bytes | None = None,
+                 title: str = "Search sync") -> None:
         self._config = config
+        self.models = list(models) if models is not None else None
         self.authorize = authorize
         self.secret = secret or secrets.token_bytes(32)
         self.title = title
@@ -138,11 +141,11 @@ class Dashboard:
                 f"{content}</body></html>")
 
     def _overview(self, environ: dict[str, Any], cookie: str) -> str:
-        report = status(config=self.config)
+        report = status(self.models, config=self.config)
         rows = []
         for m in report.models:
             counts = " ".join(
-                f'<span>{_e(s)}&nbsp;<b id="count-{_e(m.model)}-{_e(s)}">{n}</b></span>'
+                f'<span>{_e(s)}&nbsp;<b id="count-{_e(m.index)}-{_e(s)}">{n}</b></span>'
                 for s, n in m.counts.items() if n) or "none"
             lag = (f"{m.oldest_unfinished_age_seconds:.0f}s"
                    if m.oldest_unfinished_age_seconds is not None else "-")
@@ -152,12 +155,12 @@ class Dashboard:
             problems = "".join(f'<li class="problem">{_e(p)}</li>' for p in m.problems)
             documents = "unknown" if m.backend_error else "none"
             rows.append(
-                f'<tr id="model-{_e(m.model)}"><td>{_e(m.model)}<br><small>{_e(m.index)} '
+                f'<tr id="model-{_e(m.index)}"><td>{_e(m.model)}<br><small>{_e(m.index)} '
                 f"&rarr; {_e(', '.join(m.alias_points_to) or '(none)')}</small></td>"
-                f'<td>{counts}</td><td id="lag-{_e(m.model)}">{lag}</td>'
-                f'<td id="documents-{_e(m.model)}">'
+                f'<td>{counts}</td><td id="lag-{_e(m.index)}">{lag}</td>'
+                f'<td id="documents-{_e(m.index)}">'
                 f"{m.documents if m.documents is not None else documents}</td>"
-                f'<td id="health-{_e(m.model)}">{_e(health)}</td><td>{contract}</td>'
+                f'<td id="health-{_e(m.index)}">{_e(health)}</td><td>{contract}</td>'
                 f"<td><ul>{problems}</ul></td></tr>")
         verdict = ('<p class="problem">Needs attention.</p>' if report.needs_attention
                    else '<p class="ok">Nothing needs attention.</p>')
@@ -169,7 +172,7 @@ class Dashboard:
 
     def _failed(self, environ: dict[str, Any], cookie: str) -> str:
         query = parse_qs(environ.get("QUERY_STRING", ""))
-        report = failed(config=self.config, limit=200)
+        report = failed(self.models, config=self.config, limit=200)
         may_retry = self.authorize(environ, "retry")
         note = ""
         if "retried" in query:
@@ -195,9 +198,9 @@ class Dashboard:
         return self._page("Failed events", note + table)
 
     def _reconcile(self, environ: dict[str, Any], cookie: str) -> str:
-        report = reconcile(config=self.config)
+        report = reconcile(self.models, config=self.config)
         rows = "".join(
-            f'<tr id="drift-{_e(m.model)}"><td>{_e(m.model)}</td><td>{m.rows}</td>'
+            f'<tr id="drift-{_e(m.index)}"><td>{_e(m.model)}</td><td>{m.rows}</td>'
             f"<td>{m.documents}</td><td>{m.missing_from_index}</td><td>{m.orphaned_in_index}"
             f"</td><td>{m.content_differs}</td><td>{m.in_flight}</td>"
             f"<td>{_e(m.recommendation)}</td></tr>" for m in report.models)

@@ -49,7 +49,8 @@ def served(world: World, opensearch_url: str) -> Iterator[tuple[str, dict[str, b
     backend = OpenSearchBackend(opensearch_url.replace("://", f"://admin:{SECRET}@"))
     config = scrypath_sa.configure(world.Session, backend=backend)
     allowed = {"view": True, "retry": True}
-    app = Dashboard(config, authorize=lambda environ, action: allowed[action])
+    app = Dashboard(config, authorize=lambda environ, action: allowed[action],
+                    models=[world.Article])
     server = make_server("127.0.0.1", 0, app, server_class=_Server, handler_class=_Quiet)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}/", allowed, config
@@ -108,11 +109,12 @@ def test_the_dashboard_in_a_real_browser(world: World, served: Any, browser: Any
 
     # The models page shows what status() says.
     browser.get(url)
-    (model,) = [m for m in scrypath_sa.status(config=config).models if m.model == "Article"]
-    assert _text(browser, "count-Article-completed") == str(model.counts["completed"]) == "3"
-    assert _text(browser, "count-Article-discarded") == str(model.counts["discarded"]) == "2"
-    assert _text(browser, "documents-Article") == str(model.documents) == "3"
-    assert _text(browser, "health-Article") == model.health.status  # type: ignore[union-attr]
+    alias = f"{world.prefix}_articles"
+    (model,) = scrypath_sa.status([world.Article], config=config).models
+    assert _text(browser, f"count-{alias}-completed") == str(model.counts["completed"]) == "3"
+    assert _text(browser, f"count-{alias}-discarded") == str(model.counts["discarded"]) == "2"
+    assert _text(browser, f"documents-{alias}") == str(model.documents) == "3"
+    assert _text(browser, f"health-{alias}") == model.health.status  # type: ignore[union-attr]
     assert "Needs attention" in browser.page_source
     _shoot(browser, "models", tmp_path)
 
@@ -162,4 +164,4 @@ def test_the_dashboard_in_a_real_browser(world: World, served: Any, browser: Any
         urllib.request.urlopen(url)  # noqa: S310 - loopback
     assert denied.value.code == 403
     browser.get(url)
-    assert "Not allowed" in browser.page_source and "count-Article" not in browser.page_source
+    assert "Not allowed" in browser.page_source and f"count-{alias}" not in browser.page_source
