@@ -36,12 +36,12 @@ from scrypath_sa.ops.rebuild import (
     _cutover,
     _mark,
     _model,
+    _record_failure,
     _replay,
     _save_checkpoint,
     _verify,
     fill,
 )
-from scrypath_sa.redaction import redact
 from scrypath_sa.registry import ModelInfo
 from scrypath_sa.schema import backfill_version, sync_checkpoints, utcnow
 
@@ -282,10 +282,9 @@ def finish_run(config: Config, args: dict[str, Any]) -> None:
     plan = dict(run.position)
     done = sum(int(p.processed) for p in parts)
     try:
-        plan["result"] = _finish(config, target, plan, int(run.version), run.started_at)
+        plan["result"] = _finish(config, target, plan, int(run.version))
     except Exception as exc:
-        with engine.begin() as conn:
-            outbox.fail_checkpoint(conn, name, redact(f"{type(exc).__name__}: {exc}"))
+        _record_failure(engine, name, target, exc)
         raise
     _save_checkpoint(engine, name, target, plan, int(run.version), done, state="finished")
     # What a one-process backfill leaves: cutover() and status() read it.
@@ -293,8 +292,8 @@ def finish_run(config: Config, args: dict[str, Any]) -> None:
                      state="finished")
 
 
-def _finish(config: Config, target: str, plan: dict[str, Any], version: int,
-            started_at: dt.datetime) -> dict[str, Any]:
+def _finish(config: Config, target: str, plan: dict[str, Any],
+            version: int) -> dict[str, Any]:
     backend = admin_of(config.backend)
     reindex = plan.get("reindex")
     if reindex is None:
