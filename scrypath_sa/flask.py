@@ -32,10 +32,11 @@ Settings, from ``app.config`` unless given to :meth:`FlaskSearch.init_app`:
     as :func:`scrypath_sa.configure`'s ``strict``, ``inline_timeout``, ``batch_size``.
 
 ``db.create_all()`` also creates the sync tables and ``db.drop_all()`` drops them (so
-test suites that build their schema that way need nothing more). With Flask-Migrate,
-``flask db migrate`` never proposes to drop them (its ``include_object`` is chained when
-Migrate was initialized first), and ``flask search upgrade`` migrates them in their own
-history: ``flask db upgrade`` never meets it (docs: migrations).
+test suites that build their schema that way need nothing more). With Flask-Migrate
+(initialized first), ``flask db migrate`` never proposes to drop them and proposes
+``op.upgrade_sync_tables(...)`` when they are not at this release's newest migration, so
+``flask db upgrade`` creates and upgrades them with the app's own tables (docs:
+migrations).
 """
 
 from __future__ import annotations
@@ -138,11 +139,15 @@ def _drop_sync_tables(target: Any, connection: Any, **kw: Any) -> None:
 
 
 def _keep_out_of_autogenerate(app: Flask) -> None:
-    """Chain :func:`scrypath_sa.migrations.include_object` into Flask-Migrate's."""
+    """Chain :func:`scrypath_sa.migrations.include_object` into Flask-Migrate's, and let
+    ``flask db migrate`` propose ``op.upgrade_sync_tables`` (the sync tables' migrations
+    as a step of the app's own history)."""
     migrate = app.extensions.get("migrate")
     args = getattr(migrate, "configure_args", None)
     if not isinstance(args, dict):
         return
+    import scrypath_sa.migrations.operations  # noqa: F401  (registers the operations)
+
     theirs = args.get("include_object")
     if theirs in (None, migrations.include_object) or getattr(theirs, "scrypath_sa", False):
         args["include_object"] = migrations.include_object

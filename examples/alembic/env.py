@@ -1,10 +1,11 @@
-"""An app's own Alembic environment that also runs scrypath_sa's migrations.
+"""An app's own Alembic environment whose history carries scrypath_sa's migrations.
 
-    python examples/migrate.py upgrade heads
+    python examples/migrate.py upgrade head
 
-Our revisions are found through ``version_locations`` (examples/migrate.py adds
-``scrypath_sa.migrations.versions_path()``), and ``include_object`` keeps your
-autogenerate from proposing to drop ``sync_events``.
+One import registers ``op.upgrade_sync_tables`` and lets ``alembic revision
+--autogenerate`` propose it whenever the sync tables are not at the installed
+release's newest migration (see versions/app0002_sync_tables.py, written that way);
+``include_object`` keeps autogenerate from proposing to drop ``sync_events``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import Base
 
+import scrypath_sa.migrations.operations  # noqa: F401  (op.upgrade_sync_tables)
 from scrypath_sa.migrations import include_object
 
 config = context.config

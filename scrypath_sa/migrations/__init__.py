@@ -1,15 +1,16 @@
-"""Alembic migrations for ``sync_events`` (branch label ``scrypath_sa``).
+"""Alembic migrations for ``sync_events`` (their own version table,
+``scrypath_sa_alembic_version``).
 
-Use them from your own Alembic environment::
-
-    # alembic.ini
-    version_locations = %(here)s/versions <output of scrypath_sa.migrations.versions_path()>
+Carry them in your own Alembic history as one step (never a second head)::
 
     # env.py
+    import scrypath_sa.migrations.operations   # op.upgrade_sync_tables, autogenerate
     from scrypath_sa.migrations import include_object
     context.configure(..., include_object=include_object)
 
-then ``alembic upgrade scrypath_sa@head`` (or ``heads``). Or run them on their own with
+then ``alembic revision --autogenerate`` proposes ``op.upgrade_sync_tables(...)`` when
+the tables are behind this release, and ``alembic upgrade head`` applies it
+(:mod:`scrypath_sa.migrations.operations`). Or run them on their own with
 :func:`upgrade`.
 """
 
@@ -70,14 +71,19 @@ def upgrade(engine_or_url: Engine | str, revision: str = "heads") -> tuple[str |
     engine = _engine(engine_or_url)
     before = current_revision(engine)
     if before is None and inspect(engine).has_table("sync_events"):
-        from scrypath_sa.errors import ConfigurationError
-
-        raise ConfigurationError(
-            "sync_events exists but has no scrypath_sa migration history (it was made by "
-            "metadata.create_all()): if it was made by this version of scrypath_sa, record "
-            "that with scrypath_sa.migrations.stamp(connection) and upgrade from there on")
+        raise unrecorded()
     command.upgrade(alembic_config(engine), revision)
     return before, current_revision(engine)
+
+
+def unrecorded() -> Exception:
+    """The error for sync tables that exist without a recorded migration."""
+    from scrypath_sa.errors import ConfigurationError
+
+    return ConfigurationError(
+        "sync_events exists but has no scrypath_sa migration history (it was made by "
+        "metadata.create_all()): if it was made by this version of scrypath_sa, record "
+        "that with scrypath_sa.migrations.stamp(connection) and upgrade from there on")
 
 
 def stamp(connection: Connection) -> None:
@@ -111,8 +117,9 @@ def behind(engine: Engine) -> str | None:
     current = current_revision(engine)
     if current is None or current == newest():
         return None
-    return (f"sync tables are at migration {current}, this scrypath_sa needs {newest()}: run "
-            "scrypath-sa upgrade (flask search upgrade)")
+    return (f"sync tables are at migration {current}, this scrypath_sa needs {newest()}: "
+            "add the step to your migrations (flask db migrate or alembic revision "
+            "--autogenerate, then upgrade) or run scrypath-sa upgrade (flask search upgrade)")
 
 
 def current_revision(engine_or_url: Engine | str) -> str | None:
