@@ -5,6 +5,7 @@ OpenSearch node."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
 import time
 from typing import Any
@@ -31,7 +32,8 @@ def test_async_inline_commits_complete_without_stalling_the_loop(
         driver: str) -> None:
     """100 concurrent inline commits on AsyncSessions (asyncpg, psycopg's async
     driver): each outcome is completed and its document is visible, while a ticker on
-    the same loop never waits over 50 ms."""
+    the same loop waits no more than 50 ms (the median of five rounds' worst), and no
+    longer than beside the same commits without the library."""
     from sqlalchemy import create_engine, text
 
     engine = create_engine(postgres_url)
@@ -70,31 +72,43 @@ def test_async_inline_commits_complete_without_stalling_the_loop(
         await tick
         return list(outcomes), max(stalls)
 
-    async def main() -> tuple[list[Any], float, float]:
+    async def main() -> tuple[list[Any], list[float], list[float]]:
         await commit(1000)  # warm: the first commit compiles statements, makes the index
+        # A latency-bound service freezes what startup made (docs/async.md: event-loop
+        # latency): a full collection then walks only new objects (3 ms here, not the
+        # 25-55 ms that otherwise stall the loop, the ORM's and the library's alike).
+        gc.collect()
+        gc.freeze()
         outcomes: list[Any] = []
         ours: list[float] = []
         plain: list[float] = []
-        for n in range(3):  # alternating rounds, medians: one hiccup of the machine is noise
-            with scrypath_sa.disabled(config):  # the same commits without the library
-                plain.append((await worst_stall(range(2000 + 100 * n, 2100 + 100 * n)))[1])
-            done, stall = await worst_stall(range(1 + 100 * n, 101 + 100 * n))
-            outcomes.extend(done)
-            ours.append(stall)
+        try:
+            for n in range(5):  # alternating rounds, medians: a hiccup of the machine is noise
+                with scrypath_sa.disabled(config):  # the same commits without the library
+                    plain.append((await worst_stall(range(2000 + 100 * n, 2100 + 100 * n)))[1])
+                done, stall = await worst_stall(range(1 + 100 * n, 101 + 100 * n))
+                outcomes.extend(done)
+                ours.append(stall)
+        finally:
+            gc.unfreeze()
         await async_engine.dispose()
-        return outcomes, statistics.median(ours), statistics.median(plain)
+        return outcomes, ours, plain
 
-    outcomes, worst, plain = asyncio.run(main())
-    assert [o.state for o in outcomes] == ["completed"] * 300
-    # The ORM's own work on the loop stalls 35-50 ms here (2 cores, servers beside), so
-    # the bound is relative: the library adds no wait of its own (with the writes on the
-    # loop it stalled 684 ms; docs/performance.md has the numbers).
-    print(f"worst stall {worst * 1000:.0f} ms; without the library {plain * 1000:.0f} ms")
-    assert worst < plain + 0.1, (
-        f"the event loop stalled {worst * 1000:.0f} ms ({plain * 1000:.0f} ms without "
-        "the library)")
+    outcomes, ours, plain = asyncio.run(main())
+    assert [o.state for o in outcomes] == ["completed"] * 500
+    worst, without = statistics.median(ours), statistics.median(plain)
+    print(f"worst stall per round {[round(s * 1000) for s in ours]} ms; without the "
+          f"library {[round(s * 1000) for s in plain]} ms")
+    # What remains is the ORM's own first step of 100 commits started at once (20-50 ms
+    # here, 2 cores with the servers beside): the library adds no wait of its own (with
+    # the writes on the loop it stalled 684 ms; docs/performance.md has the numbers).
+    assert worst <= 0.05, (
+        f"the event loop stalled {worst * 1000:.0f} ms (median of the rounds' worst; "
+        f"{without * 1000:.0f} ms without the library)")
+    assert worst <= without + 0.02, (
+        f"the library added {(worst - without) * 1000:.0f} ms to the loop's worst stall")
     os_client.indices.refresh(index=f"{index_prefix}_articles")
-    assert os_client.count(index=f"{index_prefix}_articles")["count"] == 301
+    assert os_client.count(index=f"{index_prefix}_articles")["count"] == 501
     with engine.connect() as conn:
         assert set(conn.execute(select(sync_events.c.state)).scalars()) == {"completed"}
     scrypath_sa.unconfigure(factory)
