@@ -26,7 +26,7 @@ from scrypath_sa.registry import ModelInfo, info_for_index
 from scrypath_sa.schema import State
 from scrypath_sa.sql import Bind, begin, connect
 from scrypath_sa.threads import ahead
-from scrypath_sa.visibility import Visibility, confirmer, plan
+from scrypath_sa.visibility import Visibility, plan
 
 if TYPE_CHECKING:
     from scrypath_sa.config import Config
@@ -72,11 +72,7 @@ def process(config: Config, event_ids: Sequence[int], *, mode: str,
                     deadline=None if timeout is None else time.monotonic() + timeout)
     began = time.perf_counter()
     with telemetry.span("scrypath_sa.process", mode=mode, events=len(ids)) as span:
-        if policy is Visibility.DEFERRED:
-            with confirmer.run():
-                _process(config, bind, ids, outcome, writer, mode, worker, take_along)
-        else:
-            _process(config, bind, ids, outcome, writer, mode, worker, take_along)
+        _process(config, bind, ids, outcome, writer, mode, worker, take_along)
         span.set(documents=outcome.documents, taken_along=len(outcome.extra),
                  **{f"state.{state}": n for state, n in outcome.states.items()})
     if outcome.failures or log.isEnabledFor(logging.DEBUG):

@@ -23,12 +23,11 @@ fails leaves its writes ``backend_accepted``, which is the truth.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from sqlalchemy import Engine
 
@@ -49,10 +48,10 @@ events can read ``completed`` while the run goes on (progress an operator can se
 a short tail) at the price of a few more, small refreshes."""
 
 CONFIRM_EVERY = 1.0
-"""Under load, the confirmer refreshes at most this often (seconds): as often as an
-index refreshes by itself by default. Each refresh costs the cluster a segment; at 10 a
-second they were a third of a streaming worker's OpenSearch CPU. An idle worker's
-writes are refreshed at once."""
+"""The confirmer refreshes at most this often (seconds): as often as an index refreshes
+by itself by default. Each refresh costs the cluster a segment; at 8-10 a second they
+were a third of a streaming worker's OpenSearch CPU. The first writes after a quiet
+second are refreshed at once."""
 
 REFRESH_PACE = 0.05
 """While several callers need one index visible, its refreshes from this process start
@@ -185,38 +184,20 @@ class Confirmer(HandOff[Accepted]):
     """Accepted writes of ``DEFERRED`` runs, made visible and recorded off the runs'
     threads: one thread per process takes everything handed over so far, refreshes each
     index once, and records those events ``completed`` in one transaction per database
-    (``backend_accepted`` where the refresh failed). Under load, refreshes and UPDATEs
-    are shared by many runs, and worker threads do not queue behind each other's
-    refreshes."""
+    (``backend_accepted`` where the refresh failed), at most once per
+    :data:`CONFIRM_EVERY`. Under load, refreshes and UPDATEs are shared by many runs, and
+    worker threads do not queue behind each other's refreshes."""
 
     thread_name = "scrypath-confirm"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._runs = 0  # deferred runs in progress in this process
-
-    @contextlib.contextmanager
-    def run(self) -> Iterator[None]:
-        """Around a deferred run: while none is in progress, nothing more is coming
-        soon, and the confirmer does not wait for more."""
-        with self.cond:
-            self._runs += 1
-        try:
-            yield
-        finally:
-            with self.cond:
-                self._runs -= 1
-                self.cond.notify_all()
 
     def work(self) -> None:
         last = 0.0
         while True:
             first = self.next_item()
-            # Refreshes cost the cluster a segment each: while runs are in progress,
-            # one per CONFIRM_EVERY seconds, shared by everything that arrives meanwhile.
-            with self.cond:
-                self.cond.wait_for(lambda: self._runs == 0,
-                                   last + CONFIRM_EVERY - time.monotonic())
+            # Refreshes cost the cluster a segment each: at most one per CONFIRM_EVERY
+            # seconds, shared by everything that arrives meanwhile (the first after a
+            # quiet second at once).
+            time.sleep(max(0.0, last + CONFIRM_EVERY - time.monotonic()))
             last = time.monotonic()
             batch = [first, *self.pending()]
             # Grouped by (backend, database): one refresh per index, one transaction per

@@ -210,6 +210,8 @@ class DramatiqMode(Mode):
         self.linger = linger
         self.collect = collect
         self._taken = _Taken()
+        self._bell_lock = threading.Lock()
+        self._bell_until = 0.0  # monotonic: small commits ride the last doorbell until then
         self._config: Config | None = None
         self._relay = _Relay(self)
         hooks = next((m for m in broker.middleware if isinstance(m, _WorkerHooks)), None)
@@ -241,6 +243,11 @@ class DramatiqMode(Mode):
     def attach(self, config: Config) -> None:
         self._config = config
 
+    @property
+    def _bells(self) -> bool:
+        """Doorbells need a worker that can claim due events: PostgreSQL."""
+        return self._config is not None and self._config.bind.dialect.name == "postgresql"
+
     def send_task(self, kind: str, args: dict[str, Any]) -> None:
         self.task_actor.send(kind, args)
 
@@ -265,6 +272,9 @@ class DramatiqMode(Mode):
         engine = engine or config.bind
         ids = list(event_ids)
         outcome = Outcome(mode=self.name, event_ids=ids)
+        if not self.background and self._rides_along(engine, ids):
+            outcome.states[State.ENQUEUED.value] += len(ids)
+            return outcome
         for start in range(0, len(ids), self.chunk_size):
             chunk = ids[start:start + self.chunk_size]
             if self.background:
@@ -280,15 +290,42 @@ class DramatiqMode(Mode):
             outcome.states[State.ENQUEUED.value] += len(chunk)
         return outcome
 
+    def _rides_along(self, engine: Engine, ids: list[int]) -> bool:
+        """Whether the events of a small commit are covered by a doorbell this process
+        sent less than ``collect / 2`` ago, so that they need no message of their own.
+
+        A doorbell is a message of a small commit on PostgreSQL. The worker that runs it
+        first waits ``collect`` (from when it starts, so no clock is compared across
+        machines), then claims every due event of the mode, oldest first (and rings again
+        when there were more than a batch). These events were committed before that wait
+        began, so that claim finds them: their outcome can say ``enqueued`` honestly.
+        Their rows read ``requested`` until the claim (no ``enqueued`` mark: an UPDATE
+        holding their rows could make the claim skip them), which under-promises.
+        """
+        if not ids or len(ids) >= self.chunk_size or engine.dialect.name != "postgresql":
+            return False
+        with self._bell_lock:
+            return time.monotonic() < self._bell_until
+
+    def _rang(self, since: float) -> None:
+        """A doorbell was accepted by the broker; it was sent no sooner than ``since``."""
+        with self._bell_lock:
+            self._bell_until = max(self._bell_until, since + self.collect / 2)
+
     def send(self, ids: list[int]) -> str | None:
-        """Hand ``ids`` to the broker; the redacted reason when it did not take them."""
+        """Hand ``ids`` to the broker; the redacted reason when it did not take them. A
+        small message on PostgreSQL is a doorbell (see :meth:`_rides_along`)."""
+        bell = self.collect > 0 and 0 < len(ids) < self.chunk_size and self._bells
+        began = time.monotonic()
         try:
             # The committing request's trace context rides along: the worker's spans join it.
-            self.actor.send(ids, time.time(), telemetry.inject())
+            self.actor.send(ids, time.time(), telemetry.inject(), bell)
         except Exception as exc:  # noqa: BLE001 - any broker failure leaves them requested
             error = redact(f"broker did not accept the message: {type(exc).__name__}: {exc}")
             log.warning("scrypath_sa: %d committed events stay requested: %s", len(ids), error)
             return error
+        if bell:
+            self._rang(began)
         return None
 
     def check(self) -> str | None:
@@ -333,27 +370,35 @@ class DramatiqMode(Mode):
 
 
     def _work(self, event_ids: list[int], sent_at: float | None = None,
-              trace: dict[str, str] | None = None) -> None:
+              trace: dict[str, str] | None = None, bell: bool = False) -> None:
         with telemetry.span("scrypath_sa.work", context=telemetry.extract(trace),
                             events=len(event_ids)):
-            self._work_on(event_ids, sent_at)
+            self._work_on(event_ids, sent_at, bell)
 
-    def _work_on(self, event_ids: list[int], sent_at: float | None) -> None:
+    def _work_on(self, event_ids: list[int], sent_at: float | None, bell: bool) -> None:
         # A message smaller than a batch waits until it is `collect` old, then takes
         # along the events of the messages behind it (one claim, one read, one request
         # for many small commits); those messages find their events taken by this
-        # process and are done without a statement.
-        if self._taken.covers(event_ids):
-            return
+        # process and are done without a statement. A doorbell always claims, and waits
+        # `collect` from now whatever its age: the commits that rode along on it count
+        # on a claim that late (its own events being taken already says nothing of
+        # theirs).
         room = self.config.batch_size - len(event_ids)
-        if room > 0 and sent_at is not None:
-            time.sleep(max(0.0, min(sent_at + self.collect - time.time(), self.collect)))
+        if bell:
+            time.sleep(self.collect)
+        else:
+            if self._taken.covers(event_ids):
+                return
+            if room > 0 and sent_at is not None:
+                time.sleep(max(0.0, min(sent_at + self.collect - time.time(), self.collect)))
             if self._taken.covers(event_ids):
                 return
         outcome = processor.process(self.config, event_ids, mode=self.name,
                                     visibility=Visibility.DEFERRED, worker=worker_id(),
                                     take_along=room)
         self._taken.add(outcome.extra)
+        if bell and room > 0 and len(outcome.extra) >= room:
+            self._ring_again()
         retrying = [f.event_id for f in outcome.failures if f.state == State.RETRYING.value]
         delay = 0
         if retrying:
@@ -375,6 +420,15 @@ class DramatiqMode(Mode):
         if mine:
             raise dramatiq.Retry(
                 f"{mine} events are retrying; next attempt in {delay / 1000:.1f}s", delay=delay)
+
+    def _ring_again(self) -> None:
+        """A doorbell's claim was full: more due events may wait, some perhaps riding on
+        it; a new doorbell claims them (or ``sweep`` does, if the broker refuses)."""
+        try:
+            self.actor.send([], time.time(), None, True)
+        except Exception as exc:  # noqa: BLE001 - sweep sends the requested ones later
+            log.warning("scrypath_sa: could not ring again for more due events; sweep "
+                        "sends them: %s", redact(exc))
 
     def _retries_exhausted(self, message: dict[str, Any], info: dict[str, Any]) -> None:
         ids = list(message.get("args", [[]])[0])
