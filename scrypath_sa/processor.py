@@ -138,7 +138,8 @@ def _read(config: Config, bind: Bind, ids: list[int], mode: str, worker: str | N
     events); for each chunk, what was claimed, then its batches with rows read and
     documents built."""
     claim_size = max(config.batch_size, CLAIM_CHUNK)
-    for start in range(0, len(ids), claim_size):
+    # No ids of its own (a doorbell rung again) still takes along.
+    for start in range(0, max(len(ids), 1 if take_along > 0 else 0), claim_size):
         events, locked = _claim(bind, ids[start:start + claim_size], mode, worker)
         extra: list[Event] = []
         if start == 0 and take_along > 0:

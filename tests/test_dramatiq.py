@@ -285,6 +285,33 @@ def test_a_worker_takes_along_the_events_of_the_messages_behind_its_own(
         assert distinct_claims == 30
 
 
+def test_commits_ride_on_a_doorbell_and_a_full_claim_rings_again(
+        setup: Any, os_client: Any) -> None:
+    """On PostgreSQL, single-row commits within a doorbell's window send nothing: their
+    outcome says enqueued, their rows read requested. The doorbell's worker (batches of
+    4 here) claims 4 due events, rings again, and so on until all 21 are completed."""
+    world, workers, config = setup
+    mode = config.mode("dramatiq")
+    mode.collect = 2.0  # a window of 1 s: every commit below rides on the first one's
+    for i in range(1, 22):
+        with world.Session() as session:
+            session.add(world.Article(id=i, title=f"bell {i}"))
+            session.commit()
+            assert scrypath_sa.last_outcome(session).state == "enqueued"
+    assert mode.flush()
+    if world.engine.dialect.name == "postgresql":
+        assert states(world.engine) == {"enqueued": 1, "requested": 20}
+    else:  # no claim of due events on SQLite: each commit sends its own message
+        assert states(world.engine) == {"enqueued": 21}
+    workers.start(threads=2, SCRYPATH_TEST_BATCH_SIZE="4")
+    wait_for(all_terminal(world.engine), "the worker to finish")
+    assert states(world.engine) == {"completed": 21}, workers.logs()
+    assert len(index_state(os_client, world)) == 21
+    with world.engine.connect() as conn:
+        attempts = set(conn.execute(select(sync_events.c.attempts)).scalars())
+    assert attempts == {1}
+
+
 def test_redelivery_and_two_workers_never_double_process(setup: Any, os_client: Any) -> None:
     world, workers, config = setup
     with world.Session() as session:

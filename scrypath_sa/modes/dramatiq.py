@@ -294,11 +294,12 @@ class DramatiqMode(Mode):
         """Whether the events of a small commit are covered by a doorbell this process
         sent less than ``collect / 2`` ago, so that they need no message of their own.
 
-        A doorbell is a message of a small commit on PostgreSQL. The worker that runs it
-        first waits ``collect`` (from when it starts, so no clock is compared across
-        machines), then claims every due event of the mode, oldest first (and rings again
-        when there were more than a batch). These events were committed before that wait
-        began, so that claim finds them: their outcome can say ``enqueued`` honestly.
+        A doorbell is a message of a small commit on PostgreSQL; it carries that window.
+        The worker that runs it first waits as long (from when it starts, so no clock is
+        compared across machines), then claims every due event of the mode, oldest first
+        (and rings again when there were more than a batch). These events were committed
+        before that wait began, so that claim finds them: their outcome can say
+        ``enqueued`` honestly.
         Their rows read ``requested`` until the claim (no ``enqueued`` mark: an UPDATE
         holding their rows could make the claim skip them), which under-promises.
         """
@@ -307,15 +308,16 @@ class DramatiqMode(Mode):
         with self._bell_lock:
             return time.monotonic() < self._bell_until
 
-    def _rang(self, since: float) -> None:
+    def _rang(self, since: float, window: float) -> None:
         """A doorbell was accepted by the broker; it was sent no sooner than ``since``."""
         with self._bell_lock:
-            self._bell_until = max(self._bell_until, since + self.collect / 2)
+            self._bell_until = max(self._bell_until, since + window)
 
     def send(self, ids: list[int]) -> str | None:
         """Hand ``ids`` to the broker; the redacted reason when it did not take them. A
         small message on PostgreSQL is a doorbell (see :meth:`_rides_along`)."""
-        bell = self.collect > 0 and 0 < len(ids) < self.chunk_size and self._bells
+        # A doorbell carries the time commits may ride on it: its worker waits that long.
+        bell = self.collect / 2 if 0 < len(ids) < self.chunk_size and self._bells else 0.0
         began = time.monotonic()
         try:
             # The committing request's trace context rides along: the worker's spans join it.
@@ -325,7 +327,7 @@ class DramatiqMode(Mode):
             log.warning("scrypath_sa: %d committed events stay requested: %s", len(ids), error)
             return error
         if bell:
-            self._rang(began)
+            self._rang(began, bell)
         return None
 
     def check(self) -> str | None:
@@ -370,22 +372,23 @@ class DramatiqMode(Mode):
 
 
     def _work(self, event_ids: list[int], sent_at: float | None = None,
-              trace: dict[str, str] | None = None, bell: bool = False) -> None:
+              trace: dict[str, str] | None = None, bell: float = 0.0) -> None:
         with telemetry.span("scrypath_sa.work", context=telemetry.extract(trace),
                             events=len(event_ids)):
             self._work_on(event_ids, sent_at, bell)
 
-    def _work_on(self, event_ids: list[int], sent_at: float | None, bell: bool) -> None:
+    def _work_on(self, event_ids: list[int], sent_at: float | None, bell: float) -> None:
         # A message smaller than a batch waits until it is `collect` old, then takes
         # along the events of the messages behind it (one claim, one read, one request
         # for many small commits); those messages find their events taken by this
-        # process and are done without a statement. A doorbell always claims, and waits
-        # `collect` from now whatever its age: the commits that rode along on it count
-        # on a claim that late (its own events being taken already says nothing of
-        # theirs).
+        # process and are done without a statement. A doorbell (or a ring again, with no
+        # ids) always claims; a doorbell first waits its window from now whatever its
+        # age: the commits that rode along on it count on a claim that late (its own
+        # events being taken already says nothing of theirs).
         room = self.config.batch_size - len(event_ids)
-        if bell:
-            time.sleep(self.collect)
+        doorbell = bell > 0 or not event_ids
+        if doorbell:
+            time.sleep(bell)
         else:
             if self._taken.covers(event_ids):
                 return
@@ -397,7 +400,7 @@ class DramatiqMode(Mode):
                                     visibility=Visibility.DEFERRED, worker=worker_id(),
                                     take_along=room)
         self._taken.add(outcome.extra)
-        if bell and room > 0 and len(outcome.extra) >= room:
+        if doorbell and room > 0 and len(outcome.extra) >= room:
             self._ring_again()
         retrying = [f.event_id for f in outcome.failures if f.state == State.RETRYING.value]
         delay = 0
@@ -425,7 +428,7 @@ class DramatiqMode(Mode):
         """A doorbell's claim was full: more due events may wait, some perhaps riding on
         it; a new doorbell claims them (or ``sweep`` does, if the broker refuses)."""
         try:
-            self.actor.send([], time.time(), None, True)
+            self.actor.send([], time.time(), None, 0.0)
         except Exception as exc:  # noqa: BLE001 - sweep sends the requested ones later
             log.warning("scrypath_sa: could not ring again for more due events; sweep "
                         "sends them: %s", redact(exc))
