@@ -20,8 +20,9 @@ replicas, the default refresh interval). Variants, in alternating order each rou
 Per variant: commits/s; the time from the first commit until every row's last update
 is searchable; and the CPU of the whole pipeline per commit (client, pgsync or the
 worker, PostgreSQL, OpenSearch, Redis; from /proc) over that time. The sync process of
-the other variants is paused (SIGSTOP) outside its own turn. Medians of the rounds,
-with min-max. ``--quick``: 300 rows, 2 rounds.
+the other variants is paused (SIGSTOP) outside its own turn. Before the rounds each
+variant streams ``--warmup`` rows (JIT warm-up of OpenSearch and the processes). Medians
+of the rounds, with min-max. ``--quick``: 300 rows, 2 rounds, 300 rows of warm-up.
 """
 
 from __future__ import annotations
@@ -202,10 +203,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=8, help="the worker's threads")
     parser.add_argument("--variants", default="plain,pgsync,hand,dramatiq,inline")
+    parser.add_argument("--warmup", type=int, default=1000,
+                        help="rows each variant streams before the rounds")
     parser.add_argument("--quick", action="store_true", help="300 rows, 2 rounds")
     args = parser.parse_args()
     if args.quick:
-        args.rows, args.rounds = 300, 2
+        args.rows, args.rounds, args.warmup = 300, 2, 300
     variants = args.variants.split(",")
 
     from opensearchpy import OpenSearch
@@ -268,11 +271,15 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
         if "dramatiq" in variants:
             sync_processes["dramatiq"] = stack.enter_context(
                 dramatiq_worker(urls, args.threads))
-        # Warm each variant up: its index exists, its process has started.
+        # Warm each variant up: its index exists, its process has started, and
+        # OpenSearch's JIT has compiled the indexing paths (on a fresh node its compiler
+        # threads otherwise take 40% of a core for minutes, charged to whichever
+        # variant runs then).
         for name in variants:
-            stream(makers[name], classes[name], 1, 900_000_000, -1)
+            stream(makers[name], classes[name], args.warmup, 900_000_000, -1)
             if name in indices:
-                wait_until(lambda name=name: visible(client, indices[name], -1) == 1)
+                wait_until(lambda name=name: visible(client, indices[name], -1)
+                           == args.warmup)
         try:
             for r in range(args.rounds):
                 order = variants[r % len(variants):] + variants[:r % len(variants)]

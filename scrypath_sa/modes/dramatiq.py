@@ -199,7 +199,7 @@ class DramatiqMode(Mode):
     def __init__(self, broker: Broker, *, queue_name: str = "scrypath_sa",
                  actor_name: str = "scrypath_sa_process", chunk_size: int = 500,
                  max_retries: int = 8, background: bool = False,
-                 linger: float = 0.025, collect: float = 0.05,
+                 linger: float = 0.025, collect: float = 0.1,
                  freeze_gc: bool = False) -> None:
         self.broker = broker
         self.queue_name = queue_name
