@@ -186,8 +186,10 @@ class DramatiqMode(Mode):
     ``collect``: a worker thread waits until a message is this many seconds old before
     it claims, and then takes along the due events of the messages behind it (one claim,
     one read, one request for a stream of small commits; those messages then find their
-    events taken and cost no database work). It adds at most that much to the time
-    until visible.
+    events taken and cost no database work). On PostgreSQL a small commit's message is a
+    doorbell: for ``collect / 2`` seconds after the broker took it, the small commits of
+    this process send no message of their own (see :meth:`_rides_along`). It adds at
+    most ``collect`` to the time until visible.
 
     ``freeze_gc=True`` calls ``gc.freeze()`` in each worker process once it has booted
     (everything imported by then is left out of the cycle collector's walks; measured in
