@@ -220,6 +220,8 @@ def _postgresql_insert(document_id: Any, pk: Any, operation: Any) -> Any:
 _INSERT_ONE_PG = _postgresql_insert(bindparam("document_id", type_=String()),
                                     bindparam("pk", type_=Text()),
                                     bindparam("operation", type_=String()))
+
+
 @functools.lru_cache(maxsize=16)
 def _driver_insert_one(dialect: Any) -> tuple[str, tuple[str, ...] | None, Any]:
     """:data:`_INSERT_ONE_PG` compiled for ``dialect`` once: its SQL string, the order

@@ -245,10 +245,11 @@ class DramatiqMode(Mode):
     def attach(self, config: Config) -> None:
         self._config = config
 
-    @property
-    def _bells(self) -> bool:
-        """Doorbells need a worker that can claim due events: PostgreSQL."""
-        return self._config is not None and self._config.bind.dialect.name == "postgresql"
+    def _doorbell(self, ids: list[int]) -> bool:
+        """Whether a message of ``ids`` is a doorbell (or ``ids`` may ride on one): a
+        small commit, and a worker that can claim due events (PostgreSQL)."""
+        return (0 < len(ids) < self.chunk_size and self._config is not None
+                and self._config.bind.dialect.name == "postgresql")
 
     def send_task(self, kind: str, args: dict[str, Any]) -> None:
         self.task_actor.send(kind, args)
@@ -274,7 +275,7 @@ class DramatiqMode(Mode):
         engine = engine or config.bind
         ids = list(event_ids)
         outcome = Outcome(mode=self.name, event_ids=ids)
-        if not self.background and self._rides_along(engine, ids):
+        if not self.background and self._rides_along(ids):
             outcome.states[State.ENQUEUED.value] += len(ids)
             return outcome
         for start in range(0, len(ids), self.chunk_size):
@@ -292,7 +293,7 @@ class DramatiqMode(Mode):
             outcome.states[State.ENQUEUED.value] += len(chunk)
         return outcome
 
-    def _rides_along(self, engine: Engine, ids: list[int]) -> bool:
+    def _rides_along(self, ids: list[int]) -> bool:
         """Whether the events of a small commit are covered by a doorbell this process
         sent less than ``collect / 2`` ago, so that they need no message of their own.
 
@@ -305,7 +306,7 @@ class DramatiqMode(Mode):
         Their rows read ``requested`` until the claim (no ``enqueued`` mark: an UPDATE
         holding their rows could make the claim skip them), which under-promises.
         """
-        if not ids or len(ids) >= self.chunk_size or engine.dialect.name != "postgresql":
+        if not self._doorbell(ids):
             return False
         with self._bell_lock:
             return time.monotonic() < self._bell_until
@@ -319,7 +320,7 @@ class DramatiqMode(Mode):
         """Hand ``ids`` to the broker; the redacted reason when it did not take them. A
         small message on PostgreSQL is a doorbell (see :meth:`_rides_along`)."""
         # A doorbell carries the time commits may ride on it: its worker waits that long.
-        bell = self.collect / 2 if 0 < len(ids) < self.chunk_size and self._bells else 0.0
+        bell = self.collect / 2 if self._doorbell(ids) else 0.0
         began = time.monotonic()
         try:
             # The committing request's trace context rides along: the worker's spans join it.
