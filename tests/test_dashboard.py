@@ -100,6 +100,8 @@ def _events(world: World) -> dict[int, tuple[str, int]]:
 def test_the_dashboard_in_a_real_browser(world: World, served: Any, browser: Any,
                                          tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
     url, allowed, config = served
     with world.Session() as session:
@@ -128,6 +130,10 @@ def test_the_dashboard_in_a_real_browser(world: World, served: Any, browser: Any
     browser.get(url + "failed")
     _shoot(browser, "failed", tmp_path)
     browser.find_element(By.ID, f"retry-{four}").click()
+    # The click returns before the POST, its inline retry and the redirect are done: wait
+    # for the page it leads to (a note appears only there).
+    WebDriverWait(browser, 60).until(
+        expected_conditions.presence_of_element_located((By.ID, "note")))
     assert f"Event {four}: completed" in _text(browser, "note")
     after = _events(world)
     assert after[four] == ("completed", 1)  # retried: attempts start over
