@@ -290,6 +290,7 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
                     first, marker = (r + 1) * 1_000_000, -(r + 2)
                     pids = [p.pid for o, p in sync_processes.items() if o == name]
                     before, sync_before = cpu_seconds(), sum(tree_cpu(p) for p in pids)
+                    index_before = index_work(client, indices.get(name))
                     began = time.perf_counter()
                     stream(makers[name], classes[name], args.rows, first, marker)
                     committed = time.perf_counter() - began
@@ -298,6 +299,9 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
                             client, indices[name], marker) == args.rows)
                     seen = time.perf_counter() - began
                     after, sync_after = cpu_seconds(), sum(tree_cpu(p) for p in pids)
+                    index_after = index_work(client, indices.get(name))
+                    for key, count in index_after.items():
+                        results[name].setdefault(key, []).append(count - index_before[key])
                     parts = {k: after[k] - before[k] for k in after}
                     parts["sync process"] = sync_after - sync_before
                     per_commit = 1000 / (2 * args.rows)
@@ -311,6 +315,21 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
                 os.killpg(process.pid, signal.SIGCONT)
     client.indices.delete(index=f"{PREFIX}*", ignore_unavailable=True)
     report(args, results)
+
+
+def index_work(client: Any, index: str | None) -> dict[str, float]:
+    """What OpenSearch did so far: the index's refreshes, merges and their time, and
+    the node's write requests (one variant runs at a time)."""
+    if index is None:
+        return {}
+    total = client.indices.stats(index=index, metric="refresh,merge,indexing")["_all"]["total"]
+    node = next(iter(client.nodes.stats(metric="thread_pool")["nodes"].values()))
+    return {"refreshes": total["refresh"]["total"],
+            "refresh ms": total["refresh"]["total_time_in_millis"],
+            "merges": total["merges"]["total"],
+            "merge ms": total["merges"]["total_time_in_millis"],
+            "indexing ms": total["indexing"]["index_time_in_millis"],
+            "write requests": node["thread_pool"]["write"]["completed"]}
 
 
 def visible(client: Any, index: str, marker: int) -> int:
@@ -343,6 +362,13 @@ def report(args: Any, results: dict[str, dict[str, list[float]]]) -> None:
         print(f"  {name:9} " + ", ".join(
             f"{key[4:]} {statistics.median(values):.2f}" for key, values in got.items()
             if key.startswith("cpu ")))
+    print("OpenSearch work per round (medians):")
+    for name, got in results.items():
+        if "refreshes" in got:
+            print(f"  {name:9} " + ", ".join(
+                f"{key} {statistics.median(got[key]):.0f}"
+                for key in ("refreshes", "refresh ms", "merges", "merge ms", "indexing ms",
+                            "write requests")))
     if "pgsync" in results and "dramatiq" in results:
         ours, peer = results["dramatiq"], results["pgsync"]
         med = statistics.median

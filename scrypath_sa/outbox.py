@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import os
 import socket
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import DBAPIError
 
 from scrypath_sa import codec, telemetry
 from scrypath_sa.outcome import Failure
@@ -185,12 +187,12 @@ def _record_postgresql(conn: Connection, events: Sequence[NewEvent], mode: str |
             e = group[0]
             params.update(document_id=e.document_id, pk=codec.dumps_text(e.pk),
                           operation=e.operation.value)
-            # The statement as the driver's own string: a third of an ORM commit's cost
-            # over a plain one was SQLAlchemy's per-execute work (docs/performance.md).
+            # The statement as the driver's own string, on its own cursor: SQLAlchemy's
+            # per-execute work was most of its cost (docs/performance.md).
             sql, order, compiled = _driver_insert_one(conn.dialect)
             values = compiled.construct_params(params)
             args = tuple(values[k] for k in order) if order is not None else values
-            ids.append(conn.exec_driver_sql(sql, args).scalar_one())
+            ids.append(_driver_scalar(conn, sql, args))
             continue
         params["rows"] = codec.dumps_text(
             [(e.document_id, e.pk, e.operation.value) for e in group])
@@ -231,6 +233,35 @@ def _driver_insert_one(dialect: Any) -> tuple[str, tuple[str, ...] | None, Any]:
     compiled = _INSERT_ONE_PG.compile(dialect=dialect)
     order = tuple(compiled.positiontup or ()) if compiled.positional else None
     return compiled.string, order, compiled
+
+
+def _driver_scalar(conn: Connection, sql: str, args: Any) -> Any:
+    """Run ``sql`` on a cursor of ``conn``'s driver connection, in its transaction;
+    the first column of its one row. An engine that something watches (statement
+    listeners, error handlers, SQL logging) gets it through SQLAlchemy instead, so that
+    they see it; a driver error is raised as SQLAlchemy's would be."""
+    if (conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute
+            or conn.dialect.dispatch.handle_error
+            or conn.engine.logger.isEnabledFor(logging.INFO)):
+        return conn.exec_driver_sql(sql, args).scalar_one()
+    dialect = conn.dialect
+    driver_conn = conn.connection.dbapi_connection
+    assert driver_conn is not None  # an open Connection's
+    cursor = driver_conn.cursor()
+    try:
+        cursor.execute(sql, args)
+        row = cursor.fetchone()
+        assert row is not None  # INSERT ... RETURNING of one row
+        return row[0]
+    except dialect.loaded_dbapi.Error as exc:
+        lost = dialect.is_disconnect(exc, driver_conn, cursor)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(sql, args, exc, dialect.loaded_dbapi.Error,
+                                  hide_parameters=conn.engine.hide_parameters,
+                                  connection_invalidated=lost, dialect=dialect) from exc
+    finally:
+        cursor.close()
 
 
 _row = func.json_array_elements(cast(bindparam("rows", type_=Text()), JSON)).column_valued("r")

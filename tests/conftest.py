@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import servicekit  # noqa: E402
 
+from scrypath_sa.redaction import redact  # noqa: E402
 from tests.models import make_engine  # noqa: E402
 
 DATABASES = ["sqlite", "postgresql", "pgbouncer"]
@@ -124,7 +125,8 @@ class _Services:
         for running in servicekit.load_state(ROOT / ".services" / "state.json").values():
             if running.name == name and running.url == url and running.alive():
                 return running
-        pytest.fail(f"{name} at {url} was not started by this harness or scripts/services: "
+        pytest.fail(f"{name} at {redact(url)} was not started by this harness or "
+                    "scripts/services (or it was restarted since): "
                     "a fault test cannot stop or restart it", pytrace=False)
 
     def stop(self) -> None:

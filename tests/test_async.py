@@ -102,11 +102,14 @@ def test_async_inline_commits_complete_without_stalling_the_loop(
     # What remains is the ORM's own first step of 100 commits started at once (20-50 ms
     # here, 2 cores with the servers beside): the library adds no wait of its own (with
     # the writes on the loop it stalled 684 ms; docs/performance.md has the numbers).
-    assert worst <= 0.05, (
-        f"the event loop stalled {worst * 1000:.0f} ms (median of the rounds' worst; "
-        f"{without * 1000:.0f} ms without the library)")
     assert worst <= without + 0.02, (
         f"the library added {(worst - without) * 1000:.0f} ms to the loop's worst stall")
+    # The 50 ms bound, whenever the same commits without the library meet it: on a
+    # machine busy enough that they do not (57 ms once, beside a merging OpenSearch),
+    # the line above is what can be told.
+    assert worst <= 0.05 or without > 0.05, (
+        f"the event loop stalled {worst * 1000:.0f} ms (median of the rounds' worst; "
+        f"{without * 1000:.0f} ms without the library)")
     os_client.indices.refresh(index=f"{index_prefix}_articles")
     assert os_client.count(index=f"{index_prefix}_articles")["count"] == 501
     with engine.connect() as conn:

@@ -455,3 +455,32 @@ def test_freeze_gc_freezes_a_booted_worker_only_when_asked() -> None:
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_a_doorbell_window_doubles_while_commits_ride_and_starts_over_after_a_quiet_one(
+) -> None:
+    """The window arithmetic (no broker involved: times given): ``collect / 2`` at
+    first; twice the last window while commits rode on it and the next doorbell follows
+    it closely; never more than ``collect * 4``; back to ``collect / 2`` after a window
+    nobody rode on, or a pause."""
+    from dramatiq.brokers.stub import StubBroker
+
+    mode = DramatiqMode(StubBroker(), collect=0.1)
+    now = 1000.0
+    windows = []
+    for _ in range(6):  # a stream: every window has riders; each bell follows the last
+        window = mode._window(now)
+        mode._rang(now, window)
+        assert mode._ride(now + window / 2)
+        windows.append(window)
+        now += window + 0.001
+    assert windows == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.4, 0.4])
+    assert not mode._ride(now)  # the last window is over
+    # Nobody rode on this one: the next starts over.
+    mode._rang(now, mode._window(now))
+    now += 0.4 + 0.001
+    assert mode._window(now) == pytest.approx(0.05)
+    # Riders, but the next commit comes long after the window: starts over too.
+    mode._rang(now, 0.05)
+    assert mode._ride(now + 0.01)
+    assert mode._window(now + 5.0) == pytest.approx(0.05)

@@ -153,3 +153,52 @@ def test_every_write_path_on_sqlite_with_the_embedded_backend(
     assert backend.count("embedded_articles") == len(rows)
     backend.close()
     engine.dispose()
+
+
+def test_statement_listeners_and_sql_logging_see_the_outbox_insert(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """On PostgreSQL a single-row commit's outbox INSERT goes straight to the driver's
+    cursor, unless something watches the engine's statements: then it goes through
+    SQLAlchemy, so that listeners (tracing, query counters) and SQL logging see it."""
+    import logging
+
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def spy(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(world.engine, "before_cursor_execute", spy)
+    try:
+        with world.Session() as session:
+            session.add(world.Article(id=140, title="watched"))
+            session.commit()
+    finally:
+        event.remove(world.engine, "before_cursor_execute", spy)
+    assert any(s.lstrip().upper().startswith("INSERT INTO SYNC_EVENTS") for s in seen)
+    with caplog.at_level(logging.INFO, logger="sqlalchemy.engine.Engine"), \
+            world.Session() as session:
+        session.add(world.Article(id=141, title="logged"))
+        session.commit()
+    assert any("INSERT INTO sync_events" in r.getMessage() for r in caplog.records)
+    assert set(states(world.engine)) == {"completed"}
+
+
+def test_without_the_sync_tables_a_commit_fails_naming_the_fix_and_writes_nothing(
+        world: World) -> None:
+    """The outbox INSERT's error (raised by the driver on PostgreSQL's direct path)
+    becomes the library's ConfigurationError; the data's transaction rolls back."""
+    from scrypath_sa.errors import ConfigurationError
+
+    sync_events.drop(world.engine)
+    try:
+        with world.Session() as session:
+            session.add(world.Article(id=150, title="no outbox"))
+            with pytest.raises(ConfigurationError, match="create_all"):
+                session.commit()
+        with world.engine.connect() as conn:
+            assert conn.execute(select(world.Article.id).where(
+                world.Article.id == 150)).all() == []
+    finally:
+        scrypath_sa.metadata.create_all(world.engine)

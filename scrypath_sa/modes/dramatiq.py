@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("scrypath_sa")
 
+STREAM_WINDOWS = 4
+"""In a stream of small commits a doorbell's window grows up to this many ``collect``:
+one claim and one bulk request per window (measured in docs/performance.md)."""
+
 
 def worker_id() -> str:
     return f"{outbox.this_process()}:{threading.get_ident()}"
@@ -187,9 +191,11 @@ class DramatiqMode(Mode):
     it claims, and then takes along the due events of the messages behind it (one claim,
     one read, one request for a stream of small commits; those messages then find their
     events taken and cost no database work). On PostgreSQL a small commit's message is a
-    doorbell: for ``collect / 2`` seconds after the broker took it, the small commits of
-    this process send no message of their own (see :meth:`_rides_along`). It adds at
-    most ``collect`` to the time until visible.
+    doorbell: for a window after the broker took it, the small commits of this process
+    send no message of their own (see :meth:`_rides_along`). The window is
+    ``collect / 2``; while commits keep riding (a stream) each doorbell's is twice the
+    last one's, up to ``collect * 4``: fewer, larger claims and bulk requests. It adds at
+    most ``collect`` to a lone commit's time until visible, ``collect * 4`` in a stream.
 
     ``freeze_gc=True`` calls ``gc.freeze()`` in each worker process once it has booted
     (everything imported by then is left out of the cycle collector's walks; measured in
@@ -214,6 +220,8 @@ class DramatiqMode(Mode):
         self._taken = _Taken()
         self._bell_lock = threading.Lock()
         self._bell_until = 0.0  # monotonic: small commits ride the last doorbell until then
+        self._bell_window = 0.0  # that doorbell's window
+        self._bell_riders = 0  # commits that rode on it
         self._config: Config | None = None
         self._relay = _Relay(self)
         hooks = next((m for m in broker.middleware if isinstance(m, _WorkerHooks)), None)
@@ -308,20 +316,37 @@ class DramatiqMode(Mode):
         """
         if not self._doorbell(ids):
             return False
+        return self._ride(time.monotonic())
+
+    def _ride(self, now: float) -> bool:
         with self._bell_lock:
-            return time.monotonic() < self._bell_until
+            if now < self._bell_until:
+                self._bell_riders += 1
+                return True
+            return False
+
+    def _window(self, now: float) -> float:
+        """How long commits may ride on a doorbell sent at ``now``: ``collect / 2``;
+        twice the last doorbell's window while a stream goes on (commits rode on it and
+        this one follows within a window of its end), up to ``collect * 4``."""
+        with self._bell_lock:
+            if self._bell_riders and now < self._bell_until + self._bell_window:
+                return min(2 * self._bell_window, STREAM_WINDOWS * self.collect)
+            return self.collect / 2
 
     def _rang(self, since: float, window: float) -> None:
         """A doorbell was accepted by the broker; it was sent no sooner than ``since``."""
         with self._bell_lock:
-            self._bell_until = max(self._bell_until, since + window)
+            if since + window > self._bell_until:
+                self._bell_until, self._bell_window = since + window, window
+                self._bell_riders = 0
 
     def send(self, ids: list[int]) -> str | None:
         """Hand ``ids`` to the broker; the redacted reason when it did not take them. A
         small message on PostgreSQL is a doorbell (see :meth:`_rides_along`)."""
         # A doorbell carries the time commits may ride on it: its worker waits that long.
-        bell = self.collect / 2 if self._doorbell(ids) else 0.0
         began = time.monotonic()
+        bell = self._window(began) if self._doorbell(ids) else 0.0
         try:
             # The committing request's trace context rides along: the worker's spans join it.
             self.actor.send(ids, time.time(), telemetry.inject(), bell)
