@@ -6,8 +6,9 @@
 
 * write path on PostgreSQL: N single-row commits and M commits of K rows through a
   session configured in ``dramatiq`` mode (outbox INSERT, broker send, ``enqueued``
-  mark) against the same commits through a plain session, alternating, best of rounds;
-  goals <= 2.0x and <= 1.3x;
+  mark) against the same commits through a plain session, back to back in each round
+  (which goes first alternates);
+  the median of the rounds' ratios and their spread; goals <= 1.5x and <= 1.15x;
 * commit to completed, with one worker process (``dramatiq --processes 1 --threads N``):
   the same commits made while the worker is paused (SIGSTOP), then timed from resuming
   it until every event is ``completed`` (visible), against ``helpers.bulk`` of the same
@@ -23,6 +24,7 @@ import argparse
 import contextlib
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -153,14 +155,15 @@ def main() -> None:
         mode = config.mode("dramatiq")
         flush_times: dict[str, list[float]] = {"single": [], "bulk": []}
         shapes = {"single": (args.single, 1), "bulk": (args.bulk_commits, args.bulk_rows)}
-        for _ in range(args.rounds if "write" in args.parts else 0):
+        for r in range(args.rounds if "write" in args.parts else 0):
             for shape, (n, rows) in shapes.items():
                 reset(engine)
                 broker.client.delete(f"dramatiq:{QUEUE}", f"dramatiq:{QUEUE}.msgs")
-                results[shape].setdefault("plain", []).append(
-                    timed(lambda n=n, rows=rows: commits(plain_maker, Plain, n, rows, 0)))
-                results[shape].setdefault("dramatiq", []).append(
-                    timed(lambda n=n, rows=rows: commits(synced_maker, Synced, n, rows, 0)))
+                pair = [("plain", plain_maker, Plain), ("dramatiq", synced_maker, Synced)]
+                for name, maker, cls in pair if r % 2 == 0 else pair[::-1]:  # alternating
+                    results[shape].setdefault(name, []).append(timed(
+                        lambda n=n, rows=rows, maker=maker, cls=cls: commits(
+                            maker, cls, n, rows, 0)))
                 # The enqueued marks are written off the committing thread; wait for them
                 # outside the timed part and report how long they trailed.
                 flush_times[shape].append(timed(mode.flush))  # type: ignore[attr-defined]
@@ -178,13 +181,17 @@ def main() -> None:
             print(f"write path {n} commits x {rows} rows: plain {summary(plain)}; "
                   f"dramatiq {summary(synced)}; enqueued marks trailed by "
                   f"{max(flush_times[shape]) * 1000:.0f}ms at most")
-            goal = "2.0" if shape == "single" else "1.3"
+            goal = "1.5" if shape == "single" else "1.15"
             background = results[shape]["background"]
             print(f"  dramatiq(background=True) {summary(background)}")
-            print(f"RATIO write_overhead_{shape} = {min(synced) / min(plain):.2f}x "
-                  f"(goal <= {goal})")
-            print(f"RATIO write_overhead_{shape}_background = "
-                  f"{min(background) / min(plain):.2f}x (goal <= {goal})")
+            # Each round times plain and then the library back to back: the median of
+            # the rounds' ratios, with their spread (single rounds of plain commits
+            # vary by half on this machine, so the best of each is no measure).
+            for label, times in (("", synced), ("_background", background)):
+                ratios = [t / p for t, p in zip(times, plain, strict=True)]
+                print(f"RATIO write_overhead_{shape}{label} = "
+                      f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-"
+                      f"{max(ratios):.2f} over {len(ratios)} rounds; goal <= {goal})")
 
         if "e2e" in args.parts:
             end_to_end(args, urls, engine, synced_maker, broker, config)
