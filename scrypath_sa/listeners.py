@@ -47,8 +47,8 @@ class SessionSync:
     """One session's sync state: what the current transaction captured and recorded,
     and the outcome of its last commit with sync work."""
 
-    __slots__ = ("capture", "committed", "config", "engine", "outcome", "pending",
-                 "refused", "refused_committed", "related")
+    __slots__ = ("capture", "captured", "committed", "config", "engine", "outcome",
+                 "pending", "refused", "refused_committed", "related")
 
     def __init__(self) -> None:
         self.outcome: Outcome | None = None
@@ -57,6 +57,7 @@ class SessionSync:
     def reset(self) -> None:
         """Forget the current transaction (its last outcome stays)."""
         self.capture: dict[tuple[str, str], NewEvent] | None = None  # open during a flush
+        self.captured: dict[int, Operation] = {}  # id() of objects before_flush captured
         self.related: list[tuple[registry.Dependency, Any]] = []  # fan out after the flush
         self.pending: list[int] = []  # recorded in this transaction
         self.committed: list[int] = []  # the root transaction committed these
@@ -71,11 +72,6 @@ def session_sync(session: Session) -> SessionSync:
     if not isinstance(found, SessionSync):
         found = session.info[STATE_KEY] = SessionSync()
     return found
-
-
-def _capturing(session: Session | None) -> dict[tuple[str, str], NewEvent] | None:
-    found = session.info.get(STATE_KEY) if session is not None else None
-    return found.capture if isinstance(found, SessionSync) else None
 
 
 # ------------------------------------------------------------------------ the handlers
@@ -95,13 +91,15 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
             return
         capture: dict[tuple[str, str], NewEvent] = {}
         state = session_sync(session)
-        state.capture = capture
+        state.capture, state.captured = capture, {}
         for obj in session.dirty:
             if isinstance(obj, Searchable) and _document_changed(session, obj):
                 _capture(capture, obj, Operation.UPSERT)
+                state.captured[id(obj)] = Operation.UPSERT
         for obj in session.deleted:
             if isinstance(obj, Searchable):
                 _capture(capture, obj, Operation.DELETE)
+                state.captured[id(obj)] = Operation.DELETE
         if registry.has_dependencies():
             _related_before_flush(session, config, state)
 
@@ -284,12 +282,14 @@ def install_mapper_events() -> None:
     def hook(op: Operation) -> Any:
         def on_write(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
             session = object_session(target)
-            capture = _capturing(session)
-            if capture is None:
+            found = session.info.get(STATE_KEY) if session is not None else None
+            if not isinstance(found, SessionSync) or found.capture is None:
+                return
+            if found.captured.get(id(target)) is op:  # before_flush took it already
                 return
             if op is Operation.UPSERT and not _inserted_or_changed(session, target):
                 return
-            _capture(capture, target, op)
+            _capture(found.capture, target, op)
         return on_write
 
     event.listen(Searchable, "after_update", hook(Operation.UPSERT), propagate=True)

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, String, delete, select, update
+from sqlalchemy import Engine, String, delete, event, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 import scrypath_sa
@@ -636,8 +636,20 @@ def test_search_fields_make_the_document_and_skip_other_changes(
         assert scrypath_sa.last_outcome(session).state == "completed"
         assert scrypath_sa.search(session, Post, "1").total == 0
         assert [p.id for p in scrypath_sa.search(session, Post, "renamed").items] == [1]
+
+        # A change outside the fields that the app's own before_update hook turns into
+        # a change of the title, during the flush: the mapper event records it.
+        @event.listens_for(Post, "before_update")
+        def promote(mapper: Any, connection: Any, target: Post) -> None:
+            if target.views == 99:
+                target.title = "promoted"
+
+        post.views = 99
+        session.commit()
+        assert scrypath_sa.last_outcome(session).state == "completed"
+        assert [p.id for p in scrypath_sa.search(session, Post, "promoted").items] == [1]
     with engine.connect() as conn:
-        assert len(conn.execute(select(sync_events.c.id)).all()) == 2
+        assert len(conn.execute(select(sync_events.c.id)).all()) == 3
     scrypath_sa.unconfigure(Session)
     Base.metadata.drop_all(engine)
 
