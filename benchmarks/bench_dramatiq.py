@@ -7,8 +7,8 @@
 * write path on PostgreSQL: N single-row commits and M commits of K rows through a
   session configured in ``dramatiq`` mode (outbox INSERT, broker send, ``enqueued``
   mark) against the same commits through a plain session, back to back in each round
-  (which goes first alternates);
-  the median of the rounds' ratios and their spread; goals <= 1.5x and <= 1.15x;
+  (which goes first alternates); the median of the rounds' ratios and their spread;
+  goals <= 1.5x and <= 1.15x;
 * commit to completed, with one worker process (``dramatiq --processes 1 --threads N``):
   the same commits made while the worker is paused (SIGSTOP), then timed from resuming
   it until every event is ``completed`` (visible), against ``helpers.bulk`` of the same
@@ -184,9 +184,9 @@ def main() -> None:
             goal = "1.5" if shape == "single" else "1.15"
             background = results[shape]["background"]
             print(f"  dramatiq(background=True) {summary(background)}")
-            # Each round times plain and then the library back to back: the median of
-            # the rounds' ratios, with their spread (single rounds of plain commits
-            # vary by half on this machine, so the best of each is no measure).
+            # Each round times plain and the library back to back (who goes first
+            # alternates): the median of the rounds' ratios, with their spread (single
+            # rounds of plain commits vary by half here: the best of each is no measure).
             for label, times in (("", synced), ("_background", background)):
                 ratios = [t / p for t, p in zip(times, plain, strict=True)]
                 print(f"RATIO write_overhead_{shape}{label} = "

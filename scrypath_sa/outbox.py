@@ -240,11 +240,10 @@ def _driver_scalar(conn: Connection, sql: str, args: Any) -> Any:
     the first column of its one row. An engine that something watches (statement
     listeners, error handlers, SQL logging) gets it through SQLAlchemy instead, so that
     they see it; a driver error is raised as SQLAlchemy's would be."""
-    if (conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute
-            or conn.dialect.dispatch.handle_error
-            or conn.engine.logger.isEnabledFor(logging.INFO)):
-        return conn.exec_driver_sql(sql, args).scalar_one()
     dialect = conn.dialect
+    if (conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute
+            or dialect.dispatch.handle_error or conn.engine.logger.isEnabledFor(logging.INFO)):
+        return conn.exec_driver_sql(sql, args).scalar_one()
     driver_conn = conn.connection.dbapi_connection
     assert driver_conn is not None  # an open Connection's
     cursor = driver_conn.cursor()

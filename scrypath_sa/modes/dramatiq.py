@@ -303,7 +303,8 @@ class DramatiqMode(Mode):
 
     def _rides_along(self, ids: list[int]) -> bool:
         """Whether the events of a small commit are covered by a doorbell this process
-        sent less than ``collect / 2`` ago, so that they need no message of their own.
+        sent less than its window ago (see :meth:`_window`), so that they need no
+        message of their own.
 
         A doorbell is a message of a small commit on PostgreSQL; it carries that window.
         The worker that runs it first waits as long (from when it starts, so no clock is
