@@ -2,7 +2,7 @@
 how often concurrent commits refresh the index.
 
     python -m benchmarks.bench_inline [--commits 300] [--rounds 3] [--threads 20]
-                                      [--concurrent-seconds 5]
+                                      [--concurrent-seconds 5] [--burst 100]
 
 PostgreSQL and OpenSearch (1 shard, 0 replicas, the default 1 s refresh interval); rows
 of the issue's shape (bigint id, a title, a 200-byte body, an integer).
@@ -15,12 +15,18 @@ of the issue's shape (bigint id, a title, a 200-byte body, an integer).
 * sharing: ``--threads`` threads committing single rows in ``inline`` mode for
   ``--concurrent-seconds``: commits/s, and refreshes/s of the index (its own
   ``refresh.external_total`` counter, which counts every explicit refresh and every
-  ``refresh=wait_for`` one); goal about 20 refreshes/s or fewer.
+  ``refresh=wait_for`` one); goal about 20 refreshes/s or fewer;
+* a burst on ``AsyncSession``: ``--burst`` commits started at once on one event loop
+  (psycopg's async driver, a pool sized for the burst), against the same burst on a
+  plain ``AsyncSession``; alternating rounds; per-commit latency (median, p95), the
+  burst's wall time, and the loop's worst wait beyond a 10 ms ticker's sleep.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import gc
 import os
 import statistics
 import threading
@@ -71,6 +77,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=20)
     parser.add_argument("--concurrent-seconds", type=float, default=5.0)
+    parser.add_argument("--burst", type=int, default=100, help="0: no AsyncSession part")
     args = parser.parse_args()
 
     from opensearchpy import OpenSearch
@@ -137,6 +144,8 @@ def main() -> None:
                 thread.join()
             elapsed = time.perf_counter() - began
             refreshed = refreshes() - before
+            bursts = asyncio.run(async_bursts(urls["postgresql"], backend, args.burst,
+                                              args.rounds, next_id)) if args.burst else {}
         finally:
             client.indices.delete(index=f"{PREFIX}*", ignore_unavailable=True)
             with engine.begin() as conn:
@@ -154,6 +163,82 @@ def main() -> None:
               f"{statistics.median(latency['inline']) / statistics.median(latency['plain']):.1f}x")
         print(f"{args.threads} threads committing for {elapsed:.1f}s: {sum(done) / elapsed:.0f} "
               f"commits/s, {refreshed / elapsed:.1f} refreshes/s of the index (goal <= ~20)")
+
+        for name, runs in bursts.items():
+            ms = [s * 1000 for s in runs["latency"]]
+            print(f"AsyncSession, {args.burst} commits at once, {name:7}: latency median "
+                  f"{statistics.median(ms):.0f} ms, p95 {percentile(ms, 0.95):.0f} ms; burst "
+                  f"{statistics.median(runs['wall']) * 1000:.0f} ms (rounds "
+                  f"{summary_ms(runs['wall'])}); loop's worst wait {summary_ms(runs['stall'])}")
+
+
+def summary_ms(seconds: list[float]) -> str:
+    return f"median {statistics.median(seconds) * 1000:.0f} ms, " \
+           f"{min(seconds) * 1000:.0f}-{max(seconds) * 1000:.0f}"
+
+
+async def async_bursts(url: str, backend: Any, size: int, rounds: int,
+                       next_id: Any) -> dict[str, dict[str, list[float]]]:
+    """``size`` single-row commits started at once on AsyncSessions, ``inline`` and
+    plain in alternating rounds: each commit's latency, each burst's wall time and the
+    longest a 10 ms ticker on the loop waited beyond its sleep."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    async_url = make_url(url).set(drivername="postgresql+psycopg")
+    engine = create_async_engine(async_url, pool_size=15, max_overflow=0)
+    plain, synced = async_sessionmaker(engine), async_sessionmaker(engine)
+    config = scrypath_sa.configure(synced, backend=backend, mode="inline")
+    found: dict[str, dict[str, list[float]]] = {
+        name: {"latency": [], "wall": [], "stall": []} for name in ("inline", "plain")}
+
+    async def commit(factory: Any, cls: type, into: list[float]) -> None:
+        i = next(next_id)
+        began = time.perf_counter()
+        async with factory() as session:
+            session.add(cls(id=i, title=f"post {i}", body=BODY, views=i))
+            await session.commit()
+            if cls is Post:
+                outcome = scrypath_sa.last_outcome(session)
+                assert outcome is not None and outcome.state == "completed", outcome
+        into.append(time.perf_counter() - began)
+
+    async def burst(name: str, factory: Any, cls: type) -> None:
+        stalls: list[float] = [0.0]
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0.01)
+                now = time.perf_counter()
+                stalls.append(now - last - 0.01)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        began = time.perf_counter()
+        await asyncio.gather(*(commit(factory, cls, found[name]["latency"])
+                               for _ in range(size)))
+        found[name]["wall"].append(time.perf_counter() - began)
+        done.set()
+        await tick
+        found[name]["stall"].append(max(stalls))
+
+    await commit(synced, Post, [])  # warm
+    await commit(plain, Plain, [])
+    gc.collect()
+    gc.freeze()  # as docs/async.md advises a latency-bound service
+    try:
+        for n in range(rounds):
+            order = [("inline", synced, Post), ("plain", plain, Plain)]
+            for name, factory, cls in order if n % 2 == 0 else order[::-1]:
+                await burst(name, factory, cls)
+    finally:
+        gc.unfreeze()
+        scrypath_sa.unconfigure(synced)
+        config.bind.dispose()
+        await engine.dispose()
+    return found
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Each session keeps one :class:`SessionSync` in ``Session.info``:
 
 from __future__ import annotations
 
+import functools
 import inspect as pyinspect
 import logging
 from collections.abc import Callable, Iterable
@@ -31,7 +32,7 @@ from scrypath_sa import aio, documents, outbox, registry, telemetry
 from scrypath_sa.config import Config
 from scrypath_sa.errors import ConfigurationError, NotConfiguredError, SyncIncompleteError
 from scrypath_sa.mixin import Searchable
-from scrypath_sa.modes.dispatch import dispatch
+from scrypath_sa.modes.dispatch import dispatch, dispatch_group
 from scrypath_sa.modes.selection import resolve_mode
 from scrypath_sa.outbox import NewEvent
 from scrypath_sa.outcome import Failure, Outcome
@@ -179,7 +180,9 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
         if not ids:
             outcome = Outcome(mode_name, [])
         elif aio.in_async_commit():  # an AsyncSession: not on the event loop
-            outcome = aio.off_the_loop(dispatch, config, mode_name, ids, config.bind)
+            outcome = aio.off_the_loop_together(
+                (id(config), mode_name), ids,
+                functools.partial(dispatch_group, config, mode_name, engine=config.bind))
         else:
             outcome = dispatch(config, mode_name, ids, engine)
         if refused:

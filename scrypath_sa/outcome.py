@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,10 @@ class Outcome:
     worker writing the events of messages behind its own); ``states`` and ``failures``
     include them. ``error`` is set when the dispatch itself failed (the events then
     stay where they were, usually ``requested``).
+
+    ``event_states`` (each event's state as this call left it) and ``event_documents``
+    (each written event's document) let :meth:`part` tell one caller's share of a run
+    made for several.
     """
 
     mode: str
@@ -41,6 +46,23 @@ class Outcome:
     locked: list[int] = field(default_factory=list)
     extra: list[int] = field(default_factory=list)
     error: str | None = None
+    event_states: dict[int, str] = field(default_factory=dict, repr=False)
+    event_documents: dict[int, tuple[str, str]] = field(default_factory=dict, repr=False)
+
+    def part(self, event_ids: Sequence[int]) -> Outcome:
+        """The outcome of ``event_ids`` alone, out of this one (a run made for several
+        callers at once): their states, failures and documents; the run's ``error``."""
+        ids = list(dict.fromkeys(event_ids))
+        mine = set(ids)
+        states = {i: self.event_states[i] for i in ids if i in self.event_states}
+        documents = {i: self.event_documents[i] for i in ids if i in self.event_documents}
+        return Outcome(
+            mode=self.mode, event_ids=ids, states=Counter(states.values()),
+            documents=len(set(documents.values())),
+            failures=[f for f in self.failures if f.event_id in mine],
+            skipped=[i for i in self.skipped if i in mine],
+            locked=[i for i in self.locked if i in mine],
+            error=self.error, event_states=states, event_documents=documents)
 
     @property
     def state(self) -> str:

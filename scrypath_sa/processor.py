@@ -107,6 +107,9 @@ def _process(config: Config, bind: Bind, ids: list[int], outcome: Outcome, write
                 writer.record(item.unknown)
             else:
                 docs_total += len(item.batch)
+                for sent in item.batch:
+                    for event_id in sent.event_ids:
+                        outcome.event_documents[event_id] = (sent.info.index, sent.document_id)
                 writer.submit(item)
     finally:
         items.close()  # on an error, stop the reader now, not when the traceback goes
@@ -116,6 +119,7 @@ def _process(config: Config, bind: Bind, ids: list[int], outcome: Outcome, write
     outcome.documents = docs_total
     for tr in transitions:
         outcome.states[tr.state.value] += 1
+        outcome.event_states[tr.event_id] = tr.state.value
         if tr.state in (State.RETRYING, State.DISCARDED):
             doc = writer.where.get(tr.event_id)
             index, document_id = (doc.info.index, doc.document_id) if doc else ("?", "?")

@@ -124,6 +124,60 @@ def test_async_inline_commits_complete_without_stalling_the_loop(
     engine.dispose()
 
 
+@pytest.mark.parametrize("mode", ["inline", "manual"])
+def test_concurrent_async_commits_share_runs_and_each_hears_its_own_outcome(
+        engine: Engine, index_prefix: str, backend: Any, os_client: Any,
+        monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """30 AsyncSession commits at once, one of them a document the index rejects: the
+    work after commit is shared (far fewer runs than commits), and each commit's outcome
+    tells its own events only: the rejected one discarded with the reason, the others
+    in the mode's promised state with no failure of another commit's."""
+    from scrypath_sa import processor
+
+    runs: list[int] = []
+    process = processor.process
+
+    def counted(config: Any, event_ids: Any, **kw: Any) -> Any:
+        runs.append(len(event_ids))
+        return process(config, event_ids, **kw)
+
+    monkeypatch.setattr(processor, "process", counted)
+    world = make_world(engine, index_prefix)
+    async_engine = create_async_engine(_async_url(engine))
+    factory = async_sessionmaker(async_engine)
+    scrypath_sa.configure(factory, backend=backend, mode=mode)
+
+    async def commit(i: int) -> Any:
+        async with factory() as session:
+            session.add(world.Article(id=i, title=f"shared {i}",
+                                      views="not a number" if i == 7 else str(i)))
+            await session.commit()
+            return scrypath_sa.last_outcome(session)
+
+    async def main() -> list[Any]:
+        outcomes = await asyncio.gather(*(commit(i) for i in range(1, 31)))
+        await async_engine.dispose()
+        return list(outcomes)
+
+    outcomes = asyncio.run(main())
+    with engine.connect() as conn:
+        event_of = dict(conn.execute(
+            select(sync_events.c.document_id, sync_events.c.id)).all())
+    promised = "completed" if mode == "inline" else "backend_accepted"
+    for i, outcome in enumerate(outcomes, start=1):
+        assert outcome.event_ids == [event_of[str(i)]], i
+        if i == 7:
+            assert outcome.state == "discarded" and outcome.documents == 1
+            [failure] = outcome.failures
+            assert failure.document_id == "7" and "views" in (failure.error or "")
+        else:
+            assert (outcome.state, outcome.failures, outcome.documents) == (promised, [], 1), i
+    assert sum(runs) == 30 and len(runs) <= 15, runs  # one run per commit without sharing
+    os_client.indices.refresh(index=f"{index_prefix}_articles")
+    assert os_client.count(index=f"{index_prefix}_articles")["count"] == 29
+    scrypath_sa.unconfigure(factory)
+
+
 def test_async_rollback_and_dramatiq_mode(engine: Engine, index_prefix: str,
                                           backend: Any) -> None:
     """On PostgreSQL (asyncpg) and SQLite (aiosqlite): a rolled-back AsyncSession

@@ -60,6 +60,52 @@ def dead_backend(password: str | None = None) -> OpenSearchBackend:
 
 # ---------------------------------------------------------------- choosing a mode
 
+def test_a_shared_runs_outcome_parts_tell_each_caller_its_own_events() -> None:
+    """Outcome.part: the states, failures, documents, skipped and locked ids of the
+    asked events only (two events of one document are one document); a merging mode
+    splits one run's outcome so; the run's error reaches every part."""
+    from collections import Counter
+
+    from scrypath_sa.outcome import Failure
+
+    bad = Failure(3, "ix", "c", "discarded", "mapper_parsing_exception", "views: not a number")
+    whole = Outcome(mode="inline", event_ids=[1, 2, 3, 4, 5], documents=3,
+                    states=Counter(completed=3, discarded=1), failures=[bad],
+                    skipped=[5], locked=[5],
+                    event_states={1: "completed", 2: "completed", 3: "discarded",
+                                  4: "completed"},
+                    event_documents={1: ("ix", "a"), 2: ("ix", "a"), 3: ("ix", "c"),
+                                     4: ("ix", "d")})
+    mine = whole.part([2, 1])
+    assert (mine.event_ids, mine.state, mine.documents, mine.failures) == (
+        [2, 1], "completed", 1, [])
+    theirs = whole.part([3, 5])
+    assert (theirs.states, theirs.failures, theirs.skipped, theirs.locked) == (
+        Counter(discarded=1), [bad], [5], [5])
+    assert theirs.documents == 1 and theirs.to_dict()["state"] == "discarded"
+
+    calls: list[list[int]] = []
+
+    class Merging(Hold):
+        merges = True
+
+        def dispatch(self, config: Any, event_ids: Sequence[int],
+                     engine: Any = None) -> Outcome:
+            calls.append(list(event_ids))
+            return Outcome(mode=self.name, event_ids=list(event_ids), error="broker down",
+                           states=Counter(requested=len(event_ids)),
+                           event_states=dict.fromkeys(event_ids, "requested"))
+
+    merging = Merging()
+    parts = merging.dispatch_group(None, [[1, 2], [3]])  # type: ignore[arg-type]
+    assert calls == [[1, 2, 3]]
+    assert [(p.event_ids, p.states, p.error) for p in parts] == [
+        ([1, 2], Counter(requested=2), "broker down"), ([3], Counter(requested=1),
+                                                        "broker down")]
+    assert [p.event_ids for p in Hold().dispatch_group(None, [[1, 2], [3]])] == [  # type: ignore[arg-type]
+        [1, 2], [3]]
+
+
 def test_mode_precedence_context_over_session_over_default(world: World, backend: Any) -> None:
     scrypath_sa.configure(world.Session, backend=backend, mode="inline")
     with world.Session() as session:

@@ -31,6 +31,9 @@ class Mode(abc.ABC):
 
     name: ClassVar[str]
     promise: frozenset[State] = frozenset({State.COMPLETED})
+    merges: ClassVar[bool] = False
+    """True when :meth:`dispatch_group` serves several callers' ids with one dispatch
+    (a mode whose outcome tells each event's state, as the processor's does)."""
 
     def attach(self, config: Config) -> None:  # noqa: B027 - optional hook
         """Called by ``configure()`` with the configuration this mode serves."""
@@ -39,6 +42,16 @@ class Mode(abc.ABC):
     def dispatch(self, config: Config, event_ids: Sequence[int],
                  engine: Engine | None = None) -> Outcome:
         """Run or hand over the work for ``event_ids``."""
+
+    def dispatch_group(self, config: Config, groups: Sequence[Sequence[int]],
+                       engine: Engine | None = None) -> list[Outcome]:
+        """Run or hand over the work of several callers' ``groups`` of ids at once: one
+        outcome per group. A mode that ``merges`` makes one dispatch of them all (one
+        claim, one bulk request, one refresh) and tells each group its part."""
+        if self.merges and len(groups) > 1:
+            whole = self.dispatch(config, [i for ids in groups for i in ids], engine)
+            return [whole.part(ids) for ids in groups]
+        return [self.dispatch(config, ids, engine) for ids in groups]
 
     def send_task(self, kind: str, args: dict[str, Any]) -> None:
         """Have a worker run the task ``kind`` (see :func:`task`) with ``args``; a mode

@@ -24,18 +24,30 @@ def dispatch(config: Config, mode_name: str, ids: Sequence[int],
              engine: Engine | None = None) -> Outcome:
     """Hand ``ids`` to mode ``mode_name``. Never raises: a failure is logged and
     reported in the outcome, and the events stay in ``sync_events`` for ``sweep()``."""
-    with telemetry.span("scrypath_sa.dispatch", mode=mode_name, events=len(ids)) as span:
+    return dispatch_group(config, mode_name, [ids], engine)[0]
+
+
+def dispatch_group(config: Config, mode_name: str, groups: Sequence[Sequence[int]],
+                   engine: Engine | None = None) -> list[Outcome]:
+    """:func:`dispatch` for several callers' ``groups`` of ids at once (concurrent
+    commits), one outcome per group; a mode that merges them makes one run of all."""
+    events = sum(len(ids) for ids in groups)
+    with telemetry.span("scrypath_sa.dispatch", mode=mode_name, events=events) as span:
         try:
-            outcome = config.mode(mode_name).dispatch(config, ids, engine=engine)
+            outcomes = config.mode(mode_name).dispatch_group(config, groups, engine=engine)
         except Exception as exc:  # noqa: BLE001 - the commit happened: report, never raise
             message = redact(f"{type(exc).__name__}: {exc}")
             log.error("scrypath_sa: dispatch of %d committed events in mode %s failed; they "
-                      "stay in sync_events for sweep(): %s", len(ids), mode_name, message,
+                      "stay in sync_events for sweep(): %s", events, mode_name, message,
                       extra=telemetry.fields("scrypath_sa.dispatch_failed", mode=mode_name,
-                                             events=len(ids), error_kind=type(exc).__name__))
-            outcome = Outcome(mode=mode_name, event_ids=list(ids), error=message)
-        span.set(state=outcome.state, failed=len(outcome.failures))
-        return outcome
+                                             events=events, error_kind=type(exc).__name__))
+            outcomes = [Outcome(mode=mode_name, event_ids=list(ids), error=message)
+                        for ids in groups]
+        if len(outcomes) == 1:
+            span.set(state=outcomes[0].state, failed=len(outcomes[0].failures))
+        else:
+            span.set(groups=len(outcomes), failed=sum(len(o.failures) for o in outcomes))
+        return outcomes
 
 
 def redispatch(config: Config, events: Iterable[tuple[int, str | None]],

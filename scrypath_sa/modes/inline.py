@@ -24,6 +24,7 @@ class InlineMode(Mode):
 
     name = "inline"
     promise = frozenset({State.COMPLETED})
+    merges = True
 
     def dispatch(self, config: Config, event_ids: Sequence[int],
                  engine: Engine | None = None) -> Outcome:

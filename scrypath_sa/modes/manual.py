@@ -34,6 +34,7 @@ class ManualMode(Mode):
 
     name = "manual"
     promise = frozenset({State.BACKEND_ACCEPTED})
+    merges = True
 
     def dispatch(self, config: Config, event_ids: Sequence[int],
                  engine: Engine | None = None) -> Outcome:
