@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from collections.abc import Callable, Hashable
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 
 from scrypath_sa.errors import ConfigurationError
-from scrypath_sa.threads import async_pool
 
 T = TypeVar("T")
 
@@ -102,63 +100,28 @@ def in_async_commit() -> bool:
     return bool(in_greenlet())
 
 
-class _Waiting(NamedTuple):
-    ids: list[int]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
-    run: Callable[[list[list[int]]], list[Any]]
-
-
-_waiting: dict[Hashable, list[_Waiting]] = {}
-_waiting_lock = threading.Lock()
-
-
-def off_the_loop_together(key: Hashable, ids: list[int],
-                          run: Callable[[list[list[int]]], list[T]]) -> T:
-    """``run([ids])[0]``, run in one of the library's ``scrypath-async`` threads and
-    awaited without blocking the event loop (from inside an ``AsyncSession``'s
-    greenlet); callers waiting at once under the same ``key`` share one call.
-
-    A free thread takes every group waiting under ``key``, calls ``run`` once with them
-    all and hands each its own result: a lone commit starts at once, 100 commits at
-    once cost a few runs (one claim, one bulk request, one refresh each), not 100. Few
-    threads: each one's Python work competes with the loop for the interpreter."""
+def off_the_loop(start: Callable[[Callable[[T | None, BaseException | None], None]], None],
+                 ) -> T:
+    """Wait, without blocking the event loop (from inside an ``AsyncSession``'s
+    greenlet), for the result that ``start`` has another thread hand to the callback it
+    is given (or the error it hands instead)."""
     from sqlalchemy.util.concurrency import await_only
 
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
-    with _waiting_lock:
-        _waiting.setdefault(key, []).append(_Waiting(ids, loop, future, run))
-    async_pool().submit(_run_waiting, key)
-    result: T = await_only(future)
-    return result
 
-
-def _run_waiting(key: Hashable) -> None:
-    """In a ``scrypath-async`` thread: one run for everything waiting under ``key`` (the
-    callers whose own task comes later find nothing left and return)."""
-    with _waiting_lock:
-        waiting = _waiting.pop(key, [])
-    if not waiting:
-        return
-    try:
-        results = waiting[0].run([w.ids for w in waiting])
-    except BaseException as exc:
-        for w in waiting:
-            _settle(w, None, exc)
-        raise
-    for w, result in zip(waiting, results, strict=True):
-        _settle(w, result, None)
-
-
-def _settle(waiting: _Waiting, result: Any, exc: BaseException | None) -> None:
-    def settle() -> None:
-        if waiting.future.done():  # the caller was cancelled
+    def settle(result: T | None, exc: BaseException | None) -> None:
+        if future.done():  # the awaiting task was cancelled
             return
         if exc is not None:
-            waiting.future.set_exception(exc)
+            future.set_exception(exc)
         else:
-            waiting.future.set_result(result)
+            future.set_result(result)  # type: ignore[arg-type]
 
-    with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits any more
-        waiting.loop.call_soon_threadsafe(settle)
+    def settled(result: T | None, exc: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    start(settled)
+    result: T = await_only(future)
+    return result

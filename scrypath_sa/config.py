@@ -26,6 +26,9 @@ class SyncMode(Protocol):
     @property
     def promise(self) -> frozenset[State]: ...
 
+    @property
+    def merges(self) -> bool: ...
+
     def attach(self, config: Config) -> None: ...
 
     def dispatch(self, config: Config, event_ids: Sequence[int],

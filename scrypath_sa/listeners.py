@@ -32,7 +32,7 @@ from scrypath_sa import aio, documents, outbox, registry, telemetry
 from scrypath_sa.config import Config
 from scrypath_sa.errors import ConfigurationError, NotConfiguredError, SyncIncompleteError
 from scrypath_sa.mixin import Searchable
-from scrypath_sa.modes.dispatch import dispatch, dispatch_group
+from scrypath_sa.modes.dispatch import dispatch, dispatch_together, put_together
 from scrypath_sa.modes.selection import resolve_mode
 from scrypath_sa.outbox import NewEvent
 from scrypath_sa.outcome import Failure, Outcome
@@ -177,12 +177,13 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
         if config is None or (not ids and not refused):
             return
         mode_name = resolve_mode(config.default_mode, session)
+        mode = config.modes.get(mode_name)
         if not ids:
             outcome = Outcome(mode_name, [])
         elif aio.in_async_commit():  # an AsyncSession: not on the event loop
-            outcome = aio.off_the_loop_together(
-                (id(config), mode_name), ids,
-                functools.partial(dispatch_group, config, mode_name, engine=config.bind))
+            outcome = aio.off_the_loop(functools.partial(put_together, config, mode_name, ids))
+        elif engine is config.bind and mode is not None and mode.merges:
+            outcome = dispatch_together(config, mode_name, ids)
         else:
             outcome = dispatch(config, mode_name, ids, engine)
         if refused:
@@ -190,7 +191,6 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
             outcome.failures.extend(refused)
             outcome.states[State.DISCARDED.value] += len(refused)
         state.outcome = outcome
-        mode = config.modes.get(mode_name)
         if config.strict and not (mode is not None and mode.kept_promise(outcome)):
             raise SyncIncompleteError(outcome)
 

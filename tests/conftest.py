@@ -244,6 +244,23 @@ def backend(opensearch_url: str) -> Iterator[object]:
 
 
 @pytest.fixture
+def process_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of events of each processor run from now on (runs shared by
+    concurrent commits are fewer than the commits)."""
+    from scrypath_sa import processor
+
+    runs: list[int] = []
+    process = processor.process
+
+    def counted(config: Any, event_ids: Any, **kw: Any) -> Any:
+        runs.append(len(event_ids))
+        return process(config, event_ids, **kw)
+
+    monkeypatch.setattr(processor, "process", counted)
+    return runs
+
+
+@pytest.fixture
 def os_client(opensearch_url: str) -> Iterator[object]:
     from opensearchpy import OpenSearch
 

@@ -127,21 +127,11 @@ def test_async_inline_commits_complete_without_stalling_the_loop(
 @pytest.mark.parametrize("mode", ["inline", "manual"])
 def test_concurrent_async_commits_share_runs_and_each_hears_its_own_outcome(
         engine: Engine, index_prefix: str, backend: Any, os_client: Any,
-        monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+        process_runs: list[int], mode: str) -> None:
     """30 AsyncSession commits at once, one of them a document the index rejects: the
     work after commit is shared (far fewer runs than commits), and each commit's outcome
     tells its own events only: the rejected one discarded with the reason, the others
     in the mode's promised state with no failure of another commit's."""
-    from scrypath_sa import processor
-
-    runs: list[int] = []
-    process = processor.process
-
-    def counted(config: Any, event_ids: Any, **kw: Any) -> Any:
-        runs.append(len(event_ids))
-        return process(config, event_ids, **kw)
-
-    monkeypatch.setattr(processor, "process", counted)
     world = make_world(engine, index_prefix)
     async_engine = create_async_engine(_async_url(engine))
     factory = async_sessionmaker(async_engine)
@@ -172,7 +162,8 @@ def test_concurrent_async_commits_share_runs_and_each_hears_its_own_outcome(
             assert failure.document_id == "7" and "views" in (failure.error or "")
         else:
             assert (outcome.state, outcome.failures, outcome.documents) == (promised, [], 1), i
-    assert sum(runs) == 30 and len(runs) <= 15, runs  # one run per commit without sharing
+    # Shared runs: 30 runs (one per commit) without them.
+    assert sum(process_runs) == 30 and len(process_runs) <= 15, process_runs
     os_client.indices.refresh(index=f"{index_prefix}_articles")
     assert os_client.count(index=f"{index_prefix}_articles")["count"] == 29
     scrypath_sa.unconfigure(factory)

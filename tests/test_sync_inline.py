@@ -52,15 +52,19 @@ def test_inline_commit_is_completed_and_visible(world: World, os_client: Any) ->
     assert doc["title"] == "Running foxes" and doc["views"] == "3"
 
 
-def test_concurrent_inline_commits_share_paced_refreshes(
-        world: World, os_client: Any, engine: Engine) -> None:
+def test_concurrent_inline_commits_share_runs_and_paced_refreshes(
+        world: World, os_client: Any, engine: Engine, process_runs: list[int]) -> None:
     """20 threads committing single rows in inline mode: each commit's document is
-    searchable the moment its commit returns, and the index is refreshed far fewer
-    times than there are commits, no more often than the pace allows."""
+    searchable the moment its commit returns; commits that wait at once share runs
+    (far fewer than commits), each hearing its own events' outcome (one document the
+    index rejects is discarded in its own commit's outcome only); and the index is
+    refreshed far fewer times than there are commits, no more often than the pace
+    allows."""
     import threading
     import time
 
     from scrypath_sa.visibility import REFRESH_PACE
+
 
     if engine.dialect.name == "sqlite":
         pytest.skip("SQLite serialises writers: the threads could not commit at once")
@@ -76,17 +80,25 @@ def test_concurrent_inline_commits_share_paced_refreshes(
 
     unseen: list[int] = []
     states: list[str] = []
+    failed: list[tuple[int, list[str]]] = []
     start = threading.Barrier(20)
+    rejected = 172
 
     def committer(slot: int) -> None:
         start.wait()
         for k in range(5):
             i = 100 + slot * 10 + k
             with world.Session() as session:
-                session.add(world.Article(id=i, title=f"t{i}"))
+                session.add(world.Article(id=i, title=f"t{i}",
+                                          views="not a number" if i == rejected else "1"))
                 session.commit()
                 outcome = scrypath_sa.last_outcome(session)
-                states.append(outcome.state if outcome else "none")
+                assert outcome is not None and len(outcome.event_ids) == 1
+                states.append(outcome.state)
+                if outcome.failures:
+                    failed.append((i, [f.document_id for f in outcome.failures]))
+            if i == rejected:
+                continue
             found = os_client.search(index=alias, body={"query": {"ids": {"values": [str(i)]}}})
             if found["hits"]["total"]["value"] != 1:
                 unseen.append(i)
@@ -100,8 +112,11 @@ def test_concurrent_inline_commits_share_paced_refreshes(
         thread.join()
     elapsed = time.monotonic() - began
     refreshed = refreshes() - before
-    assert states == ["completed"] * 100
+    assert sorted(states) == ["completed"] * 99 + ["discarded"]
+    assert failed == [(rejected, [str(rejected)])]
     assert unseen == []
+    # Shared runs: 101 runs (one per commit) without them.
+    assert sum(process_runs) == 101 and len(process_runs) <= 60, process_runs
     # Shared: far fewer refreshes than commits; paced: none closer than REFRESH_PACE
     # while others wait (plus the few a lone caller may start at once).
     assert refreshed < 50, refreshed

@@ -4,13 +4,15 @@ mode's ``dispatch``, for commits and for every operator command that pushes work
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from scrypath_sa import outbox, telemetry
 from scrypath_sa.outcome import Outcome
 from scrypath_sa.redaction import redact
+from scrypath_sa.threads import Together, async_pool
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -48,6 +50,31 @@ def dispatch_group(config: Config, mode_name: str, groups: Sequence[Sequence[int
         else:
             span.set(groups=len(outcomes), failed=sum(len(o.failures) for o in outcomes))
         return outcomes
+
+
+RUNS_AT_ONCE = 2
+"""Shared runs of one configuration and mode in flight at once per process (see
+:func:`dispatch_together`); commits arriving meanwhile wait and go in the next."""
+
+_together: Together[Sequence[int], Outcome] = Together(slots=RUNS_AT_ONCE)
+
+
+def dispatch_together(config: Config, mode_name: str, ids: Sequence[int]) -> Outcome:
+    """:func:`dispatch` on the configuration's engine, sharing one run with the other
+    commits of this process that wait at once (group commit): while runs are in flight,
+    arriving commits wait, and the next run carries them all. A merging mode
+    (``inline``, ``manual``) makes one claim, one bulk request and one refresh of them;
+    each commit gets its own events' outcome. A lone commit runs at once."""
+    return _together.run((id(config), mode_name), ids, functools.partial(
+        dispatch_group, config, mode_name, engine=config.bind))
+
+
+def put_together(config: Config, mode_name: str, ids: Sequence[int],
+                 settled: Callable[[Outcome | None, BaseException | None], None]) -> None:
+    """:func:`dispatch_together` for a caller on an event loop, which must not wait:
+    a ``scrypath-async`` thread makes the shared run and hands ``settled`` the outcome."""
+    _together.put((id(config), mode_name, "async"), ids, functools.partial(
+        dispatch_group, config, mode_name, engine=config.bind), settled, async_pool())
 
 
 def redispatch(config: Config, events: Iterable[tuple[int, str | None]],
