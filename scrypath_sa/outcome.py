@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +33,8 @@ class Outcome:
     stay where they were, usually ``requested``).
 
     ``event_states`` (each event's state as this call left it) and ``event_documents``
-    (each written event's document) let :meth:`part` tell one caller's share of a run
-    made for several.
+    (the document each written event went in: one object per document) let :meth:`part`
+    tell one caller's share of a run made for several.
     """
 
     mode: str
@@ -46,8 +46,9 @@ class Outcome:
     locked: list[int] = field(default_factory=list)
     extra: list[int] = field(default_factory=list)
     error: str | None = None
-    event_states: dict[int, str] = field(default_factory=dict, repr=False)
-    event_documents: dict[int, tuple[str, str]] = field(default_factory=dict, repr=False)
+    event_states: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
+    event_documents: Mapping[int, object] = field(default_factory=dict, repr=False,
+                                                  compare=False)
 
     def part(self, event_ids: Sequence[int]) -> Outcome:
         """The outcome of ``event_ids`` alone, out of this one (a run made for several
@@ -58,7 +59,7 @@ class Outcome:
         documents = {i: self.event_documents[i] for i in ids if i in self.event_documents}
         return Outcome(
             mode=self.mode, event_ids=ids, states=Counter(states.values()),
-            documents=len(set(documents.values())),
+            documents=len({id(document) for document in documents.values()}),
             failures=[f for f in self.failures if f.event_id in mine],
             skipped=[i for i in self.skipped if i in mine],
             locked=[i for i in self.locked if i in mine],

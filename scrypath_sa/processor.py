@@ -107,9 +107,6 @@ def _process(config: Config, bind: Bind, ids: list[int], outcome: Outcome, write
                 writer.record(item.unknown)
             else:
                 docs_total += len(item.batch)
-                for sent in item.batch:
-                    for event_id in sent.event_ids:
-                        outcome.event_documents[event_id] = (sent.info.index, sent.document_id)
                 writer.submit(item)
     finally:
         items.close()  # on an error, stop the reader now, not when the traceback goes
@@ -117,6 +114,7 @@ def _process(config: Config, bind: Bind, ids: list[int], outcome: Outcome, write
 
     outcome.skipped = [i for i in ids if i not in claimed]
     outcome.documents = docs_total
+    outcome.event_documents = writer.where
     for tr in transitions:
         outcome.states[tr.state.value] += 1
         outcome.event_states[tr.event_id] = tr.state.value

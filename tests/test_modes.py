@@ -69,13 +69,13 @@ def test_a_shared_runs_outcome_parts_tell_each_caller_its_own_events() -> None:
     from scrypath_sa.outcome import Failure
 
     bad = Failure(3, "ix", "c", "discarded", "mapper_parsing_exception", "views: not a number")
+    doc_a = object()  # the document of events 1 and 2
     whole = Outcome(mode="inline", event_ids=[1, 2, 3, 4, 5], documents=3,
                     states=Counter(completed=3, discarded=1), failures=[bad],
                     skipped=[5], locked=[5],
                     event_states={1: "completed", 2: "completed", 3: "discarded",
                                   4: "completed"},
-                    event_documents={1: ("ix", "a"), 2: ("ix", "a"), 3: ("ix", "c"),
-                                     4: ("ix", "d")})
+                    event_documents={1: doc_a, 2: doc_a, 3: object(), 4: object()})
     mine = whole.part([2, 1])
     assert (mine.event_ids, mine.state, mine.documents, mine.failures) == (
         [2, 1], "completed", 1, [])
