@@ -65,7 +65,6 @@ def test_concurrent_inline_commits_share_runs_and_paced_refreshes(
 
     from scrypath_sa.visibility import REFRESH_PACE
 
-
     if engine.dialect.name == "sqlite":
         pytest.skip("SQLite serialises writers: the threads could not commit at once")
     alias = f"{world.prefix}_articles"
