@@ -47,8 +47,10 @@ def configure(target: Any, *, backend: Backend, mode: str = "inline", bind: Engi
     Configuring the same target again replaces the previous installation.
     ``inline_timeout`` bounds how long an inline commit sends writes (seconds; None:
     no bound); a run also stops sending after a request that got no answer, so a
-    stalled cluster holds a commit for about one request timeout. What is not sent is
-    ``retrying``. ``enabled=False`` installs it turned off (see :func:`disabled`).
+    stalled cluster holds a commit for about one request timeout (two for a commit
+    that arrived while other commits' runs were in flight: it waits for one of them
+    first). What is not sent is ``retrying``. ``enabled=False`` installs it turned off
+    (see :func:`disabled`).
     """
     config = build_config(
         target, backend=backend, mode=mode, bind=bind, modes=modes, batch_size=batch_size,

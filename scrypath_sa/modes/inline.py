@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 
 
 class InlineMode(Mode):
-    """Process in the committing thread until visible: success is ``completed``. The
-    commit waits at most about ``configure(inline_timeout=...)`` seconds (plus one
-    request in flight): what is not written by then is ``retrying``."""
+    """Process before the commit returns, until visible: success is ``completed``. A
+    run takes at most about ``configure(inline_timeout=...)`` seconds (plus one request
+    in flight): what is not written by then is ``retrying``. Concurrent commits share
+    runs (``merges``): one that arrives while two runs are in flight waits for one of
+    them first, so it can wait up to about twice that."""
 
     name = "inline"
     promise = frozenset({State.COMPLETED})
