@@ -162,8 +162,9 @@ def test_concurrent_async_commits_share_runs_and_each_hears_its_own_outcome(
             assert failure.document_id == "7" and "views" in (failure.error or "")
         else:
             assert (outcome.state, outcome.failures, outcome.documents) == (promised, [], 1), i
-    # Shared runs: 30 runs (one per commit) without them.
-    assert sum(process_runs) == 30 and len(process_runs) <= 15, process_runs
+    # Shared runs: 30 runs (one per commit) without them; here 3 on PostgreSQL, 3-12 on
+    # SQLite (whose commits come one at a time).
+    assert sum(process_runs) == 30 and len(process_runs) <= 20, process_runs
     os_client.indices.refresh(index=f"{index_prefix}_articles")
     assert os_client.count(index=f"{index_prefix}_articles")["count"] == 29
     scrypath_sa.unconfigure(factory)

@@ -114,7 +114,7 @@ def test_concurrent_inline_commits_share_runs_and_paced_refreshes(
     assert sorted(states) == ["completed"] * 99 + ["discarded"]
     assert failed == [(rejected, [str(rejected)])]
     assert unseen == []
-    # Shared runs: 101 runs (one per commit) without them.
+    # Shared runs: 101 runs (one per commit) without them; 21-23 here.
     assert sum(process_runs) == 101 and len(process_runs) <= 60, process_runs
     # Shared: far fewer refreshes than commits; paced: none closer than REFRESH_PACE
     # while others wait (plus the few a lone caller may start at once).
