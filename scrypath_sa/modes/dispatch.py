@@ -65,16 +65,21 @@ def dispatch_together(config: Config, mode_name: str, ids: Sequence[int]) -> Out
     arriving commits wait, and the next run carries them all. A merging mode
     (``inline``, ``manual``) makes one claim, one bulk request and one refresh of them;
     each commit gets its own events' outcome. A lone commit runs at once."""
-    return _together.run((id(config), mode_name), ids, functools.partial(
-        dispatch_group, config, mode_name, engine=config.bind))
+    return _together.run((id(config), mode_name), ids, _shared_run(config, mode_name))
 
 
 def put_together(config: Config, mode_name: str, ids: Sequence[int],
                  settled: Callable[[Outcome | None, BaseException | None], None]) -> None:
     """:func:`dispatch_together` for a caller on an event loop, which must not wait:
     a ``scrypath-async`` thread makes the shared run and hands ``settled`` the outcome."""
-    _together.put((id(config), mode_name, "async"), ids, functools.partial(
-        dispatch_group, config, mode_name, engine=config.bind), settled, async_pool())
+    _together.put((id(config), mode_name, "async"), ids, _shared_run(config, mode_name),
+                  settled, async_pool())
+
+
+def _shared_run(config: Config,
+                mode_name: str) -> Callable[[list[Sequence[int]]], list[Outcome]]:
+    """What a shared run calls: :func:`dispatch_group` on the configuration's engine."""
+    return functools.partial(dispatch_group, config, mode_name, engine=config.bind)
 
 
 def redispatch(config: Config, events: Iterable[tuple[int, str | None]],
