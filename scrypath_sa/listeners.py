@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Delete, Engine, Insert, Update, event, inspec
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction, object_session
 
-from scrypath_sa import aio, documents, outbox, registry, telemetry
+from scrypath_sa import aio, documents, outbox, registry, telemetry, with_commit
 from scrypath_sa.config import Config
 from scrypath_sa.errors import ConfigurationError, NotConfiguredError, SyncIncompleteError
 from scrypath_sa.mixin import Searchable
@@ -36,7 +36,7 @@ from scrypath_sa.modes.dispatch import dispatch, dispatch_together, put_together
 from scrypath_sa.modes.selection import resolve_mode
 from scrypath_sa.outbox import NewEvent
 from scrypath_sa.outcome import Failure, Outcome
-from scrypath_sa.schema import Operation, State
+from scrypath_sa.schema import Operation, State, utcnow
 
 log = logging.getLogger("scrypath_sa")
 
@@ -119,8 +119,9 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
             return
         first = next(iter(capture.values()))
         info = registry.info_for_index(first.index_name)
-        conn = session.connection(bind_arguments={"mapper": info.mapper} if info else None)
-        _remember(session, config, conn, list(capture.values()))
+        mapper = info.mapper if info else None
+        conn = session.connection(bind_arguments={"mapper": mapper} if mapper else None)
+        _remember(session, config, conn, list(capture.values()), mapper)
 
     def do_orm_execute(orm_state: ORMExecuteState) -> Any:
         if not (orm_state.is_update or orm_state.is_delete or orm_state.is_insert):
@@ -206,7 +207,7 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
 
 
 def _remember(session: Session, config: Config, conn: Connection,
-              events: list[NewEvent]) -> None:
+              events: list[NewEvent], mapper: Mapper[Any] | None) -> None:
     state = session_sync(session)
     mode = resolve_mode(config.default_mode, session)
     # An id OpenSearch refuses is recorded discarded: it must never fail the commit.
@@ -216,22 +217,16 @@ def _remember(session: Session, config: Config, conn: Connection,
         state.refused.extend(outbox.record_rejected(conn, refused, mode))
     try:
         with telemetry.span("scrypath_sa.capture", events=len(events), mode=mode):
-            state.pending.extend(outbox.record(conn, events, mode))
+            if events and with_commit.can_hold(session, conn, mapper):
+                with_commit.hold(conn, events, mode, utcnow(), state.pending)
+            else:
+                state.pending.extend(outbox.record(conn, events, mode))
     except DBAPIError as exc:
-        if _missing_table(exc):
-            raise ConfigurationError(
-                "the table sync_events does not exist in this database, so the change "
-                "cannot be recorded with the data: create the library's tables with "
-                "scrypath_sa.metadata.create_all(engine) next to your own create_all() "
-                "(tests), or run its migrations (alembic upgrade heads; docs: migrations)"
-            ) from exc
+        missing = outbox.missing_table(exc)
+        if missing is not None:
+            raise missing from exc
         raise
     state.engine = conn.engine
-
-
-def _missing_table(exc: DBAPIError) -> bool:
-    text = str(exc.orig)
-    return "sync_events" in text and ("no such table" in text or "does not exist" in text)
 
 
 def _capture(capture: dict[tuple[str, str], NewEvent], obj: Any, op: Operation) -> None:
@@ -484,7 +479,7 @@ def _record_keys(session: Session, config: Config, conn: Connection,
         events[(info.index, document_id)] = NewEvent(info.name, info.index, document_id,
                                                      safe, op)
     if events:
-        _remember(session, config, conn, list(events.values()))
+        _remember(session, config, conn, list(events.values()), info.mapper)
 
 
 # ------------------------------------------------ the legacy bulk_* Session methods

@@ -34,9 +34,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 
 from scrypath_sa import codec, telemetry
+from scrypath_sa.errors import ConfigurationError
 from scrypath_sa.outcome import Failure
 from scrypath_sa.schema import (
     CLAIMABLE,
@@ -106,6 +107,19 @@ def record(conn: Connection, events: Sequence[NewEvent], mode: str | None) -> li
         return [conn.execute(_INSERT_ONE, rows[0]).scalar_one()]
     stmt = insert(sync_events).returning(sync_events.c.id, sort_by_parameter_order=True)
     return list(conn.execute(stmt, rows).scalars())
+
+
+def missing_table(exc: StatementError) -> Exception | None:
+    """The error that names the fix when recording failed because ``sync_events`` does
+    not exist; None for any other failure."""
+    text = str(exc.orig)
+    if "sync_events" in text and ("no such table" in text or "does not exist" in text):
+        return ConfigurationError(
+            "the table sync_events does not exist in this database, so the change "
+            "cannot be recorded with the data: create the library's tables with "
+            "scrypath_sa.metadata.create_all(engine) next to your own create_all() "
+            "(tests), or run its migrations (alembic upgrade heads; docs: migrations)")
+    return None
 
 
 MAX_DOCUMENT_ID_BYTES = 512

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import scrypath_sa
@@ -148,6 +148,8 @@ def test_a_schema_without_the_librarys_tables_names_the_fix(engine: Engine,
         with pytest.raises(ConfigurationError, match=fix) as raised:
             session.commit()
     assert isinstance(raised.value.__cause__, DBAPIError)
+    with engine.connect() as conn:  # the data did not commit without its event
+        assert conn.execute(select(func.count()).select_from(article)).scalar_one() == 0
 
 
 def test_sync_can_be_turned_off_for_a_block_or_a_configuration(engine: Engine,

@@ -1,0 +1,216 @@
+"""Record a transaction's events with its COMMIT: one round trip, not two (psycopg 3).
+
+A flush on PostgreSQL through psycopg's sync driver does not send its ``sync_events``
+INSERT when the transaction will be committed by the session that flushed (see
+:func:`can_hold`): the rows wait with the connection, and the engine's ``commit``
+event sends them pipelined with the COMMIT itself (libpq pipeline mode: the INSERT,
+the COMMIT and one Sync go out together; one wait brings back the event ids and the
+COMMIT's result). psycopg's own ``commit()`` then finds the transaction closed.
+
+The promise is the outbox's: the data and its events commit together or not at all.
+If the INSERT fails, the server skips the COMMIT of that pipeline, the transaction is
+left aborted, and the error is raised from ``commit()`` (the session rolls back).
+Rows held by a transaction that rolls back are dropped with it. What it saves:
+docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import select
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from scrypath_sa import codec, outbox, telemetry
+from scrypath_sa.outbox import NewEvent
+from scrypath_sa.schema import State, sync_events
+
+KEY = "scrypath_sa.held"
+"""The ``Connection.info`` key of a transaction's held rows (the driver connection's
+info: one thread uses it at a time)."""
+
+_COLUMNS = ("model, index_name, document_id, pk, operation, mode, state, attempts, "
+            "requested_at, updated_at")
+_REQUESTED = State.REQUESTED.value
+_INSERT_ONE = (
+    f"INSERT INTO {sync_events.fullname} ({_COLUMNS}) VALUES ($1, $2, $3, $4::json, $5, "
+    f"$6, '{_REQUESTED}', 0, $7::timestamptz, $7::timestamptz) RETURNING id").encode()
+_INSERT_MANY = (
+    f"INSERT INTO {sync_events.fullname} ({_COLUMNS}) "
+    "SELECT r->>0, r->>1, r->>2, r->3, r->>4, r->>5, "
+    f"'{_REQUESTED}', 0, (r->>6)::timestamptz, (r->>6)::timestamptz "
+    "FROM json_array_elements($1::json) AS r RETURNING id").encode()
+
+
+class _Held:
+    """A transaction's rows, and the list their ids go to once they are committed."""
+
+    __slots__ = ("ids", "rows", "transaction")
+
+    def __init__(self, transaction: Any, ids: list[int]) -> None:
+        self.transaction, self.ids = transaction, ids
+        self.rows: list[tuple[Any, ...]] = []
+
+
+def can_hold(session: Session, conn: Connection, mapper: Any) -> bool:
+    """Whether this flush's events may wait for the COMMIT: a sync psycopg connection
+    in a transaction that this session's ``commit()`` will commit (an engine-bound
+    session, no savepoint, not two-phase), on an engine nobody watches statements of
+    (their listeners and SQL logging see every statement through SQLAlchemy)."""
+    dialect = conn.dialect
+    if dialect.driver != "psycopg" or dialect.is_async or session.twophase:
+        return False
+    if session.in_nested_transaction() or conn.in_nested_transaction():
+        return False
+    if not isinstance(session.get_bind(mapper), Engine):
+        return False  # bound to a connection: an outer transaction decides
+    if (conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute
+            or dialect.dispatch.handle_error or conn.engine.logger.isEnabledFor(logging.INFO)):
+        return False
+    driver_conn = conn.connection.dbapi_connection
+    pgconn = getattr(driver_conn, "pgconn", None)
+    # In a transaction block (not autocommit: there the data is already committed).
+    return pgconn is not None and pgconn.transaction_status == _INTRANS
+
+
+def hold(conn: Connection, events: Sequence[NewEvent], mode: str | None,
+         now: dt.datetime, ids: list[int]) -> None:
+    """Keep ``events`` for ``conn``'s COMMIT; their ids are appended to ``ids`` then."""
+    _listen(conn.engine)
+    transaction = conn.get_transaction()
+    held = conn.info.get(KEY)
+    if not isinstance(held, _Held) or held.transaction is not transaction:
+        held = conn.info[KEY] = _Held(transaction, ids)
+    stamp = now.isoformat()
+    held.rows.extend((e.model, e.index_name, e.document_id, e.pk, e.operation.value, mode,
+                      stamp) for e in events)
+
+
+_listened: weakref.WeakSet[Engine] = weakref.WeakSet()
+_listen_lock = threading.Lock()
+
+
+def _listen(engine: Engine) -> None:
+    if engine in _listened:
+        return
+    with _listen_lock:
+        if engine not in _listened:
+            event.listen(engine, "commit", _commit)
+            event.listen(engine, "rollback", _forget)
+            _listened.add(engine)
+
+
+def _forget(conn: Connection) -> None:
+    conn.info.pop(KEY, None)
+
+
+def _commit(conn: Connection) -> None:
+    """The engine's ``commit`` event: send the held rows with the COMMIT."""
+    held = conn.info.pop(KEY, None)
+    if not isinstance(held, _Held) or not held.rows:
+        return
+    if held.transaction is not conn.get_transaction():
+        return  # a transaction that ended without a commit or rollback event
+    driver_conn = conn.connection.dbapi_connection
+    pgconn = driver_conn.pgconn  # type: ignore[union-attr]
+    if pgconn.transaction_status != _INTRANS:
+        return  # aborted by an earlier error: the COMMIT will not commit anything
+    sql, params = _statement(held.rows)
+    try:
+        ids = _insert_and_commit(pgconn, sql, params,
+                                 driver_conn.info.encoding)  # type: ignore[union-attr]
+    except conn.dialect.loaded_dbapi.Error as exc:
+        lost = conn.dialect.is_disconnect(exc, driver_conn, None)
+        if lost:
+            conn.invalidate(exc)
+        else:  # the pool takes the connection back as committed: end the aborted one
+            driver_conn.rollback()  # type: ignore[union-attr]
+        error = DBAPIError.instance(sql.decode(), params, exc,
+                                    conn.dialect.loaded_dbapi.Error,
+                                    hide_parameters=conn.engine.hide_parameters,
+                                    connection_invalidated=lost, dialect=conn.dialect)
+        missing = outbox.missing_table(error)
+        raise (missing or error) from (error if missing else exc)
+    telemetry.transitions(State.REQUESTED.value, len(ids))
+    held.ids.extend(ids)
+
+
+# ---------------------------------------------------------------- libpq pipeline mode
+
+def _statement(rows: list[tuple[Any, ...]]) -> tuple[bytes, list[bytes | None]]:
+    """The INSERT of ``rows`` and its parameters. Not a prepared statement: psycopg
+    deallocates every prepared statement of a connection on a ROLLBACK or DDL, and a
+    missing one would fail the commit (docs/performance.md has what preparing saved)."""
+    if len(rows) == 1:
+        model, index_name, document_id, pk, operation, mode, stamp = rows[0]
+        return _INSERT_ONE, [
+            model.encode(), index_name.encode(), document_id.encode(), codec.dumps(pk),
+            operation.encode(), None if mode is None else mode.encode(), stamp.encode()]
+    return _INSERT_MANY, [codec.dumps(rows)]
+
+
+def _insert_and_commit(pgconn: Any, sql: bytes, params: list[bytes | None],
+                       encoding: str) -> list[int]:
+    """The INSERT, the COMMIT and a Sync in one pipeline; the inserted ids. Raises the
+    first error the server returned (then it skipped the COMMIT)."""
+    from psycopg import errors, pq
+
+    pgconn.enter_pipeline_mode()
+    try:
+        pgconn.send_query_params(sql, params)
+        pgconn.send_query_params(b"COMMIT", None)
+        pgconn.pipeline_sync()
+        results = _until_sync(pgconn)
+    finally:
+        if pgconn.status == pq.ConnStatus.OK:
+            pgconn.exit_pipeline_mode()
+    ids: list[int] = []
+    for result in results:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            raise errors.error_from_result(result, encoding=encoding)
+        if result.status == pq.ExecStatus.TUPLES_OK:
+            ids.extend(int(result.get_value(row, 0)) for row in range(result.ntuples))
+    return ids
+
+
+def _until_sync(pgconn: Any) -> list[Any]:
+    """Send what is queued and read every result up to the Sync's, waiting on the
+    socket (without holding the GIL) rather than in libpq."""
+    from psycopg import pq
+
+    poller = select.poll()
+    fd = pgconn.socket
+    while pgconn.flush():  # a non-blocking connection: the rest waits for room
+        poller.register(fd, select.POLLOUT | select.POLLIN)
+        poller.poll()
+        pgconn.consume_input()
+    poller.register(fd, select.POLLIN)
+    results: list[Any] = []
+    while True:
+        while not pgconn.is_busy():
+            result = pgconn.get_result()
+            if result is None:
+                continue  # the end of one query's results
+            if result.status == pq.ExecStatus.PIPELINE_SYNC:
+                return results
+            results.append(result)
+        poller.poll()
+        pgconn.consume_input()
+
+
+def _intrans() -> Any:
+    try:
+        from psycopg import pq
+    except ImportError:  # pragma: no cover - only psycopg connections get here
+        return None
+    return pq.TransactionStatus.INTRANS
+
+
+_INTRANS = _intrans()

@@ -1,0 +1,136 @@
+"""On psycopg, a transaction's events go with its COMMIT (one round trip): held until
+the commit, written with it or not at all, and the commit's outcome names them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+import scrypath_sa
+from scrypath_sa import sync_events
+from scrypath_sa.testing import InMemoryBackend
+from tests.models import World, make_world
+
+
+@pytest.fixture
+def world(pg: Engine, prefix: str) -> World:
+    w = make_world(pg, prefix)
+    scrypath_sa.configure(w.Session, backend=InMemoryBackend(), mode="inline")
+    return w
+
+
+def recorded(world: World) -> list[Any]:
+    with world.engine.connect() as conn:
+        return conn.execute(select(sync_events.c.id, sync_events.c.model,
+                                   sync_events.c.document_id, sync_events.c.pk,
+                                   sync_events.c.operation, sync_events.c.mode)
+                            .order_by(sync_events.c.id)).all()
+
+
+def in_transaction(session: Session) -> int:
+    return session.execute(select(func.count()).select_from(sync_events)).scalar_one()
+
+
+def test_the_events_are_written_by_the_commit_and_named_by_its_outcome(world: World) -> None:
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="one"))
+        session.flush()
+        assert in_transaction(session) == 0  # held for the COMMIT
+        session.add_all([world.Article(id=2, title="two"), world.Article(id=3, title="3")])
+        session.flush()
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    rows = recorded(world)
+    assert [(r.model, r.document_id, r.pk, r.operation, r.mode) for r in rows] == [
+        ("Article", str(i), [i], "upsert", "inline") for i in (1, 2, 3)]
+    assert outcome is not None and sorted(outcome.event_ids) == [r.id for r in rows]
+    assert outcome.states == {"completed": 3}
+
+    with world.Session() as session:  # one event: the single-row statement
+        session.delete(session.get(world.Article, 2))
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    last = recorded(world)[-1]
+    assert (last.document_id, last.operation) == ("2", "delete")
+    assert outcome is not None and outcome.event_ids == [last.id]
+
+
+def test_a_rollback_drops_what_was_held(world: World) -> None:
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="never"))
+        session.flush()
+        session.rollback()
+        session.add(world.Article(id=2, title="kept"))
+        session.commit()
+    assert [r.document_id for r in recorded(world)] == ["2"]
+
+
+def test_a_savepoint_records_at_once_and_its_rollback_takes_its_events(world: World) -> None:
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="before"))
+        session.flush()
+        with session.begin_nested() as savepoint:
+            session.add(world.Article(id=2, title="inside"))
+            session.flush()
+            assert in_transaction(session) == 1  # written in the savepoint
+            savepoint.rollback()
+        with session.begin_nested():
+            session.add(world.Article(id=3, title="released"))
+        session.commit()
+    assert sorted(r.document_id for r in recorded(world)) == ["1", "3"]
+
+
+def test_an_outer_transaction_gets_its_events_at_once(world: World) -> None:
+    """A session joined to a test's connection: the outer transaction decides, so the
+    events are written with the flush, where that transaction can see them."""
+    with world.engine.connect() as conn:
+        outer = conn.begin()
+        session = Session(bind=conn, join_transaction_mode="create_savepoint")
+        scrypath_sa.configure(session, backend=InMemoryBackend(), mode="inline")
+        session.add(world.Article(id=1, title="in a test"))
+        session.commit()
+        assert conn.execute(select(func.count()).select_from(sync_events)).scalar_one() == 1
+        session.close()
+        outer.rollback()
+    assert recorded(world) == []
+
+
+def test_statement_listeners_see_the_insert(world: World) -> None:
+    """Tracing and SQL logging see every statement: with a listener, the INSERT goes
+    through SQLAlchemy with the flush."""
+    seen: list[str] = []
+
+    @event.listens_for(world.engine, "before_cursor_execute")
+    def watch(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="watched"))
+        session.flush()
+        assert in_transaction(session) == 1
+        session.commit()
+    assert any("INSERT INTO sync_events" in s for s in seen)
+
+
+def test_a_failed_insert_fails_the_commit_and_keeps_the_connection_usable(
+        world: World) -> None:
+    """The INSERT fails at the COMMIT: the server skips the COMMIT, the data is not
+    written, the error says why, and the pooled connection works afterwards."""
+    with world.engine.begin() as conn:  # a constraint only this test's rows break
+        conn.execute(text("ALTER TABLE sync_events ADD CONSTRAINT no_sevens "
+                          "CHECK (document_id <> '7')"))
+    with world.Session() as session:
+        session.add(world.Article(id=7, title="refused"))
+        with pytest.raises(IntegrityError, match="no_sevens"):
+            session.commit()
+        session.rollback()
+        session.add(world.Article(id=8, title="fine"))
+        session.commit()
+    with world.engine.connect() as conn:
+        titles = conn.execute(select(world.Article.title)).scalars().all()
+    assert titles == ["fine"]
+    assert [r.document_id for r in recorded(world)] == ["8"]
