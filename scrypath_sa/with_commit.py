@@ -120,11 +120,14 @@ def _commit(conn: Connection) -> None:
         return  # a transaction that ended without a commit or rollback event
     driver_conn = conn.connection.dbapi_connection
     pgconn = driver_conn.pgconn  # type: ignore[union-attr]
-    if pgconn.transaction_status != _INTRANS:
+    if pgconn.transaction_status == _INERROR:
         return  # aborted by an earlier error: the COMMIT will not commit anything
+    # Outside a transaction block, someone sent a COMMIT of their own: the data is
+    # written, so its events are too (alone), rather than lost.
+    commit = pgconn.transaction_status == _INTRANS
     sql, params = _statement(held.rows)
     try:
-        ids = _insert_and_commit(pgconn, sql, params,
+        ids = _insert_and_commit(pgconn, sql, params, commit,
                                  driver_conn.info.encoding)  # type: ignore[union-attr]
     except conn.dialect.loaded_dbapi.Error as exc:
         lost = conn.dialect.is_disconnect(exc, driver_conn, None)
@@ -156,16 +159,18 @@ def _statement(rows: list[tuple[Any, ...]]) -> tuple[bytes, list[bytes | None]]:
     return _INSERT_MANY, [codec.dumps(rows)]
 
 
-def _insert_and_commit(pgconn: Any, sql: bytes, params: list[bytes | None],
+def _insert_and_commit(pgconn: Any, sql: bytes, params: list[bytes | None], commit: bool,
                        encoding: str) -> list[int]:
-    """The INSERT, the COMMIT and a Sync in one pipeline; the inserted ids. Raises the
-    first error the server returned (then it skipped the COMMIT)."""
+    """The INSERT, the COMMIT (when ``commit``) and a Sync in one pipeline; the
+    inserted ids. Raises the first error the server returned (then it skipped the
+    COMMIT)."""
     from psycopg import errors, pq
 
     pgconn.enter_pipeline_mode()
     try:
         pgconn.send_query_params(sql, params)
-        pgconn.send_query_params(b"COMMIT", None)
+        if commit:
+            pgconn.send_query_params(b"COMMIT", None)
         pgconn.pipeline_sync()
         results = _until_sync(pgconn)
     finally:
@@ -205,12 +210,12 @@ def _until_sync(pgconn: Any) -> list[Any]:
         pgconn.consume_input()
 
 
-def _intrans() -> Any:
+def _statuses() -> tuple[Any, Any]:
     try:
         from psycopg import pq
     except ImportError:  # pragma: no cover - only psycopg connections get here
-        return None
-    return pq.TransactionStatus.INTRANS
+        return None, None
+    return pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR
 
 
-_INTRANS = _intrans()
+_INTRANS, _INERROR = _statuses()

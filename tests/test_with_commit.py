@@ -134,3 +134,16 @@ def test_a_failed_insert_fails_the_commit_and_keeps_the_connection_usable(
         titles = conn.execute(select(world.Article.title)).scalars().all()
     assert titles == ["fine"]
     assert [r.document_id for r in recorded(world)] == ["8"]
+
+
+def test_a_commit_sent_by_hand_still_gets_its_events_written(world: World) -> None:
+    """A COMMIT sent as SQL mid-transaction writes the data: its held events are
+    written after it (alone), not lost."""
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="committed by hand"))
+        session.flush()
+        session.execute(text("COMMIT"))
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert [r.document_id for r in recorded(world)] == ["1"]
+    assert outcome is not None and len(outcome.event_ids) == 1
