@@ -109,6 +109,45 @@ def record(conn: Connection, events: Sequence[NewEvent], mode: str | None) -> li
     return list(conn.execute(stmt, rows).scalars())
 
 
+# The INSERT that goes with a COMMIT (scrypath_sa.with_commit), in libpq's own terms: text
+# with $n parameters, sent without SQLAlchemy. Not a prepared statement: psycopg
+# deallocates every prepared statement of a connection on a ROLLBACK or DDL, and a
+# missing one would fail the commit (docs/performance.md has what preparing would save).
+_COLUMNS = ("model, index_name, document_id, pk, operation, mode, state, attempts, "
+            "requested_at, updated_at")
+_HELD_ONE = (
+    f"INSERT INTO {sync_events.fullname} ({_COLUMNS}) VALUES ($1, $2, $3, $4::json, $5, "
+    f"$6, '{State.REQUESTED.value}', 0, $7::timestamptz, $7::timestamptz) "
+    "RETURNING id").encode()
+_HELD_MANY = (
+    f"INSERT INTO {sync_events.fullname} ({_COLUMNS}) "
+    "SELECT r->>0, r->>1, r->>2, r->3, r->>4, r->>5, "
+    f"'{State.REQUESTED.value}', 0, (r->>6)::timestamptz, (r->>6)::timestamptz "
+    "FROM json_array_elements($1::json) AS r RETURNING id").encode()
+
+HeldRow = tuple[str, str, str, list[Any], str, str | None, str]
+"""An event waiting for its transaction's COMMIT: (model, index, document id, key,
+operation, mode, requested at as ISO text)."""
+
+
+def held_rows(events: Sequence[NewEvent], mode: str | None, now: dt.datetime,
+              ) -> list[HeldRow]:
+    stamp = now.isoformat()
+    return [(e.model, e.index_name, e.document_id, e.pk, e.operation.value, mode, stamp)
+            for e in events]
+
+
+def held_insert(rows: Sequence[HeldRow]) -> tuple[bytes, list[bytes | None]]:
+    """The INSERT ... RETURNING id of ``rows`` (PostgreSQL, ``$n`` parameters as text):
+    one row as VALUES, several as one JSON array."""
+    if len(rows) == 1:
+        model, index_name, document_id, pk, operation, mode, stamp = rows[0]
+        return _HELD_ONE, [
+            model.encode(), index_name.encode(), document_id.encode(), codec.dumps(pk),
+            operation.encode(), None if mode is None else mode.encode(), stamp.encode()]
+    return _HELD_MANY, [codec.dumps(list(rows))]
+
+
 def missing_table(exc: StatementError) -> Exception | None:
     """The error that names the fix when recording failed because ``sync_events`` does
     not exist; None for any other failure."""

@@ -9,7 +9,7 @@ COMMIT's result). psycopg's own ``commit()`` then finds the transaction closed.
 
 The promise is the outbox's: the data and its events commit together or not at all.
 If the INSERT fails, the server skips the COMMIT of that pipeline, the transaction is
-left aborted, and the error is raised from ``commit()`` (the session rolls back).
+rolled back, and the error is raised from ``commit()``.
 Rows held by a transaction that rolls back are dropped with it. What it saves:
 docs/performance.md.
 """
@@ -28,25 +28,13 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from scrypath_sa import codec, outbox, telemetry
+from scrypath_sa import outbox, telemetry
 from scrypath_sa.outbox import NewEvent
-from scrypath_sa.schema import State, sync_events
+from scrypath_sa.schema import State
 
 KEY = "scrypath_sa.held"
 """The ``Connection.info`` key of a transaction's held rows (the driver connection's
 info: one thread uses it at a time)."""
-
-_COLUMNS = ("model, index_name, document_id, pk, operation, mode, state, attempts, "
-            "requested_at, updated_at")
-_REQUESTED = State.REQUESTED.value
-_INSERT_ONE = (
-    f"INSERT INTO {sync_events.fullname} ({_COLUMNS}) VALUES ($1, $2, $3, $4::json, $5, "
-    f"$6, '{_REQUESTED}', 0, $7::timestamptz, $7::timestamptz) RETURNING id").encode()
-_INSERT_MANY = (
-    f"INSERT INTO {sync_events.fullname} ({_COLUMNS}) "
-    "SELECT r->>0, r->>1, r->>2, r->3, r->>4, r->>5, "
-    f"'{_REQUESTED}', 0, (r->>6)::timestamptz, (r->>6)::timestamptz "
-    "FROM json_array_elements($1::json) AS r RETURNING id").encode()
 
 
 class _Held:
@@ -56,7 +44,7 @@ class _Held:
 
     def __init__(self, transaction: Any, ids: list[int]) -> None:
         self.transaction, self.ids = transaction, ids
-        self.rows: list[tuple[Any, ...]] = []
+        self.rows: list[outbox.HeldRow] = []
 
 
 def can_hold(session: Session, conn: Connection, mapper: Any) -> bool:
@@ -88,9 +76,7 @@ def hold(conn: Connection, events: Sequence[NewEvent], mode: str | None,
     held = conn.info.get(KEY)
     if not isinstance(held, _Held) or held.transaction is not transaction:
         held = conn.info[KEY] = _Held(transaction, ids)
-    stamp = now.isoformat()
-    held.rows.extend((e.model, e.index_name, e.document_id, e.pk, e.operation.value, mode,
-                      stamp) for e in events)
+    held.rows.extend(outbox.held_rows(events, mode, now))
 
 
 _listened: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -125,7 +111,7 @@ def _commit(conn: Connection) -> None:
     # Outside a transaction block, someone sent a COMMIT of their own: the data is
     # written, so its events are too (alone), rather than lost.
     commit = pgconn.transaction_status == _INTRANS
-    sql, params = _statement(held.rows)
+    sql, params = outbox.held_insert(held.rows)
     try:
         ids = _insert_and_commit(pgconn, sql, params, commit,
                                  driver_conn.info.encoding)  # type: ignore[union-attr]
@@ -146,18 +132,6 @@ def _commit(conn: Connection) -> None:
 
 
 # ---------------------------------------------------------------- libpq pipeline mode
-
-def _statement(rows: list[tuple[Any, ...]]) -> tuple[bytes, list[bytes | None]]:
-    """The INSERT of ``rows`` and its parameters. Not a prepared statement: psycopg
-    deallocates every prepared statement of a connection on a ROLLBACK or DDL, and a
-    missing one would fail the commit (docs/performance.md has what preparing saved)."""
-    if len(rows) == 1:
-        model, index_name, document_id, pk, operation, mode, stamp = rows[0]
-        return _INSERT_ONE, [
-            model.encode(), index_name.encode(), document_id.encode(), codec.dumps(pk),
-            operation.encode(), None if mode is None else mode.encode(), stamp.encode()]
-    return _INSERT_MANY, [codec.dumps(rows)]
-
 
 def _insert_and_commit(pgconn: Any, sql: bytes, params: list[bytes | None], commit: bool,
                        encoding: str) -> list[int]:
