@@ -147,3 +147,22 @@ def test_a_commit_sent_by_hand_still_gets_its_events_written(world: World) -> No
         outcome = scrypath_sa.last_outcome(session)
     assert [r.document_id for r in recorded(world)] == ["1"]
     assert outcome is not None and len(outcome.event_ids) == 1
+
+
+def test_a_connection_lost_at_the_commit_is_invalidated_and_the_pool_recovers(
+        world: World) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="lost"))
+        session.flush()
+        pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with world.engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(OperationalError) as raised:
+            session.commit()
+        assert raised.value.connection_invalidated
+    with world.Session() as session:  # a fresh connection
+        session.add(world.Article(id=2, title="next"))
+        session.commit()
+    assert [r.document_id for r in recorded(world)] == ["2"]
