@@ -116,36 +116,43 @@ def record(conn: Connection, events: Sequence[NewEvent], mode: str | None) -> li
 _COLUMNS = ("model, index_name, document_id, pk, operation, mode, state, attempts, "
             "requested_at, updated_at")
 _HELD_ONE = (
-    f"INSERT INTO {sync_events.fullname} ({_COLUMNS}) VALUES ($1, $2, $3, $4::json, $5, "
-    f"$6, '{State.REQUESTED.value}', 0, $7::timestamptz, $7::timestamptz) "
+    f"INSERT INTO {sync_events.fullname} ({_COLUMNS}) VALUES ($1, $2, $5, $6::json, $7, "
+    f"$3, '{State.REQUESTED.value}', 0, $4::timestamptz, $4::timestamptz) "
     "RETURNING id").encode()
 _HELD_MANY = (
     f"INSERT INTO {sync_events.fullname} ({_COLUMNS}) "
-    "SELECT r->>0, r->>1, r->>2, r->3, r->>4, r->>5, "
-    f"'{State.REQUESTED.value}', 0, (r->>6)::timestamptz, (r->>6)::timestamptz "
-    "FROM json_array_elements($1::json) AS r RETURNING id").encode()
+    f"SELECT $1, $2, r->>0, r->1, r->>2, $3, '{State.REQUESTED.value}', 0, "
+    "$4::timestamptz, $4::timestamptz FROM json_array_elements($5::json) AS r "
+    "RETURNING id").encode()
 
-HeldRow = tuple[str, str, str, list[Any], str, str | None, str]
-"""An event waiting for its transaction's COMMIT: (model, index, document id, key,
-operation, mode, requested at as ISO text)."""
+HeldGroups = dict[tuple[str, str, str | None, str], list[tuple[str, list[Any], str]]]
+"""Events waiting for their transaction's COMMIT: (document id, key, operation) rows by
+(model, index, mode, requested at as ISO text)."""
 
 
-def held_rows(events: Sequence[NewEvent], mode: str | None, now: dt.datetime,
-              ) -> list[HeldRow]:
+def hold(groups: HeldGroups, events: Sequence[NewEvent], mode: str | None,
+         now: dt.datetime) -> None:
+    """Add ``events`` to ``groups`` (see :func:`held_inserts`)."""
     stamp = now.isoformat()
-    return [(e.model, e.index_name, e.document_id, e.pk, e.operation.value, mode, stamp)
-            for e in events]
+    for e in events:
+        groups.setdefault((e.model, e.index_name, mode, stamp), []).append(
+            (e.document_id, e.pk, e.operation.value))
 
 
-def held_insert(rows: Sequence[HeldRow]) -> tuple[bytes, list[bytes | None]]:
-    """The INSERT ... RETURNING id of ``rows`` (PostgreSQL, ``$n`` parameters as text):
-    one row as VALUES, several as one JSON array."""
-    if len(rows) == 1:
-        model, index_name, document_id, pk, operation, mode, stamp = rows[0]
-        return _HELD_ONE, [
-            model.encode(), index_name.encode(), document_id.encode(), codec.dumps(pk),
-            operation.encode(), None if mode is None else mode.encode(), stamp.encode()]
-    return _HELD_MANY, [codec.dumps(list(rows))]
+def held_inserts(groups: HeldGroups) -> list[tuple[bytes, list[bytes | None]]]:
+    """The INSERT ... RETURNING id of each group (PostgreSQL, ``$n`` parameters as
+    text): one row as VALUES, several as one JSON array of rows."""
+    statements: list[tuple[bytes, list[bytes | None]]] = []
+    for (model, index_name, mode, stamp), group in groups.items():
+        head = [model.encode(), index_name.encode(),
+                None if mode is None else mode.encode(), stamp.encode()]
+        if len(group) == 1:
+            document_id, pk, operation = group[0]
+            statements.append((_HELD_ONE, [*head, document_id.encode(), codec.dumps(pk),
+                                           operation.encode()]))
+        else:
+            statements.append((_HELD_MANY, [*head, codec.dumps(group)]))
+    return statements
 
 
 def missing_table(exc: StatementError) -> Exception | None:

@@ -38,13 +38,13 @@ info: one thread uses it at a time)."""
 
 
 class _Held:
-    """A transaction's rows, and the list their ids go to once they are committed."""
+    """A transaction's held events, and the list their ids go to once committed."""
 
-    __slots__ = ("ids", "rows", "transaction")
+    __slots__ = ("groups", "ids", "transaction")
 
     def __init__(self, transaction: Any, ids: list[int]) -> None:
         self.transaction, self.ids = transaction, ids
-        self.rows: list[outbox.HeldRow] = []
+        self.groups: outbox.HeldGroups = {}
 
 
 def can_hold(session: Session, conn: Connection, mapper: Any) -> bool:
@@ -76,7 +76,7 @@ def hold(conn: Connection, events: Sequence[NewEvent], mode: str | None,
     held = conn.info.get(KEY)
     if not isinstance(held, _Held) or held.transaction is not transaction:
         held = conn.info[KEY] = _Held(transaction, ids)
-    held.rows.extend(outbox.held_rows(events, mode, now))
+    outbox.hold(held.groups, events, mode, now)
 
 
 _listened: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -100,7 +100,7 @@ def _forget(conn: Connection) -> None:
 def _commit(conn: Connection) -> None:
     """The engine's ``commit`` event: send the held rows with the COMMIT."""
     held = conn.info.pop(KEY, None)
-    if not isinstance(held, _Held) or not held.rows:
+    if not isinstance(held, _Held) or not held.groups:
         return
     if held.transaction is not conn.get_transaction():
         return  # a transaction that ended without a commit or rollback event
@@ -111,9 +111,9 @@ def _commit(conn: Connection) -> None:
     # Outside a transaction block, someone sent a COMMIT of their own: the data is
     # written, so its events are too (alone), rather than lost.
     commit = pgconn.transaction_status == _INTRANS
-    sql, params = outbox.held_insert(held.rows)
+    statements = outbox.held_inserts(held.groups)
     try:
-        ids = _insert_and_commit(pgconn, sql, params, commit,
+        ids = _insert_and_commit(pgconn, statements, commit,
                                  driver_conn.info.encoding)  # type: ignore[union-attr]
     except conn.dialect.loaded_dbapi.Error as exc:
         lost = conn.dialect.is_disconnect(exc, driver_conn, None)
@@ -121,6 +121,7 @@ def _commit(conn: Connection) -> None:
             conn.invalidate(exc)
         else:  # the pool takes the connection back as committed: end the aborted one
             driver_conn.rollback()  # type: ignore[union-attr]
+        sql, params = statements[0]
         error = DBAPIError.instance(sql.decode(), params, exc,
                                     conn.dialect.loaded_dbapi.Error,
                                     hide_parameters=conn.engine.hide_parameters,
@@ -133,16 +134,17 @@ def _commit(conn: Connection) -> None:
 
 # ---------------------------------------------------------------- libpq pipeline mode
 
-def _insert_and_commit(pgconn: Any, sql: bytes, params: list[bytes | None], commit: bool,
-                       encoding: str) -> list[int]:
-    """The INSERT, the COMMIT (when ``commit``) and a Sync in one pipeline; the
+def _insert_and_commit(pgconn: Any, statements: list[tuple[bytes, list[bytes | None]]],
+                       commit: bool, encoding: str) -> list[int]:
+    """The INSERTs, the COMMIT (when ``commit``) and a Sync in one pipeline; the
     inserted ids. Raises the first error the server returned (then it skipped the
-    COMMIT)."""
+    rest, and the COMMIT)."""
     from psycopg import errors, pq
 
     pgconn.enter_pipeline_mode()
     try:
-        pgconn.send_query_params(sql, params)
+        for sql, params in statements:
+            pgconn.send_query_params(sql, params)
         if commit:
             pgconn.send_query_params(b"COMMIT", None)
         pgconn.pipeline_sync()

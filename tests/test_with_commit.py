@@ -166,3 +166,22 @@ def test_a_connection_lost_at_the_commit_is_invalidated_and_the_pool_recovers(
         session.add(world.Article(id=2, title="next"))
         session.commit()
     assert [r.document_id for r in recorded(world)] == ["2"]
+
+
+def test_several_models_and_flushes_in_one_transaction_are_all_written(world: World) -> None:
+    """One statement per (model, flush) group, all in the COMMIT's pipeline."""
+    with world.Session() as session:
+        article = world.Article(id=1, title="a")
+        article.comments = [world.Comment(id=10, body="c"), world.Comment(id=11, body="d")]
+        session.add(article)
+        session.add(world.Translation(article_id=1, lang="en", text="t"))
+        session.flush()
+        session.add(world.Article(id=2, title="b"))
+        session.flush()
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    rows = recorded(world)
+    assert sorted((r.model, r.pk) for r in rows) == [
+        ("Article", [1]), ("Article", [2]), ("Comment", [10]), ("Comment", [11]),
+        ("Translation", [1, "en"])]
+    assert outcome is not None and sorted(outcome.event_ids) == [r.id for r in rows]
