@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from scrypath_sa import outbox, processor
+from scrypath_sa import outbox, processor, with_commit
 from scrypath_sa.backends.base import (
     AdminBackend,
     Backend,
@@ -155,7 +155,10 @@ def process_pending(session: Session | None = None, *, config: Config | None = N
     configured engine.
     """
     config = resolve_config(config)
-    bind: Bind = session.connection() if session is not None else config.bind
+    bind: Bind = config.bind
+    if session is not None:
+        bind = session.connection()
+        with_commit.write_held(bind)  # events held for the COMMIT (psycopg): now
     with connect(bind) as conn:
         ids = outbox.claimable_ids(conn)
     policy = Visibility.VISIBLE if wait_for_visibility else Visibility.NONE

@@ -98,7 +98,17 @@ def _forget(conn: Connection) -> None:
 
 
 def _commit(conn: Connection) -> None:
-    """The engine's ``commit`` event: send the held rows with the COMMIT."""
+    """The engine's ``commit`` event: send the held events with the COMMIT."""
+    _send(conn, with_commit=True)
+
+
+def write_held(conn: Connection) -> None:
+    """Write ``conn``'s held events now, in its open transaction: for a reader inside
+    that transaction (``testing.process_pending(session)``)."""
+    _send(conn, with_commit=False)
+
+
+def _send(conn: Connection, *, with_commit: bool) -> None:
     held = conn.info.pop(KEY, None)
     if not isinstance(held, _Held) or not held.groups:
         return
@@ -110,16 +120,16 @@ def _commit(conn: Connection) -> None:
         return  # aborted by an earlier error: the COMMIT will not commit anything
     # Outside a transaction block, someone sent a COMMIT of their own: the data is
     # written, so its events are too (alone), rather than lost.
-    commit = pgconn.transaction_status == _INTRANS
+    commit = with_commit and pgconn.transaction_status == _INTRANS
     statements = outbox.held_inserts(held.groups)
     try:
-        ids = _insert_and_commit(pgconn, statements, commit,
-                                 driver_conn.info.encoding)  # type: ignore[union-attr]
+        ids = _pipeline(pgconn, statements, commit,
+                        driver_conn.info.encoding)  # type: ignore[union-attr]
     except conn.dialect.loaded_dbapi.Error as exc:
         lost = conn.dialect.is_disconnect(exc, driver_conn, None)
         if lost:
             conn.invalidate(exc)
-        else:  # the pool takes the connection back as committed: end the aborted one
+        elif with_commit:  # the pool takes the connection back as committed: end it
             driver_conn.rollback()  # type: ignore[union-attr]
         sql, params = statements[0]
         error = DBAPIError.instance(sql.decode(), params, exc,
@@ -134,7 +144,7 @@ def _commit(conn: Connection) -> None:
 
 # ---------------------------------------------------------------- libpq pipeline mode
 
-def _insert_and_commit(pgconn: Any, statements: list[tuple[bytes, list[bytes | None]]],
+def _pipeline(pgconn: Any, statements: list[tuple[bytes, list[bytes | None]]],
                        commit: bool, encoding: str) -> list[int]:
     """The INSERTs, the COMMIT (when ``commit``) and a Sync in one pipeline; the
     inserted ids. Raises the first error the server returned (then it skipped the

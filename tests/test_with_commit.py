@@ -185,3 +185,19 @@ def test_several_models_and_flushes_in_one_transaction_are_all_written(world: Wo
         ("Article", [1]), ("Article", [2]), ("Comment", [10]), ("Comment", [11]),
         ("Translation", [1, "en"])]
     assert outcome is not None and sorted(outcome.event_ids) == [r.id for r in rows]
+
+
+def test_process_pending_on_the_session_sees_its_held_events(world: World) -> None:
+    """A test that flushes and processes inside its own transaction (never
+    committing): ``process_pending(session)`` writes the held events first."""
+    from scrypath_sa.testing import process_pending
+
+    with world.Session() as session:
+        session.add(world.Article(id=1, title="never committed"))
+        session.flush()
+        assert in_transaction(session) == 0
+        outcome = process_pending(session)
+        assert outcome.states == {"completed": 1}
+        assert in_transaction(session) == 1
+        session.rollback()
+    assert recorded(world) == []
