@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from scrypath_sa import aio, listeners
+from scrypath_sa import aio, listeners, with_commit
 from scrypath_sa.backends.base import Backend
 from scrypath_sa.config import Config, SyncMode
 from scrypath_sa.errors import ConfigurationError, NotConfiguredError
@@ -88,6 +88,7 @@ def build_config(target: Any, *, backend: Backend, mode: str = "inline",
     config = Config(target=target, backend=backend, bind=engine, modes=all_modes,
                     default_mode=mode, **settings)
     config.mode(mode)  # fail now if the default mode is not available
+    with_commit.listen(engine)  # now, before its sessions commit (holds add others)
     for mode_object in all_modes.values():
         mode_object.attach(config)
     return config

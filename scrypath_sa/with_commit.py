@@ -53,7 +53,7 @@ def can_hold(session: Session, conn: Connection, mapper: Any) -> bool:
     session, no savepoint, not two-phase), on an engine nobody watches statements of
     (their listeners and SQL logging see every statement through SQLAlchemy)."""
     dialect = conn.dialect
-    if dialect.driver != "psycopg" or dialect.is_async or session.twophase:
+    if dialect.driver != "psycopg" or dialect.is_async or session.twophase or not _POLL:
         return False
     if session.in_nested_transaction() or conn.in_nested_transaction():
         return False
@@ -71,7 +71,7 @@ def can_hold(session: Session, conn: Connection, mapper: Any) -> bool:
 def hold(conn: Connection, events: Sequence[NewEvent], mode: str | None,
          now: dt.datetime, ids: list[int]) -> None:
     """Keep ``events`` for ``conn``'s COMMIT; their ids are appended to ``ids`` then."""
-    _listen(conn.engine)
+    listen(conn.engine)
     transaction = conn.get_transaction()
     held = conn.info.get(KEY)
     if not isinstance(held, _Held) or held.transaction is not transaction:
@@ -83,7 +83,12 @@ _listened: weakref.WeakSet[Engine] = weakref.WeakSet()
 _listen_lock = threading.Lock()
 
 
-def _listen(engine: Engine) -> None:
+def listen(engine: Engine) -> None:
+    """Send held events with ``engine``'s COMMITs (idempotent; a psycopg engine only).
+    ``configure()`` calls it for its engine; a hold on another engine (a session with
+    several binds) does on the way."""
+    if engine.dialect.driver != "psycopg" or engine.dialect.is_async:
+        return
     if engine in _listened:
         return
     with _listen_lock:
@@ -145,7 +150,7 @@ def _send(conn: Connection, *, with_commit: bool) -> None:
 # ---------------------------------------------------------------- libpq pipeline mode
 
 def _pipeline(pgconn: Any, statements: list[tuple[bytes, list[bytes | None]]],
-                       commit: bool, encoding: str) -> list[int]:
+              commit: bool, encoding: str) -> list[int]:
     """The INSERTs, the COMMIT (when ``commit``) and a Sync in one pipeline; the
     inserted ids. Raises the first error the server returned (then it skipped the
     rest, and the COMMIT)."""
@@ -205,3 +210,4 @@ def _statuses() -> tuple[Any, Any]:
 
 
 _INTRANS, _INERROR = _statuses()
+_POLL = hasattr(select, "poll")  # not on Windows: there the flush records them as before
