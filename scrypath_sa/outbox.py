@@ -300,9 +300,7 @@ def _driver_scalar(conn: Connection, sql: str, args: Any) -> Any:
     the first column of its one row. An engine that something watches (statement
     listeners, error handlers, SQL logging) gets it through SQLAlchemy instead, so that
     they see it; a driver error is raised as SQLAlchemy's would be."""
-    dialect = conn.dialect
-    if (conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute
-            or dialect.dispatch.handle_error or conn.engine.logger.isEnabledFor(logging.INFO)):
+    if watched(conn):
         return conn.exec_driver_sql(sql, args).scalar_one()
     driver_conn = conn.connection.dbapi_connection
     assert driver_conn is not None  # an open Connection's
@@ -312,15 +310,34 @@ def _driver_scalar(conn: Connection, sql: str, args: Any) -> Any:
         row = cursor.fetchone()
         assert row is not None  # INSERT ... RETURNING of one row
         return row[0]
-    except dialect.loaded_dbapi.Error as exc:
-        lost = dialect.is_disconnect(exc, driver_conn, cursor)
-        if lost:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(sql, args, exc, dialect.loaded_dbapi.Error,
-                                  hide_parameters=conn.engine.hide_parameters,
-                                  connection_invalidated=lost, dialect=dialect) from exc
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise driver_error(conn, sql, args, exc, cursor) from exc
     finally:
         cursor.close()
+
+
+def watched(conn: Connection) -> bool:
+    """Whether something watches ``conn``'s statements (statement listeners, error
+    handlers, SQL logging): then they go through SQLAlchemy, never straight to the
+    driver."""
+    return bool(conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute
+                or conn.dialect.dispatch.handle_error
+                or conn.engine.logger.isEnabledFor(logging.INFO))
+
+
+def driver_error(conn: Connection, sql: str, args: Any, exc: Any,
+                 cursor: Any = None) -> DBAPIError:
+    """``exc``, the driver's own error from a statement sent around SQLAlchemy, as
+    SQLAlchemy would raise it; a lost connection is invalidated (the error says so)."""
+    dialect = conn.dialect
+    lost = dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
+    if lost:
+        conn.invalidate(exc)
+    error = DBAPIError.instance(
+        sql, args, exc, dialect.loaded_dbapi.Error, hide_parameters=conn.engine.hide_parameters,
+        connection_invalidated=lost, dialect=dialect)
+    assert isinstance(error, DBAPIError)  # a driver's Error always makes one
+    return error
 
 
 _row = func.json_array_elements(cast(bindparam("rows", type_=Text()), JSON)).column_valued("r")

@@ -17,7 +17,6 @@ docs/performance.md.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import select
 import threading
 import weakref
@@ -25,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from scrypath_sa import outbox, telemetry
@@ -59,8 +57,7 @@ def can_hold(session: Session, conn: Connection, mapper: Any) -> bool:
         return False
     if not isinstance(session.get_bind(mapper), Engine):
         return False  # bound to a connection: an outer transaction decides
-    if (conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute
-            or dialect.dispatch.handle_error or conn.engine.logger.isEnabledFor(logging.INFO)):
+    if outbox.watched(conn):
         return False
     driver_conn = conn.connection.dbapi_connection
     pgconn = getattr(driver_conn, "pgconn", None)
@@ -131,16 +128,11 @@ def _send(conn: Connection, *, with_commit: bool) -> None:
         ids = _pipeline(pgconn, statements, commit,
                         driver_conn.info.encoding)  # type: ignore[union-attr]
     except conn.dialect.loaded_dbapi.Error as exc:
-        lost = conn.dialect.is_disconnect(exc, driver_conn, None)
-        if lost:
-            conn.invalidate(exc)
-        elif with_commit:  # the pool takes the connection back as committed: end it
-            driver_conn.rollback()  # type: ignore[union-attr]
         sql, params = statements[0]
-        error = DBAPIError.instance(sql.decode(), params, exc,
-                                    conn.dialect.loaded_dbapi.Error,
-                                    hide_parameters=conn.engine.hide_parameters,
-                                    connection_invalidated=lost, dialect=conn.dialect)
+        error = outbox.driver_error(conn, sql.decode(), params, exc)
+        if with_commit and not error.connection_invalidated:
+            # The pool takes the connection back as committed: end the aborted one.
+            driver_conn.rollback()  # type: ignore[union-attr]
         missing = outbox.missing_table(error)
         raise (missing or error) from (error if missing else exc)
     telemetry.transitions(State.REQUESTED.value, len(ids))
