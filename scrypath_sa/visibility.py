@@ -84,10 +84,11 @@ class SharedRefresh:
     A caller needs a refresh that *starts* after it arrived (its writes were acknowledged
     before that). If one is running, the caller waits for the next one; whoever finds no
     refresh running leads the next one for everybody waiting. When other callers are
-    inside too (concurrent commits), it starts no sooner than :data:`REFRESH_PACE` after
-    the previous one started, and callers arriving meanwhile are served by it. So N
-    threads cost a refresh per pace, not N; a lone caller (one thread committing) is
-    never held; and no caller is told "visible" before it is.
+    inside too (concurrent commits), or another thread led the previous one, it starts
+    no sooner than :data:`REFRESH_PACE` after the previous one started, and callers
+    arriving meanwhile are served by it. So N threads cost a refresh per pace, not N;
+    a lone caller (one thread committing) is never held; and no caller is told
+    "visible" before it is.
     """
 
     def __init__(self, pace: float = REFRESH_PACE) -> None:
@@ -100,6 +101,7 @@ class SharedRefresh:
         self._inside: dict[tuple[int, str], int] = {}  # callers in refresh() now
         self._peak: dict[tuple[int, str], int] = {}  # most inside since the last start
         self._busy: dict[tuple[int, str], bool] = {}  # the last refresh was shared
+        self._leader: dict[tuple[int, str], int] = {}  # the thread that led the last
 
     def refresh(self, backend: Backend, index: str) -> None:
         key = (id(backend), index)
@@ -122,15 +124,19 @@ class SharedRefresh:
                     self._running.add(key)
                     break
                 self._cond.wait()
-            # The leader: with others inside now or during the last refresh, this one
-            # starts once the pace allows (and counts as started only then, so callers
-            # arriving meanwhile share it).
-            while (self._inside[key] > 1 or self._busy.get(key, False)) and (
+            # The leader: with others inside now or during the last refresh, or when
+            # another thread led the last one (concurrent commits whose shared runs
+            # reach here one at a time), this one starts once the pace allows (and
+            # counts as started only then, so callers arriving meanwhile share it).
+            me = threading.get_ident()
+            while (self._inside[key] > 1 or self._busy.get(key, False)
+                   or self._leader.get(key, me) != me) and (
                     delay := self._last_start.get(key, -self.pace) + self.pace
                     - time.monotonic()) > 0:
                 self._cond.wait(delay)
             ticket = self._started[key] = self._started.get(key, 0) + 1
             self._last_start[key] = time.monotonic()
+            self._leader[key] = me
             self._busy[key] = self._peak.get(key, 0) > 1
             self._peak[key] = self._inside[key]
         began = time.perf_counter()
