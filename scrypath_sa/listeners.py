@@ -210,10 +210,11 @@ def _remember(session: Session, config: Config, conn: Connection,
               events: list[NewEvent], mapper: Mapper[Any] | None) -> None:
     state = session_sync(session)
     mode = resolve_mode(config.default_mode, session)
-    # An id OpenSearch refuses is recorded discarded: it must never fail the commit.
-    refused = [e for e in events if outbox.too_long(e.document_id)]
+    # An id OpenSearch refuses or the table cannot hold is recorded discarded: it
+    # must never fail the commit.
+    refused = [e for e in events if outbox.unusable(e.document_id)]
     if refused:
-        events = [e for e in events if not outbox.too_long(e.document_id)]
+        events = [e for e in events if not outbox.unusable(e.document_id)]
         state.refused.extend(outbox.record_rejected(conn, refused, mode))
     try:
         with telemetry.span("scrypath_sa.capture", events=len(events), mode=mode):

@@ -172,32 +172,43 @@ MAX_DOCUMENT_ID_BYTES = 512
 """OpenSearch refuses longer ``_id``s (and ``sync_events.document_id`` holds 512)."""
 
 
-def too_long(document_id: str) -> bool:
-    return len(document_id) > MAX_DOCUMENT_ID_BYTES // 4 and (
-        len(document_id.encode()) > MAX_DOCUMENT_ID_BYTES)
+def unusable(document_id: str) -> bool:
+    """Whether OpenSearch refuses ``document_id`` (too long) or PostgreSQL cannot hold it
+    (a NUL character): such an event is recorded discarded (:func:`record_rejected`)."""
+    return "\0" in document_id or (len(document_id) > MAX_DOCUMENT_ID_BYTES // 4 and (
+        len(document_id.encode()) > MAX_DOCUMENT_ID_BYTES))
 
 
 def record_rejected(conn: Connection, events: Sequence[NewEvent],
                     mode: str | None) -> list[Failure]:
-    """Record events whose document id OpenSearch would refuse as ``discarded`` with
-    the reason (their id cut to fit the column), in the data's transaction: the data
+    """Record events with an :func:`unusable` document id as ``discarded`` with the
+    reason (their id made to fit the column), in the data's transaction: the data
     commits, the sync input is refused and kept. Returns them as failures."""
     now = utcnow()
     recorded = []
     for e in events:
-        size = len(e.document_id.encode())
-        reason = (f"the document id of {e.model} {e.pk} is {size} bytes; OpenSearch "
-                  f"allows {MAX_DOCUMENT_ID_BYTES}: make search_document_id() shorter "
-                  "(e.g. a hash of the long value), then backfill")
-        shortened = e.document_id[:200] + "..."
+        shown = e.document_id.replace("\0", "\\0")
+        if "\0" in e.document_id:
+            kind = "document_id_has_nul"
+            reason = (f"the document id of {e.model} {e.pk} contains a NUL character, "
+                      "which PostgreSQL text cannot hold: make search_document_id() "
+                      "return text without it, then backfill")
+        else:
+            kind = "document_id_too_long"
+            reason = (f"the document id of {e.model} {e.pk} is "
+                      f"{len(e.document_id.encode())} bytes; OpenSearch allows "
+                      f"{MAX_DOCUMENT_ID_BYTES}: make search_document_id() shorter "
+                      "(e.g. a hash of the long value), then backfill")
+        if len(shown.encode()) > MAX_DOCUMENT_ID_BYTES:
+            shown = shown[:200] + "..."
         event_id = conn.execute(_INSERT_ONE, {
-            "model": e.model, "index_name": e.index_name, "document_id": shortened,
+            "model": e.model, "index_name": e.index_name, "document_id": shown,
             "pk": e.pk, "operation": e.operation.value, "mode": mode,
-            "state": State.DISCARDED.value, "attempts": 0, "error_kind": "document_id_too_long",
+            "state": State.DISCARDED.value, "attempts": 0, "error_kind": kind,
             "last_error": reason, "requested_at": now, "updated_at": now,
             "discarded_at": now}).scalar_one()
-        recorded.append(Failure(event_id, e.index_name, shortened, State.DISCARDED.value,
-                                "document_id_too_long", reason))
+        recorded.append(Failure(event_id, e.index_name, shown, State.DISCARDED.value,
+                                kind, reason))
     return recorded
 
 

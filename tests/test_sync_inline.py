@@ -571,6 +571,43 @@ def test_column_fast_path_builds_the_same_documents_as_the_orm(world: World) -> 
     assert documents.column_documents(world.engine, info, [(1,)]) == {(1,): ("upsert", orm_doc)}
 
 
+def test_a_document_id_postgresql_cannot_hold_never_fails_the_commit(
+        engine: Engine, index_prefix: str, backend: Any) -> None:
+    """A custom id rule puts a NUL character in an id (no PostgreSQL text holds one):
+    the data commits, the event is recorded discarded with the fix, its batch-mate
+    is written."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Code(Searchable, Base):
+        __tablename__ = "codes"
+        __search_index__ = f"{index_prefix}_codes"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        code: Mapped[str] = mapped_column(String(100))
+
+        def search_document_id(self) -> str:
+            return self.code.replace("~", "\0")
+
+    Base.metadata.create_all(engine)
+    scrypath_sa.metadata.create_all(engine)
+    Session = sessionmaker(engine)
+    scrypath_sa.configure(Session, backend=backend)
+    with Session() as session:
+        session.add_all([Code(id=1, code="a~b"), Code(id=2, code="fine")])
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert outcome.states == {"completed": 1, "discarded": 1}
+    (failure,) = outcome.failures
+    assert failure.error_kind == "document_id_has_nul"
+    assert "NUL" in failure.error and "search_document_id()" in failure.error
+    with engine.connect() as conn:
+        assert conn.execute(select(Code.__table__.c.id)).scalars().all() == [1, 2]
+        rows = conn.execute(select(sync_events.c.state, sync_events.c.document_id)
+                            .order_by(sync_events.c.id)).all()
+    assert sorted(rows) == [("completed", "fine"), ("discarded", "a\\0b")]
+
+
 def test_a_document_id_too_long_for_opensearch_never_fails_the_commit(
         engine: Engine, index_prefix: str, backend: Any, os_client: Any) -> None:
     """A custom id rule produces a 600-character id: the user's data commits, that

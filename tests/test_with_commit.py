@@ -187,6 +187,24 @@ def test_several_models_and_flushes_in_one_transaction_are_all_written(world: Wo
     assert outcome is not None and sorted(outcome.event_ids) == [r.id for r in rows]
 
 
+def test_values_that_need_quoting_arrive_as_they_were(world: World) -> None:
+    """Quotes, backslashes and non-ASCII text in a key arrive unchanged through the
+    COMMIT's pipeline, alone (VALUES) and in a group (one JSON array)."""
+    tricky = ["o'k", "\\'x", "é\\n", "';--"]
+    with world.Session() as session:
+        session.add(world.Translation(article_id=1, lang=tricky[0], text="one"))
+        session.flush()
+        session.add_all([world.Translation(article_id=2, lang=lang, text="t")
+                         for lang in tricky[1:]])
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    rows = recorded(world)
+    assert [r.pk for r in rows] == [[1, tricky[0]], *[[2, lang] for lang in tricky[1:]]]
+    assert all(r.document_id.endswith(lang) for r, lang in zip(rows, tricky, strict=True))
+    assert outcome is not None and sorted(outcome.event_ids) == [r.id for r in rows]
+    assert outcome.states == {"completed": 4}
+
+
 def test_process_pending_on_the_session_sees_its_held_events(world: World) -> None:
     """A test that flushes and processes inside its own transaction (never
     committing): ``process_pending(session)`` writes the held events first."""
