@@ -15,6 +15,9 @@ replicas, the default refresh interval). Variants, in alternating order each rou
   ``after_commit``;
 * ``dramatiq``: scrypath_sa's ``dramatiq`` mode (default settings), one worker process
   (``dramatiq --processes 1 --threads 8``) on this machine;
+* ``trigger``: the same, the model captured by trigger (``__search_capture__ =
+  "trigger"``: the table's trigger records the events, the session only wakes the
+  worker), the same worker process;
 * ``inline``: scrypath_sa's ``inline`` mode (each commit returns visible).
 
 Per variant: commits/s; the time from the first commit until every row's last update
@@ -85,6 +88,13 @@ class Inline(_Row, scrypath_sa.Searchable, Base):
     __tablename__ = "bench_stream_inline"
     __search_index__ = f"{PREFIX}_inline"
     __search_contract__ = {"settings": SETTINGS}
+
+
+class Trig(_Row, scrypath_sa.Searchable, Base):
+    __tablename__ = "bench_stream_trig"
+    __search_index__ = f"{PREFIX}_trig"
+    __search_contract__ = {"settings": SETTINGS}
+    __search_capture__ = "trigger"
 
 
 class PgsyncBase(DeclarativeBase):
@@ -202,7 +212,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=8, help="the worker's threads")
-    parser.add_argument("--variants", default="plain,pgsync,hand,dramatiq,inline")
+    parser.add_argument("--variants", default="plain,pgsync,hand,dramatiq,trigger,inline")
     parser.add_argument("--warmup", type=int, default=1000,
                         help="rows each variant streams before the rounds")
     parser.add_argument("--quick", action="store_true", help="300 rows, 2 rounds")
@@ -236,10 +246,12 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
     Base.metadata.create_all(engine)
     PgsyncBase.metadata.create_all(peer_engine)
     scrypath_sa.metadata.create_all(engine)
+    scrypath_sa.triggers.install(engine, [Trig])
     makers = {"plain": sessionmaker(engine), "hand": sessionmaker(engine),
               "dramatiq": sessionmaker(engine), "inline": sessionmaker(engine),
               "pgsync": sessionmaker(peer_engine)}
     configure_dramatiq(engine, urls["redis"], urls["opensearch"], makers["dramatiq"])
+    makers["trigger"] = makers["dramatiq"]
     scrypath_sa.configure(makers["inline"], backend=backend_cls(urls["opensearch"]),
                           mode="inline")
     hand_index = f"{PREFIX}_hand"
@@ -257,8 +269,9 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
                 "id": row.id, "title": row.title, "body": row.body, "views": row.views})
 
     classes = {"plain": Plain, "hand": Hand, "dramatiq": Ours, "inline": Inline,
-               "pgsync": Peer}
+               "pgsync": Peer, "trigger": Trig}
     indices = {"hand": hand_index, "dramatiq": Ours.__search_index__,
+               "trigger": Trig.__search_index__,
                "inline": Inline.__search_index__, "pgsync": f"{PREFIX}_pgsync"}
     results: dict[str, dict[str, list[float]]] = {v: {"rate": [], "visible": [], "cpu": []}
                                                   for v in variants}
@@ -268,9 +281,10 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
             sync_processes["pgsync"] = stack.enter_context(pgsync_daemon(
                 urls["postgresql"].replace("postgresql+psycopg", "postgresql"),
                 urls["redis"], urls["opensearch"], workdir))
-        if "dramatiq" in variants:
-            sync_processes["dramatiq"] = stack.enter_context(
-                dramatiq_worker(urls, args.threads))
+        workers = [v for v in ("dramatiq", "trigger") if v in variants]
+        if workers:  # one worker process serves both
+            worker = stack.enter_context(dramatiq_worker(urls, args.threads))
+            sync_processes.update((v, worker) for v in workers)
         # Warm each variant up: its index exists, its process has started, and
         # OpenSearch's JIT has compiled the indexing paths (on a fresh node its compiler
         # threads otherwise take 40% of a core for minutes, charged to whichever
@@ -284,8 +298,9 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
             for r in range(args.rounds):
                 order = variants[r % len(variants):] + variants[:r % len(variants)]
                 for name in order:
-                    for other, process in sync_processes.items():
-                        os.killpg(process.pid, signal.SIGCONT if other == name
+                    running = sync_processes.get(name)
+                    for process in sync_processes.values():
+                        os.killpg(process.pid, signal.SIGCONT if process is running
                                   else signal.SIGSTOP)
                     first, marker = (r + 1) * 1_000_000, -(r + 2)
                     pids = [p.pid for o, p in sync_processes.items() if o == name]
@@ -369,14 +384,16 @@ def report(args: Any, results: dict[str, dict[str, list[float]]]) -> None:
                 f"{key} {statistics.median(got[key]):.0f}"
                 for key in ("refreshes", "refresh ms", "merges", "merge ms", "indexing ms",
                             "write requests")))
-    if "pgsync" in results and "dramatiq" in results:
-        ours, peer = results["dramatiq"], results["pgsync"]
-        med = statistics.median
-        print(f"RATIO dramatiq/pgsync commits/s = {med(ours['rate']) / med(peer['rate']):.2f}x "
+    med = statistics.median
+    for name in ("dramatiq", "trigger"):
+        if "pgsync" not in results or name not in results:
+            continue
+        ours, peer = results[name], results["pgsync"]
+        print(f"RATIO {name}/pgsync commits/s = {med(ours['rate']) / med(peer['rate']):.2f}x "
               "(goal >= 1.0)")
-        print(f"RATIO dramatiq/pgsync visible after = "
+        print(f"RATIO {name}/pgsync visible after = "
               f"{med(ours['visible']) / med(peer['visible']):.2f}x (goal <= 1.0)")
-        print(f"RATIO dramatiq/pgsync CPU per commit = "
+        print(f"RATIO {name}/pgsync CPU per commit = "
               f"{med(ours['cpu']) / med(peer['cpu']):.2f}x (goal <= 1.0)")
 
 

@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Delete, Engine, Insert, Update, event, inspec
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction, object_session
 
-from scrypath_sa import aio, documents, outbox, registry, telemetry, with_commit
+from scrypath_sa import aio, documents, outbox, registry, telemetry, triggers, with_commit
 from scrypath_sa.config import Config
 from scrypath_sa.errors import ConfigurationError, NotConfiguredError, SyncIncompleteError
 from scrypath_sa.mixin import Searchable
@@ -49,7 +49,8 @@ class SessionSync:
     and the outcome of its last commit with sync work."""
 
     __slots__ = ("capture", "captured", "committed", "config", "engine", "outcome",
-                 "pending", "refused", "refused_committed", "related")
+                 "pending", "refused", "refused_committed", "related", "stood_aside",
+                 "to_trigger", "triggered", "triggered_committed")
 
     def __init__(self) -> None:
         self.outcome: Outcome | None = None
@@ -66,6 +67,10 @@ class SessionSync:
         self.config: Config | None = None  # the target's, once a transaction began
         self.refused: list[Failure] = []  # recorded discarded: bad sync input
         self.refused_committed: list[Failure] = []
+        self.to_trigger = False  # this flush leaves trigger-captured models to the trigger
+        self.stood_aside = False  # told the triggers this transaction records itself
+        self.triggered = 0  # rows of trigger-captured models written (events unnamed)
+        self.triggered_committed = 0
 
 
 def session_sync(session: Session) -> SessionSync:
@@ -93,13 +98,16 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
         capture: dict[tuple[str, str], NewEvent] = {}
         state = session_sync(session)
         state.capture, state.captured = capture, {}
+        if registry.has_trigger_models():
+            _choose_capture(session, config, state, lambda: map(
+                type, (*session.new, *session.dirty, *session.deleted)))
         for obj in session.dirty:
             if isinstance(obj, Searchable) and _document_changed(session, obj):
-                _capture(capture, obj, Operation.UPSERT)
+                _capture(state, obj, Operation.UPSERT)
                 state.captured[id(obj)] = Operation.UPSERT
         for obj in session.deleted:
             if isinstance(obj, Searchable):
-                _capture(capture, obj, Operation.DELETE)
+                _capture(state, obj, Operation.DELETE)
                 state.captured[id(obj)] = Operation.DELETE
         if registry.has_dependencies():
             _related_before_flush(session, config, state)
@@ -109,7 +117,7 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
         capture, state.capture = state.capture, None
         if capture is None:
             return
-        _capture_new(capture, session.new)
+        _capture_new(state, capture, session.new)
         config = state.config or pick(session)
         if config is None:
             return
@@ -140,11 +148,18 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
         fans_out = bool(registry.dependencies_on(mapper.class_)) and not orm_state.is_insert
         if info is None and not fans_out:
             return None
-        session_sync(orm_state.session).config = config
+        state = session_sync(orm_state.session)
+        state.config = config
+        if info is not None and info.by_trigger:
+            _choose_capture(orm_state.session, config, state, lambda: [mapper.class_])
 
         def run() -> Any:  # the statement, with its own rows' events when Searchable
             if info is None:
                 return orm_state.invoke_statement()
+            if state.to_trigger and info.by_trigger:  # the trigger records its rows
+                result = orm_state.invoke_statement()
+                state.triggered += max(getattr(result, "rowcount", 1), 1)
+                return result
             if orm_state.is_insert:
                 return _orm_insert(orm_state, config, info, mapper)
             return _bulk_statement(orm_state, config, info, mapper)
@@ -162,6 +177,7 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
             state = session_sync(session)
             state.committed, state.pending = state.pending, []
             state.refused_committed, state.refused = state.refused, []
+            state.triggered_committed, state.triggered = state.triggered, 0
 
     def after_rollback(session: Session) -> None:
         if session.get_nested_transaction() is None:
@@ -173,9 +189,10 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
         state = session_sync(session)
         config = state.config or pick(session)
         ids, refused = state.committed, state.refused_committed
+        triggered = state.triggered_committed
         engine = state.engine or (config.bind if config is not None else None)
         state.reset()
-        if config is None or (not ids and not refused):
+        if config is None or (not ids and not refused and not triggered):
             return
         mode_name = resolve_mode(config.default_mode, session)
         mode = config.modes.get(mode_name)
@@ -187,6 +204,8 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
             outcome = dispatch_together(config, mode_name, ids)
         else:
             outcome = dispatch(config, mode_name, ids, engine)
+        if triggered:
+            outcome = _with_unnamed(outcome, config, triggered, engine)
         if refused:
             outcome.event_ids.extend(f.event_id for f in refused)
             outcome.failures.extend(refused)
@@ -230,29 +249,84 @@ def _remember(session: Session, config: Config, conn: Connection,
     state.engine = conn.engine
 
 
-def _capture(capture: dict[tuple[str, str], NewEvent], obj: Any, op: Operation) -> None:
-    info = registry.info_for(type(obj))
-    if info is None:
+def _choose_capture(session: Session, config: Config, state: SessionSync,
+                    written: Callable[[], Iterable[type]]) -> None:
+    """Who records the changes of trigger-captured models that are about to be written
+    (``written()``: their classes): their triggers when the session's mode is the one
+    they record for (``to_trigger``); else the session, which first tells those
+    models' triggers to stand aside for its transaction (once: the setting lasts until
+    the transaction ends)."""
+    state.to_trigger = resolve_mode(config.default_mode, session) == triggers.MODE
+    if state.to_trigger or state.stood_aside:
         return
+    binds: dict[int, Any] = {}
+    for cls in set(written()):
+        info = registry.info_for(cls)
+        if info is not None and info.by_trigger:
+            bind = session.get_bind(info.mapper)
+            binds[id(bind)] = bind
+    for bind in binds.values():
+        if bind.dialect.name == "postgresql":
+            session.connection(bind_arguments={"bind": bind}).exec_driver_sql(
+                triggers.SESSION_CAPTURES)
+            state.stood_aside = True
+
+
+def _with_unnamed(outcome: Outcome, config: Config, count: int,
+                  engine: Engine | None) -> Outcome:
+    """``outcome`` with the ``count`` events the triggers recorded in the commit: the
+    mode they are for is woken (their ids are the database's)."""
+    mode = config.modes.get(triggers.MODE)
+    if mode is None:
+        unnamed = Outcome(triggers.MODE, [], error=(
+            f"no {triggers.MODE!r} mode is configured for the events the triggers "
+            "recorded: they stay requested for sweep()"))
+        unnamed.states[State.REQUESTED.value] += count
+    else:
+        unnamed = mode.dispatch_unnamed(config, count, engine)
+    unnamed.unnamed = count
+    if not outcome.event_ids and not outcome.states:
+        return unnamed
+    outcome.unnamed = count
+    outcome.states.update(unnamed.states)
+    outcome.error = outcome.error or unnamed.error
+    return outcome
+
+
+def _capture(state: SessionSync, obj: Any, op: Operation) -> None:
+    info = registry.info_for(type(obj))
+    if info is None or state.capture is None:
+        return
+    if state.to_trigger and info.by_trigger:
+        state.triggered += 1
+        return
+    capture = state.capture
     pk = documents.primary_key(obj)
     document_id = documents.document_id(obj, pk)
     capture[(info.index, document_id)] = NewEvent(info.name, info.index, document_id, pk, op)
 
 
-def _capture_new(capture: dict[tuple[str, str], NewEvent], objects: Iterable[Any]) -> None:
+def _capture_new(state: SessionSync, capture: dict[tuple[str, str], NewEvent],
+                 objects: Iterable[Any]) -> None:
     """The session's new objects, in ``after_flush`` (their keys are assigned by then).
     One pass here, with the per-class work done once, costs far less than a mapper
     event per inserted row."""
     plans: dict[type, tuple[str, str, tuple[str, ...]] | None] = {}
+    left_to_trigger: set[type] = set()
     for obj in objects:
         cls = type(obj)
         if cls in plans:
             plan = plans[cls]
         else:
             info = registry.info_for(cls) if isinstance(obj, Searchable) else None
+            if info is not None and state.to_trigger and info.by_trigger:
+                left_to_trigger.add(cls)
+                info = None
             plan = plans[cls] = None if info is None else (
                 info.name, info.index, registry.pk_keys(cls))
         if plan is None:
+            if cls in left_to_trigger:
+                state.triggered += 1
             continue
         name, index, keys = plan
         pk = documents.json_safe_key([getattr(obj, k) for k in keys])
@@ -288,7 +362,7 @@ def install_mapper_events() -> None:
                 return
             if op is Operation.UPSERT and not _inserted_or_changed(session, target):
                 return
-            _capture(found.capture, target, op)
+            _capture(found, target, op)
         return on_write
 
     event.listen(Searchable, "after_update", hook(Operation.UPSERT), propagate=True)
@@ -517,6 +591,14 @@ def install_bulk_capture() -> None:
         if info is None or config is None or not config.enabled:
             original(*call.args, **call.kwargs)
             return
+        state = session_sync(self)
+        if info.by_trigger:
+            _choose_capture(self, config, state, lambda: [mapper.class_])
+            if state.to_trigger:  # the trigger records the rows
+                given["mappings"] = list(given["mappings"])
+                original(*call.args, **call.kwargs)
+                state.triggered += len(given["mappings"])
+                return
         isupdate, isstates = given["isupdate"], given["isstates"]
         mappings = given["mappings"] = list(given["mappings"])
         # Inserted rows' keys come back into the mappings (or states) this way.

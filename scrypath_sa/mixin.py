@@ -29,6 +29,12 @@ class Searchable:
         ``search_document()``, list what it reads (``"author.name"`` through a
         relationship) for the same skip. Default: every column.
 
+    ``__search_capture__``
+        How changes are recorded: ``"session"`` (default: the ORM session records
+        each flushed change, on every database) or ``"trigger"`` (PostgreSQL: a
+        trigger on the table records every write, the session's and any other, for
+        the ``dramatiq`` mode; default document ids only; docs/models.md).
+
     Methods to override:
 
     ``search_document(self) -> dict``
@@ -48,6 +54,7 @@ class Searchable:
     __search_index__: ClassVar[str]
     __search_contract__: ClassVar[dict[str, Any] | None] = None
     __search_fields__: ClassVar[Sequence[str] | None] = None
+    __search_capture__: ClassVar[str] = "session"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Check what can be checked before SQLAlchemy maps the class (further up the

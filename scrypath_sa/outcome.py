@@ -30,7 +30,9 @@ class Outcome:
     and need another delivery. ``extra`` ids were not asked for but taken along (a
     worker writing the events of messages behind its own); ``states`` and ``failures``
     include them. ``error`` is set when the dispatch itself failed (the events then
-    stay where they were, usually ``requested``).
+    stay where they were, usually ``requested``). ``unnamed`` counts events that
+    database triggers recorded (``__search_capture__ = "trigger"``): included in
+    ``states``, not in ``event_ids`` (their ids are the database's).
 
     ``event_states`` (each event's state as this call left it) and ``event_documents``
     (the document each written event went in: one object per document) let :meth:`part`
@@ -46,6 +48,7 @@ class Outcome:
     locked: list[int] = field(default_factory=list)
     extra: list[int] = field(default_factory=list)
     error: str | None = None
+    unnamed: int = 0
     event_states: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
     event_documents: Mapping[int, object] = field(default_factory=dict, repr=False,
                                                   compare=False)
@@ -82,6 +85,8 @@ class Outcome:
         parts = [f"mode={self.mode}", f"state={self.state}"]
         if self.states:
             parts.append(", ".join(f"{n} {s}" for s, n in sorted(self.states.items())))
+        if self.unnamed:
+            parts.append(f"{self.unnamed} recorded by triggers (ids not known here)")
         if self.error:
             parts.append(f"dispatch error: {self.error}")
         for failure in self.failures[:3]:
@@ -101,4 +106,5 @@ class Outcome:
             "locked": list(self.locked),
             "extra": list(self.extra),
             "error": self.error,
+            "unnamed": self.unnamed,
         }

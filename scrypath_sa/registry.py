@@ -51,10 +51,18 @@ class ModelInfo:
         return self.cls.__name__
 
     @property
+    def by_trigger(self) -> bool:
+        """Whether a database trigger records this model's changes (not the session)."""
+        return getattr(self.cls, "__search_capture__", "session") == "trigger"
+
+    @property
     def mapper(self) -> Mapper[Any]:
         mapper: Mapper[Any] = inspect(self.cls)
         return mapper
 
+
+CAPTURES = ("session", "trigger")
+"""The values of ``__search_capture__``."""
 
 _by_index: dict[str, ModelInfo] = {}
 _by_class: weakref.WeakKeyDictionary[type, ModelInfo] = weakref.WeakKeyDictionary()
@@ -79,6 +87,16 @@ def check_options(cls: type[Any]) -> None:
             f"{parent.cls.__name__}, whose index {parent.index!r} holds the documents of "
             "its subclasses too; a subclass cannot have an index of its own")
     _contract(name, getattr(cls, "__search_contract__", None))
+    capture = getattr(cls, "__search_capture__", "session")
+    if capture not in CAPTURES:
+        raise ConfigurationError(
+            f"{name}.__search_capture__ = {capture!r}: use 'session' (the ORM session "
+            "records changes) or 'trigger' (a PostgreSQL trigger on the table does)")
+    if capture == "trigger" and not keeps_default(cls, "search_document_id"):
+        raise ConfigurationError(
+            f"{name}.__search_capture__ = 'trigger' needs the default document ids (the "
+            "primary key): the trigger cannot call search_document_id(); drop the "
+            "override or capture by 'session'")
     for method in ("search_document", "search_document_id", "should_index",
                    "search_load_options"):
         if not callable(getattr(cls, method, None)):
@@ -179,6 +197,11 @@ def info_for_index(index: str) -> ModelInfo | None:
 
 def all_models() -> list[ModelInfo]:
     return list(_by_index.values())
+
+
+def has_trigger_models() -> bool:
+    """Whether any registered model is captured by trigger (every flush asks)."""
+    return any(info.by_trigger for info in _by_index.values())
 
 
 # ------------------------------------------------------------ keys and the defaults kept

@@ -8,7 +8,8 @@ The tables live on the library's own :data:`metadata` and ship as Alembic migrat
                                         \\-> retrying -> (processing again)
                                         \\-> discarded
 
-Every statement on these tables lives in :mod:`scrypath_sa.outbox`.
+Every statement on these tables lives in :mod:`scrypath_sa.outbox` (the capture
+triggers' INSERT in :mod:`scrypath_sa.triggers`).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from tests.models import define_models, make_broker, make_engine
 
 env = os.environ
 PREFIX = env["SCRYPATH_TEST_PREFIX"]
-Base, Article, Comment, Translation = define_models(PREFIX)
+Base, Article, Comment, Translation = define_models(
+    PREFIX, capture=env.get("SCRYPATH_TEST_CAPTURE", "session"))
 
 broker = make_broker(env["SCRYPATH_TEST_BROKER_URL"])
 if env.get("PROMETHEUS_MULTIPROC_DIR"):  # tests/test_telemetry.py: counted across processes

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, ForeignKey, String, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 import scrypath_sa
-from scrypath_sa import Searchable
+from scrypath_sa import Searchable, triggers
 
 
 def make_engine(url: str) -> Engine:
@@ -52,8 +52,10 @@ class World:
     prefix: str
 
 
-def define_models(prefix: str, contract: dict[str, Any] | None = None) -> tuple[Any, ...]:
-    """Fresh Base, Article, Comment, Translation classes on indices under ``prefix``."""
+def define_models(prefix: str, contract: dict[str, Any] | None = None,
+                  capture: str = "session") -> tuple[Any, ...]:
+    """Fresh Base, Article, Comment, Translation classes on indices under ``prefix``;
+    ``capture``: Article's and Translation's ``__search_capture__``."""
 
     class Base(DeclarativeBase):
         pass
@@ -61,6 +63,7 @@ def define_models(prefix: str, contract: dict[str, Any] | None = None) -> tuple[
     class Article(Searchable, Base):
         __tablename__ = "articles"
         __search_index__ = f"{prefix}_articles"
+        __search_capture__ = capture
         __search_contract__ = contract or {
             "mappings": {"properties": {
                 "title": {"type": "text", "analyzer": "english"},
@@ -95,6 +98,7 @@ def define_models(prefix: str, contract: dict[str, Any] | None = None) -> tuple[
     class Translation(Searchable, Base):
         __tablename__ = "translations"
         __search_index__ = f"{prefix}_translations"
+        __search_capture__ = capture
         article_id: Mapped[int] = mapped_column(primary_key=True)
         lang: Mapped[str] = mapped_column(String(5), primary_key=True)
         text: Mapped[str] = mapped_column(String(200))
@@ -102,8 +106,11 @@ def define_models(prefix: str, contract: dict[str, Any] | None = None) -> tuple[
     return Base, Article, Comment, Translation
 
 
-def make_world(engine: Engine, prefix: str, contract: dict[str, Any] | None = None) -> World:
-    Base, Article, Comment, Translation = define_models(prefix, contract)
+def make_world(engine: Engine, prefix: str, contract: dict[str, Any] | None = None,
+               capture: str = "session") -> World:
+    Base, Article, Comment, Translation = define_models(prefix, contract, capture)
     Base.metadata.create_all(engine)
     scrypath_sa.metadata.create_all(engine)
+    if capture == "trigger":
+        triggers.install(engine, [Article, Translation])
     return World(Base, Article, Comment, Translation, sessionmaker(engine), engine, prefix)

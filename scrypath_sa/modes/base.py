@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from scrypath_sa.errors import ConfigurationError
+from scrypath_sa.outcome import Outcome
 from scrypath_sa.schema import State
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from scrypath_sa.config import Config
-    from scrypath_sa.outcome import Outcome
 
 
 class Mode(abc.ABC):
@@ -52,6 +52,17 @@ class Mode(abc.ABC):
             whole = self.dispatch(config, [i for ids in groups for i in ids], engine)
             return [whole.part(ids) for ids in groups]
         return [self.dispatch(config, ids, engine) for ids in groups]
+
+    def dispatch_unnamed(self, config: Config, count: int,
+                         engine: Engine | None = None) -> Outcome:
+        """Wake this mode for ``count`` events that database triggers recorded (ids
+        unknown). Only a mode that claims due events by itself can: this one cannot,
+        so they stay ``requested`` for ``sweep()``, and the outcome says so."""
+        outcome = Outcome(self.name, [], error=(
+            f"the {self.name} mode cannot take events recorded by triggers; they stay "
+            "requested for sweep()"))
+        outcome.states[State.REQUESTED.value] += count
+        return outcome
 
     def send_task(self, kind: str, args: dict[str, Any]) -> None:
         """Have a worker run the task ``kind`` (see :func:`task`) with ``args``; a mode

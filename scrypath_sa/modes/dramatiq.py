@@ -301,6 +301,18 @@ class DramatiqMode(Mode):
             outcome.states[State.ENQUEUED.value] += len(chunk)
         return outcome
 
+    def dispatch_unnamed(self, config: Config, count: int,
+                         engine: Engine | None = None) -> Outcome:
+        """Events database triggers recorded in a commit (ids unknown): they ride on a
+        doorbell this process sent less than its window ago, or ring one (a message
+        without ids), whose worker claims every due event of the mode."""
+        outcome = Outcome(mode=self.name, event_ids=[])
+        if not self._ride(time.monotonic()):
+            outcome.error = self.send([])
+        state = State.REQUESTED if outcome.error or self.background else State.ENQUEUED
+        outcome.states[state.value] += count
+        return outcome
+
     def _rides_along(self, ids: list[int]) -> bool:
         """Whether the events of a small commit are covered by a doorbell this process
         sent less than its window ago (see :meth:`_window`), so that they need no
@@ -344,10 +356,11 @@ class DramatiqMode(Mode):
 
     def send(self, ids: list[int]) -> str | None:
         """Hand ``ids`` to the broker; the redacted reason when it did not take them. A
-        small message on PostgreSQL is a doorbell (see :meth:`_rides_along`)."""
+        small message on PostgreSQL is a doorbell (see :meth:`_rides_along`), and so is
+        one without ids (:meth:`dispatch_unnamed`)."""
         # A doorbell carries the time commits may ride on it: its worker waits that long.
         began = time.monotonic()
-        bell = self._window(began) if self._doorbell(ids) else 0.0
+        bell = self._window(began) if not ids or self._doorbell(ids) else 0.0
         try:
             # The committing request's trace context rides along: the worker's spans join it.
             self.actor.send(ids, time.time(), telemetry.inject(), bell)
