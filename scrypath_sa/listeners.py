@@ -158,7 +158,8 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
                 return orm_state.invoke_statement()
             if state.to_trigger and info.by_trigger:  # the trigger records its rows
                 result = orm_state.invoke_statement()
-                state.triggered += max(getattr(result, "rowcount", 1), 1)
+                written = getattr(result, "rowcount", -1)
+                state.triggered += written if written >= 0 else 1  # unknown: wake anyway
                 return result
             if orm_state.is_insert:
                 return _orm_insert(orm_state, config, info, mapper)

@@ -30,9 +30,10 @@ class Outcome:
     and need another delivery. ``extra`` ids were not asked for but taken along (a
     worker writing the events of messages behind its own); ``states`` and ``failures``
     include them. ``error`` is set when the dispatch itself failed (the events then
-    stay where they were, usually ``requested``). ``unnamed`` counts events that
-    database triggers recorded (``__search_capture__ = "trigger"``): included in
-    ``states``, not in ``event_ids`` (their ids are the database's).
+    stay where they were, usually ``requested``). ``unnamed`` counts the rows of
+    trigger-captured models (``__search_capture__ = "trigger"``) the commit wrote, whose
+    events the triggers recorded (an UPDATE a trigger finds unchanged records none):
+    included in ``states``, not in ``event_ids`` (their ids are the database's).
 
     ``event_states`` (each event's state as this call left it) and ``event_documents``
     (the document each written event went in: one object per document) let :meth:`part`

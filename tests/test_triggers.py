@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy import Engine, Float, String, create_engine, select, text
+from sqlalchemy import Engine, Float, String, create_engine, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import scrypath_sa
@@ -127,6 +127,26 @@ def test_a_dramatiq_session_leaves_its_rows_to_the_trigger_and_a_worker_writes_t
     hits = os_client.search(index=alias, body={"query": {"match_all": {}}, "size": 10})
     assert {h["_id"]: h["_source"]["title"] for h in hits["hits"]["hits"]} == {
         "1": "changed", "2": "by trigger 2", "3": "by trigger 3", "4": "raw sql"}
+
+
+def test_orm_statements_and_bulk_methods_are_left_to_the_trigger(
+        dramatiq_world: Any) -> None:
+    """``update()`` by WHERE and ``bulk_insert_mappings`` in a ``dramatiq`` session: the
+    trigger records each row once, the outcome counts the rows written."""
+    world, _ = dramatiq_world
+    with world.Session() as session:
+        session.bulk_insert_mappings(world.Article, [
+            {"id": i, "title": f"bulk {i}", "views": "0", "published": True}
+            for i in (1, 2, 3)])
+        session.commit()
+        assert scrypath_sa.last_outcome(session).unnamed == 3
+        session.execute(update(world.Article).where(world.Article.id < 3)
+                        .values(title="renamed"))
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert outcome is not None and (outcome.unnamed, outcome.state) == (2, "enqueued")
+    assert [(r.document_id, r.operation) for r in recorded(world.engine)] == [
+        ("1", "upsert"), ("2", "upsert"), ("3", "upsert"), ("1", "upsert"), ("2", "upsert")]
 
 
 def test_a_broker_that_refuses_the_wake_leaves_them_requested_and_says_so(
