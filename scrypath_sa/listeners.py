@@ -67,7 +67,7 @@ class SessionSync:
         self.config: Config | None = None  # the target's, once a transaction began
         self.refused: list[Failure] = []  # recorded discarded: bad sync input
         self.refused_committed: list[Failure] = []
-        self.to_trigger = False  # this flush leaves trigger-captured models to the trigger
+        self.to_trigger: set[type] = set()  # classes this flush leaves to their triggers
         self.stood_aside = False  # told the triggers this transaction records itself
         self.triggered = 0  # rows of trigger-captured models written (events unnamed)
         self.triggered_committed = 0
@@ -156,7 +156,7 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
         def run() -> Any:  # the statement, with its own rows' events when Searchable
             if info is None:
                 return orm_state.invoke_statement()
-            if state.to_trigger and info.by_trigger:  # the trigger records its rows
+            if mapper.class_ in state.to_trigger:  # the trigger records its rows
                 result = orm_state.invoke_statement()
                 written = getattr(result, "rowcount", -1)
                 state.triggered += written if written >= 0 else 1  # unknown: wake anyway
@@ -252,21 +252,24 @@ def _remember(session: Session, config: Config, conn: Connection,
 
 def _choose_capture(session: Session, config: Config, state: SessionSync,
                     written: Callable[[], Iterable[type]]) -> None:
-    """Who records the changes of trigger-captured models that are about to be written
-    (``written()``: their classes): their triggers when the session's mode is the one
-    they record for (``to_trigger``); else the session, which first tells those
-    models' triggers to stand aside for its transaction (once: the setting lasts until
-    the transaction ends)."""
-    state.to_trigger = resolve_mode(config.default_mode, session) == triggers.MODE
-    if state.to_trigger or state.stood_aside:
-        return
-    binds: dict[int, Any] = {}
+    """Who records the changes of the trigger-captured models about to be written
+    (``written()``: their classes). Their triggers, when the session's mode is the one
+    they record for and the triggers exist (``to_trigger``); else the session, which
+    first tells those triggers to stand aside for its transaction (once: the setting
+    lasts until the transaction ends)."""
+    binds: dict[type, Engine | Connection] = {}
     for cls in set(written()):
         info = registry.info_for(cls)
         if info is not None and info.by_trigger:
-            bind = session.get_bind(info.mapper)
-            binds[id(bind)] = bind
-    for bind in binds.values():
+            binds[cls] = session.get_bind(info.mapper)
+    if resolve_mode(config.default_mode, session) == triggers.MODE:
+        state.to_trigger = {cls for cls, bind in binds.items()
+                            if bind.dialect.name == "postgresql" and triggers.records(bind, cls)}
+        return
+    state.to_trigger = set()
+    if state.stood_aside:
+        return
+    for bind in {id(b): b for b in binds.values()}.values():
         if bind.dialect.name == "postgresql":
             session.connection(bind_arguments={"bind": bind}).exec_driver_sql(
                 triggers.SESSION_CAPTURES)
@@ -298,7 +301,7 @@ def _capture(state: SessionSync, obj: Any, op: Operation) -> None:
     info = registry.info_for(type(obj))
     if info is None or state.capture is None:
         return
-    if state.to_trigger and info.by_trigger:
+    if type(obj) in state.to_trigger:
         state.triggered += 1
         return
     capture = state.capture
@@ -320,7 +323,7 @@ def _capture_new(state: SessionSync, capture: dict[tuple[str, str], NewEvent],
             plan = plans[cls]
         else:
             info = registry.info_for(cls) if isinstance(obj, Searchable) else None
-            if info is not None and state.to_trigger and info.by_trigger:
+            if info is not None and cls in state.to_trigger:
                 left_to_trigger.add(cls)
                 info = None
             plan = plans[cls] = None if info is None else (
@@ -595,7 +598,7 @@ def install_bulk_capture() -> None:
         state = session_sync(self)
         if info.by_trigger:
             _choose_capture(self, config, state, lambda: [mapper.class_])
-            if state.to_trigger:  # the trigger records the rows
+            if mapper.class_ in state.to_trigger:  # the trigger records the rows
                 given["mappings"] = list(given["mappings"])
                 original(*call.args, **call.kwargs)
                 state.triggered += len(given["mappings"])

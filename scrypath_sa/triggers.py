@@ -21,7 +21,11 @@ session's capture does, ids must not change).
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
+import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,9 +33,11 @@ from sqlalchemy import Column, Connection, Engine, inspect, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Mapper, RelationshipProperty
 
-from scrypath_sa import registry
+from scrypath_sa import registry, telemetry
 from scrypath_sa.errors import ConfigurationError
 from scrypath_sa.schema import State, sync_events
+
+log = logging.getLogger("scrypath_sa")
 
 MODE = "dramatiq"
 """The mode trigger-recorded events are for (the workers' doorbell claims them)."""
@@ -94,6 +100,56 @@ $f$""",
         f"CREATE TRIGGER {update_trigger} AFTER UPDATE ON {on} FOR EACH ROW "
         f"WHEN ({when}) EXECUTE FUNCTION {function}()",
     ]
+
+
+def installed(conn: Connection, model: type) -> bool:
+    """Whether ``model``'s table has both capture triggers, enabled (asked of the
+    database)."""
+    _, table, _ = _model(model)
+    quote = _quote()
+    names = [_name("scrypath_sa_capture", table.name),
+             _name("scrypath_sa_capture_update", table.name)]
+    found = conn.execute(text(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(:table) "
+        "AND tgname IN (:a, :b) AND tgenabled <> 'D'"),
+        {"table": _qualified(table, table.name, quote), "a": names[0], "b": names[1]},
+    ).scalar_one()
+    return bool(found == 2)
+
+
+RECHECK_SECONDS = 60.0
+"""How long a process trusts what it found about a table's triggers."""
+
+_found: weakref.WeakKeyDictionary[type, dict[str, tuple[bool, float]]] = (
+    weakref.WeakKeyDictionary())
+_found_lock = threading.Lock()
+
+
+def records(bind: Engine | Connection, model: type) -> bool:
+    """:func:`installed`, remembered per database and table for
+    :data:`RECHECK_SECONDS`. Missing triggers are logged with the fix; meanwhile the
+    session records the model's changes itself (its writes are not lost; other writers'
+    are, until the triggers exist: ``status`` says so)."""
+    database = bind.engine.url.render_as_string(hide_password=True)
+    now = time.monotonic()
+    known = _found.get(model, {}).get(database)
+    if known is not None and now - known[1] < RECHECK_SECONDS:
+        return known[0]
+    if isinstance(bind, Engine):
+        with bind.connect() as conn:
+            present = installed(conn, model)
+    else:
+        present = installed(bind, model)
+    with _found_lock:
+        _found.setdefault(model, {})[database] = (present, now)
+    if not present:
+        log.warning("scrypath_sa: %s is captured by trigger but its table has no capture "
+                    "trigger: the session records its changes meanwhile, other writers' "
+                    "are not recorded; create them with scrypath_sa.triggers.ddl(%s) in a "
+                    "migration", model.__name__, model.__name__,
+                    extra=telemetry.fields("scrypath_sa.capture_trigger_missing",
+                                           model=model.__name__))
+    return present
 
 
 def drop_ddl(model: type) -> list[str]:

@@ -149,6 +149,29 @@ def test_orm_statements_and_bulk_methods_are_left_to_the_trigger(
         ("1", "upsert"), ("2", "upsert"), ("3", "upsert"), ("1", "upsert"), ("2", "upsert")]
 
 
+def test_missing_triggers_are_noticed_the_session_records_meanwhile_and_status_says_so(
+        dramatiq_world: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Triggers never created (or dropped): a ``dramatiq`` session does not leave its
+    rows to nothing. It records them itself (named events), the log says what to run,
+    and ``status`` calls it a problem."""
+    world, _ = dramatiq_world
+    with world.engine.begin() as conn:
+        for sql in triggers.drop_ddl(world.Article):
+            conn.execute(text(sql))
+    with caplog.at_level("WARNING", logger="scrypath_sa"), world.Session() as session:
+        session.add(world.Article(id=1, title="kept"))
+        session.commit()
+        outcome = scrypath_sa.last_outcome(session)
+    assert outcome is not None and len(outcome.event_ids) == 1 and outcome.unnamed == 0
+    assert "triggers.ddl(Article)" in caplog.text
+    assert [(r.mode, r.state) for r in recorded(world.engine)] == [("dramatiq", "requested")]
+    report = scrypath_sa.status([world.Article, world.Translation])
+    article, translation = report.models
+    assert article.capture_trigger_missing and not translation.capture_trigger_missing
+    assert any("no capture trigger" in p for p in article.problems)
+    assert report.needs_attention
+
+
 def test_a_broker_that_refuses_the_wake_leaves_them_requested_and_says_so(
         pg: Engine, prefix: str) -> None:
     world = make_world(pg, prefix, capture="trigger")

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scrypath_sa import migrations, outbox
+from scrypath_sa import migrations, outbox, triggers
 from scrypath_sa.backends.base import IndexHealth, PhysicalIndex, admin_of
 from scrypath_sa.config import Config
 from scrypath_sa.errors import EventError, ScrypathError
@@ -46,6 +46,7 @@ class ModelStatus:
     health: IndexHealth | None = None
     distributed: RunProgress | None = None  # the newest distributed rebuild
     backend_error: str | None = None
+    capture_trigger_missing: bool = False  # captured by trigger, its table has none
 
     @property
     def problems(self) -> list[str]:
@@ -88,6 +89,11 @@ class ModelStatus:
             out.append(f"{self.discarded} events discarded")
         if self.contract_matches is False:
             out.append("the live index was built for another contract: reindex")
+        if self.capture_trigger_missing:
+            out.append(f"{self.model} is captured by trigger, but its table has no capture "
+                       "trigger: sessions record its changes meanwhile, other writers' are "
+                       f"not recorded; run scrypath_sa.triggers.ddl({self.model}) in a "
+                       "migration, then reconcile")
         for rebuild in self.rebuilds:
             if rebuild["state"] == "abandoned":
                 owner = rebuild["owner"] or "an unknown process"
@@ -149,6 +155,9 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
                                     now - stuck_after)
         next_attempt = outbox.next_attempts(conn, indices)
         lost = outbox.unconfirmed_counts(conn, indices, NOT_FOUND)
+        missing = {info.index for info in infos if info.by_trigger
+                   and conn.dialect.name == "postgresql"
+                   and not triggers.installed(conn, info.cls)}
     report = StatusReport(models=[], schema_behind=migrations.behind(config.bind), mode_errors={
         name: error for name, mode in sorted(config.modes.items())
         if (error := mode.check()) is not None})
@@ -167,7 +176,8 @@ def status(models: Iterable[type | str] | None = None, *, config: Config | None 
             discarded=by_state[State.DISCARDED.value], alias_points_to=[], documents=None,
             physical_indices=[], rebuild_in_progress=None, rebuilds=[],
             contract_hash=info.contract.hash,
-            live_contract_hash=None, contract_matches=None)
+            live_contract_hash=None, contract_matches=None,
+            capture_trigger_missing=info.index in missing)
         if report.schema_behind is None:  # older sync tables cannot say
             entry.distributed = latest_rebuild(config, info)
         try:
