@@ -59,6 +59,24 @@ def test_the_trigger_records_writes_no_session_sees(pg: Engine, prefix: str) -> 
     assert len(recorded(world.engine)) == 4
 
 
+def test_one_statement_of_many_rows_records_each_written_row_once(
+        pg: Engine, prefix: str) -> None:
+    """Statement-level triggers: a 500-row INSERT records 500 events, an UPDATE only
+    the rows it changed, a key change an upsert of the new key."""
+    world = make_world(pg, prefix, capture="trigger")
+    with pg.begin() as conn:
+        conn.execute(text("INSERT INTO articles (id, title, views, published) "
+                          "SELECT g, 't' || g, '0', true FROM generate_series(1, 500) g"))
+        conn.execute(text("UPDATE articles SET title = 'even' WHERE id % 2 = 0"))
+        conn.execute(text("UPDATE articles SET title = title WHERE id <= 10"))
+        conn.execute(text("UPDATE articles SET id = 1000 WHERE id = 1"))
+    rows = recorded(world.engine)
+    assert len(rows) == 500 + 250 + 1
+    assert sorted(int(r.document_id) for r in rows[:500]) == list(range(1, 501))
+    assert sorted(int(r.document_id) for r in rows[500:750]) == list(range(2, 501, 2))
+    assert (rows[-1].document_id, rows[-1].operation) == ("1000", "upsert")
+
+
 def test_a_session_in_another_mode_records_its_own_and_the_trigger_stands_aside(
         pg: Engine, prefix: str) -> None:
     """``inline`` waits for its own events, so it records them (named, completed) and the
