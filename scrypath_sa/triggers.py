@@ -120,19 +120,19 @@ def installed(conn: Connection, model: type) -> bool:
 RECHECK_SECONDS = 60.0
 """How long a process trusts what it found about a table's triggers."""
 
-_found: weakref.WeakKeyDictionary[type, dict[str, tuple[bool, float]]] = (
+_found: weakref.WeakKeyDictionary[Engine, dict[type, tuple[bool, float]]] = (
     weakref.WeakKeyDictionary())
 _found_lock = threading.Lock()
 
 
 def records(bind: Engine | Connection, model: type) -> bool:
-    """:func:`installed`, remembered per database and table for
-    :data:`RECHECK_SECONDS`. Missing triggers are logged with the fix; meanwhile the
-    session records the model's changes itself (its writes are not lost; other writers'
-    are, until the triggers exist: ``status`` says so)."""
-    database = bind.engine.url.render_as_string(hide_password=True)
+    """:func:`installed`, remembered per engine and model for :data:`RECHECK_SECONDS`
+    (every flush asks). Missing triggers are logged with the fix; meanwhile the session
+    records the model's changes itself (its writes are not lost; other writers' are,
+    until the triggers exist: ``status`` says so)."""
+    engine = bind.engine
     now = time.monotonic()
-    known = _found.get(model, {}).get(database)
+    known = _found.get(engine, {}).get(model)
     if known is not None and now - known[1] < RECHECK_SECONDS:
         return known[0]
     if isinstance(bind, Engine):
@@ -141,7 +141,7 @@ def records(bind: Engine | Connection, model: type) -> bool:
     else:
         present = installed(bind, model)
     with _found_lock:
-        _found.setdefault(model, {})[database] = (present, now)
+        _found.setdefault(engine, {})[model] = (present, now)
     if not present:
         log.warning("scrypath_sa: %s is captured by trigger but its table has no capture "
                     "trigger: the session records its changes meanwhile, other writers' "
