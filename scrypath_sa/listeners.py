@@ -257,17 +257,18 @@ def _choose_capture(session: Session, config: Config, state: SessionSync,
     they record for and the triggers exist (``to_trigger``); else the session, which
     first tells those triggers to stand aside for its transaction (once: the setting
     lasts until the transaction ends)."""
+    to_trigger = resolve_mode(config.default_mode, session) == triggers.MODE
+    state.to_trigger = set()
+    if not to_trigger and state.stood_aside:
+        return
     binds: dict[type, Engine | Connection] = {}
     for cls in set(written()):
         info = registry.info_for(cls)
         if info is not None and info.by_trigger:
             binds[cls] = session.get_bind(info.mapper)
-    if resolve_mode(config.default_mode, session) == triggers.MODE:
+    if to_trigger:
         state.to_trigger = {cls for cls, bind in binds.items()
                             if bind.dialect.name == "postgresql" and triggers.records(bind, cls)}
-        return
-    state.to_trigger = set()
-    if state.stood_aside:
         return
     for bind in {id(b): b for b in binds.values()}.values():
         if bind.dialect.name == "postgresql":
@@ -316,20 +317,16 @@ def _capture_new(state: SessionSync, capture: dict[tuple[str, str], NewEvent],
     One pass here, with the per-class work done once, costs far less than a mapper
     event per inserted row."""
     plans: dict[type, tuple[str, str, tuple[str, ...]] | None] = {}
-    left_to_trigger: set[type] = set()
     for obj in objects:
         cls = type(obj)
         if cls in plans:
             plan = plans[cls]
         else:
             info = registry.info_for(cls) if isinstance(obj, Searchable) else None
-            if info is not None and cls in state.to_trigger:
-                left_to_trigger.add(cls)
-                info = None
-            plan = plans[cls] = None if info is None else (
+            plan = plans[cls] = None if info is None or cls in state.to_trigger else (
                 info.name, info.index, registry.pk_keys(cls))
         if plan is None:
-            if cls in left_to_trigger:
+            if cls in state.to_trigger:  # its trigger records the row
                 state.triggered += 1
             continue
         name, index, keys = plan
