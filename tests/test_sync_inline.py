@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -571,11 +572,10 @@ def test_column_fast_path_builds_the_same_documents_as_the_orm(world: World) -> 
     assert documents.column_documents(world.engine, info, [(1,)]) == {(1,): ("upsert", orm_doc)}
 
 
-def test_a_document_id_postgresql_cannot_hold_never_fails_the_commit(
-        engine: Engine, index_prefix: str, backend: Any) -> None:
-    """A custom id rule puts a NUL character in an id (no PostgreSQL text holds one):
-    the data commits, the event is recorded discarded with the fix, its batch-mate
-    is written."""
+def coded_world(engine: Engine, index_prefix: str, backend: Any,
+                id_rule: Callable[[str], str]) -> tuple[Any, Any]:
+    """A model whose document id is ``id_rule(code)`` (a user's custom rule), its
+    tables, and a configured session factory."""
 
     class Base(DeclarativeBase):
         pass
@@ -584,15 +584,26 @@ def test_a_document_id_postgresql_cannot_hold_never_fails_the_commit(
         __tablename__ = "codes"
         __search_index__ = f"{index_prefix}_codes"
         id: Mapped[int] = mapped_column(primary_key=True)
-        code: Mapped[str] = mapped_column(String(100))
+        code: Mapped[str] = mapped_column(String(1000))
 
         def search_document_id(self) -> str:
-            return self.code.replace("~", "\0")
+            return id_rule(self.code)
 
     Base.metadata.create_all(engine)
     scrypath_sa.metadata.create_all(engine)
     Session = sessionmaker(engine)
     scrypath_sa.configure(Session, backend=backend)
+    return Code, Session
+
+
+def test_a_document_id_postgresql_cannot_hold_never_fails_the_commit(
+        engine: Engine, index_prefix: str, backend: Any) -> None:
+    """A custom id rule puts a NUL character in an id (no PostgreSQL text holds one):
+    the data commits, the event is recorded discarded with the fix, its batch-mate
+    is written."""
+
+    Code, Session = coded_world(engine, index_prefix, backend,
+                                lambda code: code.replace("~", "\0"))
     with Session() as session:
         session.add_all([Code(id=1, code="a~b"), Code(id=2, code="fine")])
         session.commit()
@@ -614,22 +625,7 @@ def test_a_document_id_too_long_for_opensearch_never_fails_the_commit(
     event is recorded discarded with a reason that says what to fix, its batch-mate is
     written, and the outcome (and strict mode) do not call it a success."""
 
-    class Base(DeclarativeBase):
-        pass
-
-    class Code(Searchable, Base):
-        __tablename__ = "codes"
-        __search_index__ = f"{index_prefix}_codes"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        code: Mapped[str] = mapped_column(String(1000))
-
-        def search_document_id(self) -> str:
-            return self.code
-
-    Base.metadata.create_all(engine)
-    scrypath_sa.metadata.create_all(engine)
-    Session = sessionmaker(engine)
-    scrypath_sa.configure(Session, backend=backend)
+    Code, Session = coded_world(engine, index_prefix, backend, lambda code: code)
     with Session() as session:
         session.add_all([Code(id=1, code="x" * 600), Code(id=2, code="short")])
         session.commit()
@@ -653,7 +649,7 @@ def test_a_document_id_too_long_for_opensearch_never_fails_the_commit(
     with engine.connect() as conn:  # strict raises after the data committed
         assert conn.execute(select(Code.__table__.c.id)).scalars().all() == [1, 2, 3]
     scrypath_sa.unconfigure(Session)
-    Base.metadata.drop_all(engine)
+    Code.metadata.drop_all(engine)
 
 
 def test_search_fields_make_the_document_and_skip_other_changes(
