@@ -98,17 +98,19 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
         capture: dict[tuple[str, str], NewEvent] = {}
         state = session_sync(session)
         state.capture, state.captured = capture, {}
+        dirty = [obj for obj in session.dirty if isinstance(obj, Searchable)]
+        deleted = [obj for obj in session.deleted if isinstance(obj, Searchable)]
         if registry.has_trigger_models():
-            _choose_capture(session, config, state, lambda: map(
-                type, (*session.new, *session.dirty, *session.deleted)))
-        for obj in session.dirty:
-            if isinstance(obj, Searchable) and _document_changed(session, obj):
+            _choose_capture(session, config, state, {
+                type(obj) for obj in (*session.new, *dirty, *deleted)
+                if isinstance(obj, Searchable)})
+        for obj in dirty:
+            if _document_changed(session, obj):
                 _capture(state, obj, Operation.UPSERT)
                 state.captured[id(obj)] = Operation.UPSERT
-        for obj in session.deleted:
-            if isinstance(obj, Searchable):
-                _capture(state, obj, Operation.DELETE)
-                state.captured[id(obj)] = Operation.DELETE
+        for obj in deleted:
+            _capture(state, obj, Operation.DELETE)
+            state.captured[id(obj)] = Operation.DELETE
         if registry.has_dependencies():
             _related_before_flush(session, config, state)
 
@@ -151,7 +153,7 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
         state = session_sync(orm_state.session)
         state.config = config
         if info is not None and info.by_trigger:
-            _choose_capture(orm_state.session, config, state, lambda: [mapper.class_])
+            _choose_capture(orm_state.session, config, state, {mapper.class_})
 
         def run() -> Any:  # the statement, with its own rows' events when Searchable
             if info is None:
@@ -197,8 +199,9 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
             return
         mode_name = resolve_mode(config.default_mode, session)
         mode = config.modes.get(mode_name)
-        if not ids:
-            outcome = Outcome(mode_name, [])
+        outcome: Outcome | None
+        if not ids:  # the triggers recorded its events, or it refused them all
+            outcome = None
         elif aio.in_async_commit():  # an AsyncSession: not on the event loop
             outcome = aio.off_the_loop(functools.partial(put_together, config, mode_name, ids))
         elif engine is config.bind and mode is not None and mode.merges:
@@ -207,6 +210,8 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
             outcome = dispatch(config, mode_name, ids, engine)
         if triggered:
             outcome = _with_unnamed(outcome, config, triggered, engine)
+        elif outcome is None:
+            outcome = Outcome(mode_name, [])
         if refused:
             outcome.event_ids.extend(f.event_id for f in refused)
             outcome.failures.extend(refused)
@@ -251,24 +256,26 @@ def _remember(session: Session, config: Config, conn: Connection,
 
 
 def _choose_capture(session: Session, config: Config, state: SessionSync,
-                    written: Callable[[], Iterable[type]]) -> None:
-    """Who records the changes of the trigger-captured models about to be written
-    (``written()``: their classes). Their triggers, when the session's mode is the one
-    they record for and the triggers exist (``to_trigger``); else the session, which
-    first tells those triggers to stand aside for its transaction (once: the setting
-    lasts until the transaction ends)."""
-    to_trigger = resolve_mode(config.default_mode, session) == triggers.MODE
-    state.to_trigger = set()
-    if not to_trigger and state.stood_aside:
-        return
+                    written: set[type]) -> None:
+    """Who records the changes of the trigger-captured models among ``written`` (the
+    Searchable classes about to be written). Their triggers, when the session's mode is
+    the one they record for and the triggers exist (``to_trigger``); else the session,
+    which first tells those triggers to stand aside for its transaction (once: the
+    setting lasts until the transaction ends)."""
     binds: dict[type, Engine | Connection] = {}
-    for cls in set(written()):
+    for cls in written:
         info = registry.info_for(cls)
         if info is not None and info.by_trigger:
             binds[cls] = session.get_bind(info.mapper)
-    if to_trigger:
+    if not binds:
+        state.to_trigger = set()
+        return
+    if resolve_mode(config.default_mode, session) == triggers.MODE:
         state.to_trigger = {cls for cls, bind in binds.items()
                             if bind.dialect.name == "postgresql" and triggers.records(bind, cls)}
+        return
+    state.to_trigger = set()
+    if state.stood_aside:
         return
     for bind in {id(b): b for b in binds.values()}.values():
         if bind.dialect.name == "postgresql":
@@ -277,10 +284,11 @@ def _choose_capture(session: Session, config: Config, state: SessionSync,
             state.stood_aside = True
 
 
-def _with_unnamed(outcome: Outcome, config: Config, count: int,
+def _with_unnamed(outcome: Outcome | None, config: Config, count: int,
                   engine: Engine | None) -> Outcome:
-    """``outcome`` with the ``count`` events the triggers recorded in the commit: the
-    mode they are for is woken (their ids are the database's)."""
+    """``outcome`` (None: the commit recorded no event itself) with the ``count`` events
+    the triggers recorded in the commit: the mode they are for is woken (their ids are
+    the database's)."""
     mode = config.modes.get(triggers.MODE)
     if mode is None:
         unnamed = Outcome(triggers.MODE, [], error=(
@@ -290,7 +298,7 @@ def _with_unnamed(outcome: Outcome, config: Config, count: int,
     else:
         unnamed = mode.dispatch_unnamed(config, count, engine)
     unnamed.unnamed = count
-    if not outcome.event_ids and not outcome.states:
+    if outcome is None or (not outcome.event_ids and not outcome.states):
         return unnamed
     outcome.unnamed = count
     outcome.states.update(unnamed.states)
@@ -594,7 +602,7 @@ def install_bulk_capture() -> None:
             return
         state = session_sync(self)
         if info.by_trigger:
-            _choose_capture(self, config, state, lambda: [mapper.class_])
+            _choose_capture(self, config, state, {mapper.class_})
             if mapper.class_ in state.to_trigger:  # the trigger records the rows
                 given["mappings"] = list(given["mappings"])
                 original(*call.args, **call.kwargs)

@@ -45,15 +45,12 @@ class ModelInfo:
     cls: type[Any]
     index: str
     contract: Contract
+    by_trigger: bool = False
+    """Whether a database trigger records this model's changes (not the session)."""
 
     @property
     def name(self) -> str:
         return self.cls.__name__
-
-    @property
-    def by_trigger(self) -> bool:
-        """Whether a database trigger records this model's changes (not the session)."""
-        return getattr(self.cls, "__search_capture__", "session") == "trigger"
 
     @property
     def mapper(self) -> Mapper[Any]:
@@ -66,6 +63,7 @@ CAPTURES = ("session", "trigger")
 
 _by_index: dict[str, ModelInfo] = {}
 _by_class: weakref.WeakKeyDictionary[type, ModelInfo] = weakref.WeakKeyDictionary()
+_by_trigger: set[str] = set()  # the indexes of models captured by trigger
 
 
 def _qualified(cls: type) -> str:
@@ -131,9 +129,12 @@ def register_mapped(cls: type[Any], table: Any) -> ModelInfo:
             f"{name}.__search_index__ = {index!r} is already used by "
             f"{_qualified(existing.cls)}: give each model its own index alias"
         )
-    info = ModelInfo(cls, index, _contract(name, getattr(cls, "__search_contract__", None)))
+    info = ModelInfo(cls, index, _contract(name, getattr(cls, "__search_contract__", None)),
+                     by_trigger=getattr(cls, "__search_capture__", "session") == "trigger")
     _by_index[index] = info
     _by_class[cls] = info
+    if info.by_trigger:
+        _by_trigger.add(index)
     return info
 
 
@@ -142,6 +143,7 @@ def unregister(cls: type) -> None:
     info = _by_class.pop(cls, None)
     if info is not None and _by_index.get(info.index) is info:
         del _by_index[info.index]
+        _by_trigger.discard(info.index)
     for deps in _dependencies.values():
         deps[:] = [d for d in deps if d.dependent is not cls]
 
@@ -201,7 +203,7 @@ def all_models() -> list[ModelInfo]:
 
 def has_trigger_models() -> bool:
     """Whether any registered model is captured by trigger (every flush asks)."""
-    return any(info.by_trigger for info in _by_index.values())
+    return bool(_by_trigger)
 
 
 # ------------------------------------------------------------ keys and the defaults kept
