@@ -21,7 +21,8 @@ from __future__ import annotations
 import functools
 import inspect as pyinspect
 import logging
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, Delete, Engine, Insert, Update, event, inspect, select
@@ -101,9 +102,9 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
         dirty = [obj for obj in session.dirty if isinstance(obj, Searchable)]
         deleted = [obj for obj in session.deleted if isinstance(obj, Searchable)]
         if registry.has_trigger_models():
-            _choose_capture(session, config, state, {
+            _choose_capture(session, config, state, Counter(
                 type(obj) for obj in (*session.new, *dirty, *deleted)
-                if isinstance(obj, Searchable)})
+                if isinstance(obj, Searchable)))
         for obj in dirty:
             if _document_changed(session, obj):
                 _capture(state, obj, Operation.UPSERT)
@@ -153,7 +154,7 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
         state = session_sync(orm_state.session)
         state.config = config
         if info is not None and info.by_trigger:
-            _choose_capture(orm_state.session, config, state, {mapper.class_})
+            _choose_capture(orm_state.session, config, state, {mapper.class_: 1})
 
         def run() -> Any:  # the statement, with its own rows' events when Searchable
             if info is None:
@@ -256,26 +257,29 @@ def _remember(session: Session, config: Config, conn: Connection,
 
 
 def _choose_capture(session: Session, config: Config, state: SessionSync,
-                    written: set[type]) -> None:
+                    written: Mapping[type, int]) -> None:
     """Who records the changes of the trigger-captured models among ``written`` (the
-    Searchable classes about to be written). Their triggers, when the session's mode is
-    the one they record for and the triggers exist (``to_trigger``); else the session,
-    which first tells those triggers to stand aside for its transaction (once: the
-    setting lasts until the transaction ends)."""
+    Searchable classes about to be written, with their number of rows). Their
+    triggers (``to_trigger``), when the session's mode is the one they record for, the
+    triggers exist, and the flush writes fewer than
+    :data:`~scrypath_sa.triggers.SESSION_RECORDS_FROM` such rows. Else the session,
+    which first tells the triggers to stand aside for the rest of its transaction (once:
+    the setting lasts until the transaction ends, so later flushes record their rows
+    themselves too)."""
     binds: dict[type, Engine | Connection] = {}
-    for cls in written:
+    rows = 0
+    for cls, count in written.items():
         info = registry.info_for(cls)
         if info is not None and info.by_trigger:
             binds[cls] = session.get_bind(info.mapper)
-    if not binds:
-        state.to_trigger = set()
+            rows += count
+    state.to_trigger = set()
+    if not binds or state.stood_aside:
         return
-    if resolve_mode(config.default_mode, session) == triggers.MODE:
+    if (rows < triggers.SESSION_RECORDS_FROM
+            and resolve_mode(config.default_mode, session) == triggers.MODE):
         state.to_trigger = {cls for cls, bind in binds.items()
                             if bind.dialect.name == "postgresql" and triggers.records(bind, cls)}
-        return
-    state.to_trigger = set()
-    if state.stood_aside:
         return
     for bind in {id(b): b for b in binds.values()}.values():
         if bind.dialect.name == "postgresql":
@@ -602,9 +606,9 @@ def install_bulk_capture() -> None:
             return
         state = session_sync(self)
         if info.by_trigger:
-            _choose_capture(self, config, state, {mapper.class_})
+            given["mappings"] = list(given["mappings"])
+            _choose_capture(self, config, state, {mapper.class_: len(given["mappings"])})
             if mapper.class_ in state.to_trigger:  # the trigger records the rows
-                given["mappings"] = list(given["mappings"])
                 original(*call.args, **call.kwargs)
                 state.triggered += len(given["mappings"])
                 return

@@ -147,6 +147,38 @@ def test_a_dramatiq_session_leaves_its_rows_to_the_trigger_and_a_worker_writes_t
         "1": "changed", "2": "by trigger 2", "3": "by trigger 3", "4": "raw sql"}
 
 
+def test_a_large_flush_is_recorded_by_the_session_and_its_transaction_stays_so(
+        dramatiq_world: Any, os_client: Any) -> None:
+    """A flush of SESSION_RECORDS_FROM rows or more: one set-based INSERT beats a trigger
+    run per row, so the session records them (named events) and the triggers stand
+    aside for the rest of the transaction: a small flush after it is recorded by the
+    session too, never left to triggers that write nothing. The next transaction's
+    small flush goes back to the trigger. No row is recorded twice or lost."""
+    world, workers = dramatiq_world
+    many = triggers.SESSION_RECORDS_FROM
+    with world.Session() as session:
+        session.add_all([world.Article(id=i, title=f"many {i}") for i in range(1, many + 1)])
+        session.flush()
+        session.add(world.Article(id=1000, title="after"))
+        session.commit()
+        large = scrypath_sa.last_outcome(session)
+    with world.Session() as session:
+        session.add(world.Article(id=2000, title="small"))
+        session.commit()
+        small = scrypath_sa.last_outcome(session)
+    assert large is not None and small is not None
+    assert (len(large.event_ids), large.unnamed, large.state) == (many + 1, 0, "enqueued")
+    assert (small.event_ids, small.unnamed, small.state) == ([], 1, "enqueued")
+    rows = recorded(world.engine)
+    assert sorted(int(r.document_id) for r in rows) == [*range(1, many + 1), 1000, 2000]
+    workers.start()
+    wait_for(all_terminal(world.engine), "the worker to finish")
+    assert states(world.engine) == {"completed": many + 2}, workers.logs()
+    alias = f"{world.prefix}_articles"
+    os_client.indices.refresh(index=alias)
+    assert os_client.count(index=alias)["count"] == many + 2
+
+
 def test_orm_statements_and_bulk_methods_are_left_to_the_trigger(
         dramatiq_world: Any) -> None:
     """``update()`` by WHERE and ``bulk_insert_mappings`` in a ``dramatiq`` session: the
