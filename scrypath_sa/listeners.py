@@ -327,27 +327,37 @@ def _capture_new(state: SessionSync, capture: dict[tuple[str, str], NewEvent],
                  objects: Iterable[Any]) -> None:
     """The session's new objects, in ``after_flush`` (their keys are assigned by then).
     One pass here, with the per-class work done once, costs far less than a mapper
-    event per inserted row."""
-    plans: dict[type, tuple[str, str, tuple[str, ...]] | None] = {}
+    event per inserted row; a default id of a one-column integer or text key is that
+    value as text (what :func:`documents.pk_document_id` makes of it), taken directly."""
+    plans: dict[type, tuple[str, str, tuple[str, ...], str | None] | None] = {}
+    upsert = Operation.UPSERT
     for obj in objects:
         cls = type(obj)
         if cls in plans:
             plan = plans[cls]
         else:
             info = registry.info_for(cls) if isinstance(obj, Searchable) else None
+            keys = registry.pk_keys(cls) if info is not None else ()
             plan = plans[cls] = None if info is None or cls in state.to_trigger else (
-                info.name, info.index, registry.pk_keys(cls))
+                info.name, info.index, keys,
+                keys[0] if len(keys) == 1 and registry.uses_default_ids(cls) else None)
         if plan is None:
             if cls in state.to_trigger:  # its trigger records the row
                 state.triggered += 1
             continue
-        name, index, keys = plan
+        name, index, keys, only_key = plan
+        if only_key is not None:
+            value = getattr(obj, only_key)
+            if type(value) is int or type(value) is str:
+                document_id = str(value)
+                capture[(index, document_id)] = NewEvent(name, index, document_id, [value],
+                                                         upsert)
+                continue
         pk = documents.json_safe_key([getattr(obj, k) for k in keys])
         if None in pk:  # no key yet: added during this flush; the next one writes it
             continue
         document_id = documents.document_id(obj, pk)
-        capture[(index, document_id)] = NewEvent(name, index, document_id, pk,
-                                                 Operation.UPSERT)
+        capture[(index, document_id)] = NewEvent(name, index, document_id, pk, upsert)
 
 
 # ------------------------------------------------------------------------ mapper events
