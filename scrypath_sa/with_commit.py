@@ -2,10 +2,15 @@
 
 A flush on PostgreSQL through psycopg's sync driver does not send its ``sync_events``
 INSERT when the transaction will be committed by the session that flushed (see
-:func:`can_hold`): the rows wait with the connection, and the engine's ``commit``
-event sends them pipelined with the COMMIT itself (libpq pipeline mode: the INSERT,
-the COMMIT and one Sync go out together; one wait brings back the event ids and the
-COMMIT's result). psycopg's own ``commit()`` then finds the transaction closed.
+:func:`can_hold`): the rows wait with the connection, and the engine's COMMIT sends
+them pipelined with the COMMIT itself (libpq pipeline mode: the INSERT, the COMMIT and
+one Sync go out together; one wait brings back the event ids and the COMMIT's result).
+psycopg's own ``commit()`` then finds the transaction closed.
+
+The COMMIT is met in the engine's dialect (its ``do_commit`` and ``do_rollback``,
+wrapped once per dialect by :func:`listen`), not by engine events: an engine with
+event listeners makes SQLAlchemy look up listeners around every statement of every
+connection, which cost a single-row commit about 25 us (docs/performance.md).
 
 The promise is the outbox's: the data and its events commit together or not at all.
 If the INSERT fails, the server skips the COMMIT of that pipeline, the transaction is
@@ -23,7 +28,8 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from scrypath_sa import outbox, telemetry
@@ -36,12 +42,13 @@ info: one thread uses it at a time)."""
 
 
 class _Held:
-    """A transaction's held events, and the list their ids go to once committed."""
+    """A transaction's held events, the connection that holds them, and the list their
+    ids go to once committed."""
 
-    __slots__ = ("groups", "ids", "transaction")
+    __slots__ = ("conn", "groups", "ids", "transaction")
 
-    def __init__(self, transaction: Any, ids: list[int]) -> None:
-        self.transaction, self.ids = transaction, ids
+    def __init__(self, conn: Connection, transaction: Any, ids: list[int]) -> None:
+        self.conn, self.transaction, self.ids = conn, transaction, ids
         self.groups: outbox.HeldGroups = {}
 
 
@@ -72,11 +79,11 @@ def hold(conn: Connection, events: Sequence[NewEvent], mode: str | None,
     transaction = conn.get_transaction()
     held = conn.info.get(KEY)
     if not isinstance(held, _Held) or held.transaction is not transaction:
-        held = conn.info[KEY] = _Held(transaction, ids)
+        held = conn.info[KEY] = _Held(conn, transaction, ids)
     outbox.hold(held.groups, events, mode, now)
 
 
-_listened: weakref.WeakSet[Engine] = weakref.WeakSet()
+_listened: weakref.WeakSet[Dialect] = weakref.WeakSet()
 _listen_lock = threading.Lock()
 
 
@@ -84,38 +91,56 @@ def listen(engine: Engine) -> None:
     """Send held events with ``engine``'s COMMITs (idempotent; a psycopg engine only).
     ``configure()`` calls it for its engine; a hold on another engine (a session with
     several binds) does on the way."""
-    if engine.dialect.driver != "psycopg" or engine.dialect.is_async:
-        return
-    if engine in _listened:
+    dialect = engine.dialect
+    if dialect.driver != "psycopg" or dialect.is_async or dialect in _listened:
         return
     with _listen_lock:
-        if engine not in _listened:
-            event.listen(engine, "commit", _commit)
-            event.listen(engine, "rollback", _forget)
-            _listened.add(engine)
+        if dialect not in _listened:
+            _wrap(dialect)
+            _listened.add(dialect)
 
 
-def _forget(conn: Connection) -> None:
-    conn.info.pop(KEY, None)
+def _wrap(dialect: Dialect) -> None:
+    """Have ``dialect`` send a connection's held events with its COMMIT, and forget
+    them on its ROLLBACK (also the pool's reset of a returned connection). Both get
+    the pool's connection, whose ``info`` is the ``Connection.info`` they were held in."""
+    commit, rollback = dialect.do_commit, dialect.do_rollback
+
+    def do_commit(dbapi_connection: Any) -> None:
+        held = _pop(dbapi_connection)
+        if held is not None:
+            _send(held, with_commit=True)
+        commit(dbapi_connection)
+
+    def do_rollback(dbapi_connection: Any) -> None:
+        _pop(dbapi_connection)
+        rollback(dbapi_connection)
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
 
 
-def _commit(conn: Connection) -> None:
-    """The engine's ``commit`` event: send the held events with the COMMIT."""
-    _send(conn, with_commit=True)
+def _pop(dbapi_connection: Any) -> _Held | None:
+    try:
+        info = dbapi_connection.info  # the pool's dict; a driver's own info is no dict
+    except NotImplementedError:  # the engine's first connect: no pool connection yet
+        return None
+    held = info.pop(KEY, None) if isinstance(info, dict) else None
+    return held if isinstance(held, _Held) else None
 
 
 def write_held(conn: Connection) -> None:
     """Write ``conn``'s held events now, in its open transaction: for a reader inside
     that transaction (``testing.process_pending(session)``)."""
-    _send(conn, with_commit=False)
-
-
-def _send(conn: Connection, *, with_commit: bool) -> None:
     held = conn.info.pop(KEY, None)
-    if not isinstance(held, _Held) or not held.groups:
-        return
-    if held.transaction is not conn.get_transaction():
-        return  # a transaction that ended without a commit or rollback event
+    if isinstance(held, _Held):
+        _send(held, with_commit=False)
+
+
+def _send(held: _Held, *, with_commit: bool) -> None:
+    conn = held.conn
+    if not held.groups or held.transaction is not conn.get_transaction():
+        return  # nothing, or a transaction that ended without a COMMIT or ROLLBACK
     driver_conn = conn.connection.dbapi_connection
     pgconn = driver_conn.pgconn  # type: ignore[union-attr]
     if pgconn.transaction_status == _INERROR:
