@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import inspect as pyinspect
 import logging
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -102,9 +101,11 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
         dirty = [obj for obj in session.dirty if isinstance(obj, Searchable)]
         deleted = [obj for obj in session.deleted if isinstance(obj, Searchable)]
         if registry.has_trigger_models():
-            _choose_capture(session, config, state, Counter(
-                type(obj) for obj in (*session.new, *dirty, *deleted)
-                if isinstance(obj, Searchable)))
+            written: dict[type, int] = {}  # rows per class (a Counter costs more)
+            for obj in (*session.new, *dirty, *deleted):
+                if isinstance(obj, Searchable):
+                    written[type(obj)] = written.get(type(obj), 0) + 1
+            _choose_capture(session, config, state, written)
         for obj in dirty:
             if _document_changed(session, obj):
                 _capture(state, obj, Operation.UPSERT)
@@ -311,11 +312,13 @@ def _with_unnamed(outcome: Outcome | None, config: Config, count: int,
 
 
 def _capture(state: SessionSync, obj: Any, op: Operation) -> None:
-    info = registry.info_for(type(obj))
-    if info is None or state.capture is None:
+    if state.capture is None:
         return
     if type(obj) in state.to_trigger:
         state.triggered += 1
+        return
+    info = registry.info_for(type(obj))
+    if info is None:
         return
     capture = state.capture
     pk = documents.primary_key(obj)
