@@ -12,8 +12,9 @@ workers' doorbell after its commit (its outcome counts those events as ``unnamed
 their ids are the database's). A session in any other mode (``inline`` waits for its
 own events, ``manual`` hands them over by id) tells the trigger to stand aside for its
 transaction (:data:`SESSION_CAPTURES`) and records them itself, as for any model; so
-does a ``dramatiq`` session whose flush writes :data:`SESSION_RECORDS_FROM` rows or more
-(one set-based INSERT costs less than a trigger run per row).
+does a ``dramatiq`` session whose flush (or ``bulk_*`` call) writes
+:data:`SESSION_RECORDS_FROM` rows or more (one set-based INSERT costs less than a
+trigger run per row).
 
 Limits: default document ids only (the primary key: integers, text or UUIDs); an UPDATE
 that changes a primary key is recorded as an upsert of the new key only (as the
@@ -49,9 +50,9 @@ SESSION_CAPTURES = "SELECT set_config('scrypath_sa.capture', 'session', true)"
 write nothing until the transaction ends."""
 
 SESSION_RECORDS_FROM = 16
-"""A flush that writes at least this many rows of trigger-captured models has the
-session record them (one set-based INSERT with the COMMIT), not a trigger run per row:
-cheaper from about this many rows (docs/performance.md)."""
+"""A flush (or ``bulk_*`` call) that writes at least this many rows of trigger-captured
+models has the session record them (one set-based INSERT with the COMMIT), not a
+trigger run per row: cheaper from about this many rows (docs/performance.md)."""
 
 _KEY_TYPES = (int, str, uuid.UUID)
 _MAX_NAME = 63  # PostgreSQL's identifier length

@@ -153,7 +153,8 @@ def test_a_large_flush_is_recorded_by_the_session_and_its_transaction_stays_so(
     run per row, so the session records them (named events) and the triggers stand
     aside for the rest of the transaction: a small flush after it is recorded by the
     session too, never left to triggers that write nothing. The next transaction's
-    small flush goes back to the trigger. No row is recorded twice or lost."""
+    small flush goes back to the trigger; a bulk_* call of as many rows is recorded by
+    the session. No row is recorded twice or lost."""
     world, workers = dramatiq_world
     many = triggers.SESSION_RECORDS_FROM
     with world.Session() as session:
@@ -166,17 +167,25 @@ def test_a_large_flush_is_recorded_by_the_session_and_its_transaction_stays_so(
         session.add(world.Article(id=2000, title="small"))
         session.commit()
         small = scrypath_sa.last_outcome(session)
-    assert large is not None and small is not None
+    with world.Session() as session:  # a bulk_* call of as many rows: the same
+        session.bulk_insert_mappings(world.Article, [
+            {"id": 3000 + i, "title": f"bulk {i}", "views": "0", "published": True}
+            for i in range(many)])
+        session.commit()
+        bulk = scrypath_sa.last_outcome(session)
+    assert large is not None and small is not None and bulk is not None
     assert (len(large.event_ids), large.unnamed, large.state) == (many + 1, 0, "enqueued")
     assert (small.event_ids, small.unnamed, small.state) == ([], 1, "enqueued")
+    assert (len(bulk.event_ids), bulk.unnamed) == (many, 0)
     rows = recorded(world.engine)
-    assert sorted(int(r.document_id) for r in rows) == [*range(1, many + 1), 1000, 2000]
+    assert sorted(int(r.document_id) for r in rows) == [
+        *range(1, many + 1), 1000, 2000, *range(3000, 3000 + many)]
     workers.start()
     wait_for(all_terminal(world.engine), "the worker to finish")
-    assert states(world.engine) == {"completed": many + 2}, workers.logs()
+    assert states(world.engine) == {"completed": 2 * many + 2}, workers.logs()
     alias = f"{world.prefix}_articles"
     os_client.indices.refresh(index=alias)
-    assert os_client.count(index=alias)["count"] == many + 2
+    assert os_client.count(index=alias)["count"] == 2 * many + 2
 
 
 def test_orm_statements_and_bulk_methods_are_left_to_the_trigger(
