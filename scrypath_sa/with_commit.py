@@ -123,8 +123,8 @@ def _wrap(dialect: Dialect) -> None:
 def _pop(dbapi_connection: Any) -> _Held | None:
     try:
         info = dbapi_connection.info  # the pool's dict; a driver's own info is no dict
-    except NotImplementedError:  # the engine's first connect: no pool connection yet
-        return None
+    except (AttributeError, NotImplementedError):  # the engine's first connect: no pool
+        return None  # connection yet (SQLAlchemy's stand-in has no info)
     held = info.pop(KEY, None) if isinstance(info, dict) else None
     return held if isinstance(held, _Held) else None
 
