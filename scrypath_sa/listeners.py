@@ -618,15 +618,14 @@ def install_bulk_capture() -> None:
             original(*call.args, **call.kwargs)
             return
         state = session_sync(self)
+        mappings = given["mappings"] = list(given["mappings"])
         if info.by_trigger:
-            given["mappings"] = list(given["mappings"])
-            _choose_capture(self, config, state, {mapper.class_: len(given["mappings"])})
+            _choose_capture(self, config, state, {mapper.class_: len(mappings)})
             if mapper.class_ in state.to_trigger:  # the trigger records the rows
                 original(*call.args, **call.kwargs)
-                state.triggered += len(given["mappings"])
+                state.triggered += len(mappings)
                 return
         isupdate, isstates = given["isupdate"], given["isstates"]
-        mappings = given["mappings"] = list(given["mappings"])
         # Inserted rows' keys come back into the mappings (or states) this way.
         given["return_defaults"] = given["return_defaults"] or not isupdate
         original(*call.args, **call.kwargs)

@@ -121,6 +121,7 @@ def _wrap(dialect: Dialect) -> None:
 
 
 def _pop(dbapi_connection: Any) -> _Held | None:
+    """Take the held events out of a pool connection's (or a ``Connection``'s) info."""
     try:
         info = dbapi_connection.info  # the pool's dict; a driver's own info is no dict
     except (AttributeError, NotImplementedError):  # the engine's first connect: no pool
@@ -132,8 +133,8 @@ def _pop(dbapi_connection: Any) -> _Held | None:
 def write_held(conn: Connection) -> None:
     """Write ``conn``'s held events now, in its open transaction: for a reader inside
     that transaction (``testing.process_pending(session)``)."""
-    held = conn.info.pop(KEY, None)
-    if isinstance(held, _Held):
+    held = _pop(conn)
+    if held is not None:
         _send(held, with_commit=False)
 
 
