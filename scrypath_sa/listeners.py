@@ -101,10 +101,14 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
         dirty = [obj for obj in session.dirty if isinstance(obj, Searchable)]
         deleted = [obj for obj in session.deleted if isinstance(obj, Searchable)]
         if registry.has_trigger_models():
-            written: dict[type, int] = {}  # rows per class (a Counter costs more)
-            for obj in (*session.new, *dirty, *deleted):
+            # Per class, the rows a trigger runs once for each: updates and deletes (a
+            # flush's inserts are one statement, recorded by one statement trigger).
+            written: dict[type, int] = {}  # (a Counter costs more)
+            for obj in session.new:
                 if isinstance(obj, Searchable):
-                    written[type(obj)] = written.get(type(obj), 0) + 1
+                    written.setdefault(type(obj), 0)
+            for obj in (*dirty, *deleted):
+                written[type(obj)] = written.get(type(obj), 0) + 1
             _choose_capture(session, config, state, written)
         for obj in dirty:
             if _document_changed(session, obj):
@@ -260,10 +264,11 @@ def _remember(session: Session, config: Config, conn: Connection,
 def _choose_capture(session: Session, config: Config, state: SessionSync,
                     written: Mapping[type, int]) -> None:
     """Who records the changes of the trigger-captured models among ``written`` (the
-    Searchable classes about to be written, with their number of rows). Their
-    triggers (``to_trigger``), when the session's mode is the one they record for, the
-    triggers exist, and the flush writes fewer than
-    :data:`~scrypath_sa.triggers.SESSION_RECORDS_FROM` such rows. Else the session,
+    Searchable classes about to be written, with the number of rows their triggers
+    would run once for each: updated and deleted ones). Their triggers
+    (``to_trigger``), when the session's mode is the one they record for, the triggers
+    exist, and there are fewer than :data:`~scrypath_sa.triggers.SESSION_RECORDS_FROM`
+    such rows. Else the session,
     which first tells the triggers to stand aside for the rest of its transaction (once:
     the setting lasts until the transaction ends, so later flushes record their rows
     themselves too)."""
@@ -620,7 +625,8 @@ def install_bulk_capture() -> None:
         state = session_sync(self)
         mappings = given["mappings"] = list(given["mappings"])
         if info.by_trigger:
-            _choose_capture(self, config, state, {mapper.class_: len(mappings)})
+            per_row = len(mappings) if given["isupdate"] else 0  # inserts: one statement
+            _choose_capture(self, config, state, {mapper.class_: per_row})
             if mapper.class_ in state.to_trigger:  # the trigger records the rows
                 original(*call.args, **call.kwargs)
                 state.triggered += len(mappings)

@@ -1,20 +1,22 @@
 """Capture by trigger (PostgreSQL): the table records its own changes in ``sync_events``.
 
-A model with ``__search_capture__ = "trigger"`` gets a PL/pgSQL function and two row
+A model with ``__search_capture__ = "trigger"`` gets two PL/pgSQL functions and three
 triggers on its table (:func:`ddl`; in a migration, ``op.execute`` each statement).
 Every INSERT, DELETE, and UPDATE that changes a column the document reads writes a
 ``requested`` event for the ``dramatiq`` mode in the writing transaction: the ORM
 session's writes cost the commit no statement of the library's, and writes the session
-never sees (raw SQL, another application, ``psql``) are recorded too.
+never sees (raw SQL, another application, ``psql``) are recorded too. An INSERT's rows
+are recorded by one set-based INSERT per statement (a statement trigger reading them as
+a transition table); updated and deleted rows one at a time (row triggers).
 
 A session in the ``dramatiq`` mode leaves such models to the trigger and rings the
 workers' doorbell after its commit (its outcome counts those events as ``unnamed``:
 their ids are the database's). A session in any other mode (``inline`` waits for its
 own events, ``manual`` hands them over by id) tells the trigger to stand aside for its
 transaction (:data:`SESSION_CAPTURES`) and records them itself, as for any model; so
-does a ``dramatiq`` session whose flush (or ``bulk_*`` call) writes
-:data:`SESSION_RECORDS_FROM` rows or more (one set-based INSERT costs less than a
-trigger run per row).
+does a ``dramatiq`` session whose flush (or ``bulk_update_mappings`` call) updates or
+deletes :data:`SESSION_RECORDS_FROM` rows or more (one set-based INSERT costs less than
+a row trigger run per row).
 
 Limits: default document ids only (the primary key: integers, text or UUIDs); an UPDATE
 that changes a primary key is recorded as an upsert of the new key only (as the
@@ -50,22 +52,32 @@ SESSION_CAPTURES = "SELECT set_config('scrypath_sa.capture', 'session', true)"
 write nothing until the transaction ends."""
 
 SESSION_RECORDS_FROM = 16
-"""A flush (or ``bulk_*`` call) that writes at least this many rows of trigger-captured
-models has the session record them (one set-based INSERT with the COMMIT), not a
-trigger run per row: cheaper from about this many rows (docs/performance.md)."""
+"""A flush (or ``bulk_update_mappings`` call) that updates or deletes at least this
+many rows of trigger-captured models has the session record its changes (one set-based
+INSERT with the COMMIT), not a row trigger run per row: cheaper from about this many
+rows (docs/performance.md). Inserted rows do not count: their statement trigger records
+them set-based too."""
+
+_INSERTED = "scrypath_sa_inserted"
+"""The INSERT trigger's transition table: the statement's new rows."""
 
 _KEY_TYPES = (int, str, uuid.UUID)
 _MAX_NAME = 63  # PostgreSQL's identifier length
 
 
 def ddl(model: type) -> list[str]:
-    """The statements that make ``model``'s table record its changes: the capture
-    function and its two triggers (idempotent: run them again after changing
-    ``__search_fields__``)."""
+    """The statements that make ``model``'s table record its changes: two capture
+    functions and three triggers (idempotent: run them again after changing
+    ``__search_fields__``, or after upgrading from a version with two triggers).
+
+    An INSERT is recorded by a statement trigger reading the statement's new rows as a
+    transition table: one set-based INSERT into ``sync_events`` however many rows (the
+    ORM sends a flush's new rows as one statement). UPDATE and DELETE are recorded by
+    row triggers (an ORM flush sends them one statement per row); an UPDATE only when a
+    column the document reads changed."""
     info, table, mapper = _model(model)
     quote = _quote()
-    function = _qualified(table, _name("scrypath_sa_capture", table.name), quote)
-    on = _qualified(table, table.name, quote)
+    names = _names(table, quote)
     keys = [_key_column(info.name, c) for c in mapper.primary_key]
     row_keys = ", ".join(f"r.{quote(c.name)}" for c in keys)
     if len(keys) == 1:
@@ -81,48 +93,48 @@ def ddl(model: type) -> list[str]:
         old = ", ".join(f"OLD.{quote(c)}" for c in changed)
         new = ", ".join(f"NEW.{quote(c)}" for c in changed)
         when = f"ROW({old}) IS DISTINCT FROM ROW({new})"
-    insert_trigger = quote(_name("scrypath_sa_capture", table.name))
-    update_trigger = quote(_name("scrypath_sa_capture_update", table.name))
+    columns = ("model, index_name, document_id, pk, operation, mode, state, attempts, "
+               "requested_at, updated_at")
+    constants = f"{_literal(info.name)}, {_literal(info.index)}"
+    requested = f"{_literal(MODE)}, {_literal(State.REQUESTED.value)}, 0, now(), now()"
+    on = names["table"]
     return [
-        f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $f$
-DECLARE
-  r record;
-BEGIN
-  IF current_setting('scrypath_sa.capture', true) = 'session' THEN
-    RETURN NULL;
-  END IF;
+        _capture_function(names["row_function"], "DECLARE\n  r record;\n", f"""\
   IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
-  INSERT INTO {sync_events.fullname} (model, index_name, document_id, pk, operation,
-                                      mode, state, attempts, requested_at, updated_at)
-  VALUES ({_literal(info.name)}, {_literal(info.index)}, {document_id},
-          json_build_array({row_keys}),
-          CASE TG_OP WHEN 'DELETE' THEN 'delete' ELSE 'upsert' END,
-          {_literal(MODE)}, {_literal(State.REQUESTED.value)}, 0, now(), now());
-  RETURN NULL;
-END
-$f$""",
-        f"DROP TRIGGER IF EXISTS {insert_trigger} ON {on}",
-        f"CREATE TRIGGER {insert_trigger} AFTER INSERT OR DELETE ON {on} "
-        f"FOR EACH ROW EXECUTE FUNCTION {function}()",
-        f"DROP TRIGGER IF EXISTS {update_trigger} ON {on}",
-        f"CREATE TRIGGER {update_trigger} AFTER UPDATE ON {on} FOR EACH ROW "
-        f"WHEN ({when}) EXECUTE FUNCTION {function}()",
+  INSERT INTO {sync_events.fullname} ({columns})
+  VALUES ({constants}, {document_id}, json_build_array({row_keys}),
+          CASE TG_OP WHEN 'DELETE' THEN 'delete' ELSE 'upsert' END, {requested});
+"""),
+        _capture_function(names["insert_function"], "", f"""\
+  INSERT INTO {sync_events.fullname} ({columns})
+  SELECT {constants}, {document_id}, json_build_array({row_keys}), 'upsert', {requested}
+  FROM {_INSERTED} r;
+"""),
+        f"DROP TRIGGER IF EXISTS {names['insert']} ON {on}",
+        f"CREATE TRIGGER {names['insert']} AFTER INSERT ON {on} "
+        f"REFERENCING NEW TABLE AS {_INSERTED} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {names['insert_function']}()",
+        f"DROP TRIGGER IF EXISTS {names['delete']} ON {on}",
+        f"CREATE TRIGGER {names['delete']} AFTER DELETE ON {on} "
+        f"FOR EACH ROW EXECUTE FUNCTION {names['row_function']}()",
+        f"DROP TRIGGER IF EXISTS {names['update']} ON {on}",
+        f"CREATE TRIGGER {names['update']} AFTER UPDATE ON {on} FOR EACH ROW "
+        f"WHEN ({when}) EXECUTE FUNCTION {names['row_function']}()",
     ]
 
 
 def installed(conn: Connection, model: type) -> bool:
-    """Whether ``model``'s table has both capture triggers, enabled (asked of the
-    database)."""
+    """Whether ``model``'s table has its three capture triggers, enabled (asked of the
+    database; a table with an older version's two is not: run :func:`ddl` again)."""
     _, table, _ = _model(model)
-    quote = _quote()
-    names = [_name("scrypath_sa_capture", table.name),
-             _name("scrypath_sa_capture_update", table.name)]
+    names = _names(table, None)
+    triggers = [names["insert"], names["delete"], names["update"]]
     found = conn.execute(text(
         "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(:table) "
-        "AND tgname IN (:a, :b) AND tgenabled <> 'D'"),
-        {"table": _qualified(table, table.name, quote), "a": names[0], "b": names[1]},
+        "AND tgname IN (:a, :b, :c) AND tgenabled <> 'D'"),
+        {"table": names["table"], "a": triggers[0], "b": triggers[1], "c": triggers[2]},
     ).scalar_one()
-    return bool(found == 2)
+    return bool(found == len(triggers))
 
 
 RECHECK_SECONDS = 60.0
@@ -151,26 +163,26 @@ def records(bind: Engine | Connection, model: type) -> bool:
     with _found_lock:
         _found.setdefault(engine, {})[model] = (present, now)
     if not present:
-        log.warning("scrypath_sa: %s is captured by trigger but its table has no capture "
-                    "trigger: the session records its changes meanwhile, other writers' "
-                    "are not recorded; create them with scrypath_sa.triggers.ddl(%s) in a "
-                    "migration", model.__name__, model.__name__,
+        log.warning("scrypath_sa: %s is captured by trigger but its table's capture "
+                    "triggers are missing or out of date: the session records its changes "
+                    "meanwhile, other writers' may not be recorded; create them with "
+                    "scrypath_sa.triggers.ddl(%s) in a migration", model.__name__,
+                    model.__name__,
                     extra=telemetry.fields("scrypath_sa.capture_trigger_missing",
                                            model=model.__name__))
     return present
 
 
 def drop_ddl(model: type) -> list[str]:
-    """The statements that take ``model``'s capture triggers and function away."""
+    """The statements that take ``model``'s capture triggers and functions away (an
+    older version's two triggers and function too)."""
     _, table, _ = _model(model)
-    quote = _quote()
-    on = _qualified(table, table.name, quote)
+    names = _names(table, _quote())
+    on = names["table"]
     return [
-        f"DROP TRIGGER IF EXISTS {quote(_name('scrypath_sa_capture', table.name))} ON {on}",
-        f"DROP TRIGGER IF EXISTS {quote(_name('scrypath_sa_capture_update', table.name))} "
-        f"ON {on}",
-        f"DROP FUNCTION IF EXISTS "
-        f"{_qualified(table, _name('scrypath_sa_capture', table.name), quote)}()",
+        *(f"DROP TRIGGER IF EXISTS {names[t]} ON {on}" for t in ("insert", "delete", "update")),
+        f"DROP FUNCTION IF EXISTS {names['insert_function']}()",
+        f"DROP FUNCTION IF EXISTS {names['row_function']}()",
     ]
 
 
@@ -228,6 +240,36 @@ def _changed_columns(model: type, mapper: Mapper[Any]) -> list[str] | None:
                    else prop.columns)
         names.update((c.name, None) for c in columns)
     return list(names)
+
+
+def _names(table: Any, quote: Any) -> dict[str, str]:
+    """The table's name and its capture functions' and triggers' (``quote``: the
+    preparer's, for statements; None: bare trigger names, for the catalogue)."""
+    def name(prefix: str) -> str:
+        found = _name(prefix, table.name)
+        return quote(found) if quote is not None else found
+
+    qualify = quote or _quote()
+    return {
+        "table": _qualified(table, table.name, qualify),
+        "row_function": _qualified(table, _name("scrypath_sa_capture", table.name), qualify),
+        "insert_function": _qualified(
+            table, _name("scrypath_sa_capture_insert", table.name), qualify),
+        "insert": name("scrypath_sa_capture"),
+        "delete": name("scrypath_sa_capture_delete"),
+        "update": name("scrypath_sa_capture_update"),
+    }
+
+
+def _capture_function(function: str, declare: str, body: str) -> str:
+    """A trigger function that writes nothing while a session records its transaction
+    itself (:data:`SESSION_CAPTURES`), else runs ``body``."""
+    return (f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
+            f"AS $f$\n{declare}BEGIN\n"
+            "  IF current_setting('scrypath_sa.capture', true) = 'session' THEN\n"
+            "    RETURN NULL;\n"
+            "  END IF;\n"
+            f"{body}  RETURN NULL;\nEND\n$f$")
 
 
 def _quote() -> Any:

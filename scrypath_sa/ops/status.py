@@ -90,10 +90,11 @@ class ModelStatus:
         if self.contract_matches is False:
             out.append("the live index was built for another contract: reindex")
         if self.capture_trigger_missing:
-            out.append(f"{self.model} is captured by trigger, but its table has no capture "
-                       "trigger: sessions record its changes meanwhile, other writers' are "
-                       f"not recorded; run scrypath_sa.triggers.ddl({self.model}) in a "
-                       "migration, then reconcile")
+            out.append(f"{self.model} is captured by trigger, but its table's capture "
+                       "triggers are missing or out of date: sessions record its changes "
+                       "meanwhile, other writers' may not be recorded; run "
+                       f"scrypath_sa.triggers.ddl({self.model}) in a migration, then "
+                       "reconcile")
         for rebuild in self.rebuilds:
             if rebuild["state"] == "abandoned":
                 owner = rebuild["owner"] or "an unknown process"
