@@ -116,13 +116,19 @@ def reset(engine: Any) -> None:
 
 
 def commits(maker: Any, cls: Any, n_commits: int, rows: int, start: int,
-            body: str = "") -> None:
+            body: str = "", database_ids: bool = False) -> None:
+    """``database_ids``: the rows' ids are left to the database (the ORM then sends a
+    flush's INSERTs as one statement with RETURNING; with ids given, psycopg sends one
+    per row)."""
     key = start
     for _ in range(n_commits):
         with maker() as session:
             for _ in range(rows):
                 key += 1
-                session.add(cls(id=key, title=f"row {key}", views=key, body=body))
+                row = cls(title=f"row {key}", views=key, body=body)
+                if not database_ids:
+                    row.id = key
+                session.add(row)
             session.commit()
 
 
@@ -141,6 +147,9 @@ def main() -> None:
                         help="a PostgreSQL of its own with fsync and synchronous commit on")
     parser.add_argument("--freeze-gc", action="store_true",
                         help="the worker with DramatiqMode(freeze_gc=True)")
+    parser.add_argument("--ids", choices=("given", "database"), default="given",
+                        help="write path: ids given by the application, or made by the "
+                             "database (sequence; the ORM batches the INSERTs)")
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="event ids per message (default: the library's)")
     args = parser.parse_args()
@@ -150,6 +159,7 @@ def main() -> None:
         urls = {**urls, "postgresql": durable_url or urls["postgresql"]}
         print("PostgreSQL: " + ("durable (fsync and synchronous commit on, its defaults)"
                                 if durable_url else "the test server (fsync off)"))
+        print(f"write path: ids {'made by the database' if args.ids == 'database' else 'given'}")
         engine = create_engine(urls["postgresql"])
         with engine.begin() as conn:
             conn.execute(text("DROP TABLE IF EXISTS bench_plain, bench_synced, bench_triggered, "
@@ -181,13 +191,14 @@ def main() -> None:
                 for name, maker, cls in pair[turn:] + pair[:turn]:  # alternating
                     results[shape].setdefault(name, []).append(timed(
                         lambda n=n, rows=rows, maker=maker, cls=cls: commits(
-                            maker, cls, n, rows, 0)))
+                            maker, cls, n, rows, 0, database_ids=args.ids == "database")))
                 # The enqueued marks are written off the committing thread; wait for them
                 # outside the timed part and report how long they trailed.
                 flush_times[shape].append(timed(mode.flush))  # type: ignore[attr-defined]
                 reset(engine)
                 results[shape].setdefault("background", []).append(
-                    timed(lambda n=n, rows=rows: commits(background_maker, Synced, n, rows, 0)))
+                    timed(lambda n=n, rows=rows: commits(background_maker, Synced, n, rows, 0,
+                                                         database_ids=args.ids == "database")))
                 background_mode.flush()  # type: ignore[attr-defined]
         if "write" in args.parts:
             with engine.connect() as conn:

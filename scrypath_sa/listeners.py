@@ -101,15 +101,8 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
         dirty = [obj for obj in session.dirty if isinstance(obj, Searchable)]
         deleted = [obj for obj in session.deleted if isinstance(obj, Searchable)]
         if registry.has_trigger_models():
-            # Per class, the rows a trigger runs once for each: updates and deletes (a
-            # flush's inserts are one statement, recorded by one statement trigger).
-            written: dict[type, int] = {}  # (a Counter costs more)
-            for obj in session.new:
-                if isinstance(obj, Searchable):
-                    written.setdefault(type(obj), 0)
-            for obj in (*dirty, *deleted):
-                written[type(obj)] = written.get(type(obj), 0) + 1
-            _choose_capture(session, config, state, written)
+            _choose_capture(session, config, state,
+                            _trigger_rows(session.new, (*dirty, *deleted)))
         for obj in dirty:
             if _document_changed(session, obj):
                 _capture(state, obj, Operation.UPSERT)
@@ -159,7 +152,7 @@ def handlers(pick: Pick) -> list[tuple[str, Any]]:
         state = session_sync(orm_state.session)
         state.config = config
         if info is not None and info.by_trigger:
-            _choose_capture(orm_state.session, config, state, {mapper.class_: 1})
+            _choose_capture(orm_state.session, config, state, {mapper.class_: [1, 0, 0]})
 
         def run() -> Any:  # the statement, with its own rows' events when Searchable
             if info is None:
@@ -261,14 +254,57 @@ def _remember(session: Session, config: Config, conn: Connection,
     state.engine = conn.engine
 
 
+Written = list[int]
+"""A trigger-captured class's rows about to be written: updated or deleted (a statement
+each), inserted with their key given, inserted with a key the database makes."""
+
+
+def _trigger_rows(new: Iterable[Any], changed: Iterable[Any]) -> dict[type, Written]:
+    """The rows of trigger-captured classes among a flush's ``new`` and ``changed``
+    (dirty or deleted) objects, per class."""
+    written: dict[type, Written] = {}
+    others: set[type] = set()
+
+    def counts(obj: Any) -> Written | None:
+        cls = type(obj)
+        found = written.get(cls)
+        if found is None and cls not in others:
+            info = registry.info_for(cls) if isinstance(obj, Searchable) else None
+            if info is None or not info.by_trigger:
+                others.add(cls)
+                return None
+            found = written[cls] = [0, 0, 0]
+        return found
+
+    for obj in new:
+        if (row := counts(obj)) is not None:
+            keyed = all(getattr(obj, k) is not None for k in registry.pk_keys(type(obj)))
+            row[1 if keyed else 2] += 1
+    for obj in changed:
+        if (row := counts(obj)) is not None:
+            row[0] += 1
+    return written
+
+
+def _one_by_one(dialect: Any, written: Written) -> int:
+    """How many of ``written``'s rows the ORM sends a statement each, so that a trigger
+    runs once per row: updates and deletes; inserts with their keys given unless the
+    driver batches INSERTs without RETURNING (psycopg2 does; psycopg sends them one
+    by one, pipelined); inserts whose keys the database makes unless it batches them
+    with RETURNING (psycopg and psycopg2 do)."""
+    changed, keyed, unkeyed = written
+    return (changed + (0 if dialect.use_insertmanyvalues_wo_returning else keyed)
+            + (0 if dialect.use_insertmanyvalues else unkeyed))
+
+
 def _choose_capture(session: Session, config: Config, state: SessionSync,
-                    written: Mapping[type, int]) -> None:
+                    written: Mapping[type, Written]) -> None:
     """Who records the changes of the trigger-captured models among ``written`` (the
-    Searchable classes about to be written, with the number of rows their triggers
-    would run once for each: updated and deleted ones). Their triggers
+    Searchable classes about to be written, with their rows). Their triggers
     (``to_trigger``), when the session's mode is the one they record for, the triggers
-    exist, and there are fewer than :data:`~scrypath_sa.triggers.SESSION_RECORDS_FROM`
-    such rows. Else the session,
+    exist, and fewer than :data:`~scrypath_sa.triggers.SESSION_RECORDS_FROM` of the
+    rows are sent a statement each (a row trigger, or the INSERT trigger, runs once per
+    statement: :func:`_one_by_one`). Else the session,
     which first tells the triggers to stand aside for the rest of its transaction (once:
     the setting lasts until the transaction ends, so later flushes record their rows
     themselves too)."""
@@ -277,8 +313,8 @@ def _choose_capture(session: Session, config: Config, state: SessionSync,
     for cls, count in written.items():
         info = registry.info_for(cls)
         if info is not None and info.by_trigger:
-            binds[cls] = session.get_bind(info.mapper)
-            rows += count
+            bind = binds[cls] = session.get_bind(info.mapper)
+            rows += _one_by_one(bind.dialect, count)
     state.to_trigger = set()
     if not binds or state.stood_aside:
         return
@@ -625,8 +661,8 @@ def install_bulk_capture() -> None:
         state = session_sync(self)
         mappings = given["mappings"] = list(given["mappings"])
         if info.by_trigger:
-            per_row = len(mappings) if given["isupdate"] else 0  # inserts: one statement
-            _choose_capture(self, config, state, {mapper.class_: per_row})
+            rows = [len(mappings), 0, 0] if given["isupdate"] else [0, len(mappings), 0]
+            _choose_capture(self, config, state, {mapper.class_: rows})
             if mapper.class_ in state.to_trigger:  # the trigger records the rows
                 original(*call.args, **call.kwargs)
                 state.triggered += len(mappings)
