@@ -7,6 +7,7 @@ tell an override from a default without importing the mixin.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -52,8 +53,8 @@ class ModelInfo:
     def name(self) -> str:
         return self.cls.__name__
 
-    @property
-    def mapper(self) -> Mapper[Any]:
+    @functools.cached_property
+    def mapper(self) -> Mapper[Any]:  # (every flush of a trigger-captured model asks)
         mapper: Mapper[Any] = inspect(self.cls)
         return mapper
 

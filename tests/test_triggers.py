@@ -61,8 +61,9 @@ def test_the_trigger_records_writes_no_session_sees(pg: Engine, prefix: str) -> 
 
 def test_one_statement_of_many_rows_records_each_written_row_once(
         pg: Engine, prefix: str) -> None:
-    """Statement-level triggers: a 500-row INSERT records 500 events, an UPDATE only
-    the rows it changed, a key change an upsert of the new key."""
+    """Statements of many rows: a 500-row INSERT records 500 events, an UPDATE only
+    the rows it changed, a key change an upsert of the new key, an INSERT ... ON
+    CONFLICT DO UPDATE each row it inserted or changed, an INSERT of no rows nothing."""
     world = make_world(pg, prefix, capture="trigger")
     with pg.begin() as conn:
         conn.execute(text("INSERT INTO articles (id, title, views, published) "
@@ -70,11 +71,18 @@ def test_one_statement_of_many_rows_records_each_written_row_once(
         conn.execute(text("UPDATE articles SET title = 'even' WHERE id % 2 = 0"))
         conn.execute(text("UPDATE articles SET title = title WHERE id <= 10"))
         conn.execute(text("UPDATE articles SET id = 1000 WHERE id = 1"))
+        conn.execute(text("INSERT INTO articles (id, title, views, published) "
+                          "VALUES (3, 'upserted', '0', true), (2000, 'new', '0', true) "
+                          "ON CONFLICT (id) DO UPDATE SET title = excluded.title"))
+        conn.execute(text("INSERT INTO articles (id, title, views, published) "
+                          "SELECT id, title, views, published FROM articles WHERE false"))
     rows = recorded(world.engine)
-    assert len(rows) == 500 + 250 + 1
+    assert len(rows) == 500 + 250 + 1 + 2
     assert sorted(int(r.document_id) for r in rows[:500]) == list(range(1, 501))
     assert sorted(int(r.document_id) for r in rows[500:750]) == list(range(2, 501, 2))
-    assert (rows[-1].document_id, rows[-1].operation) == ("1000", "upsert")
+    assert (rows[750].document_id, rows[750].operation) == ("1000", "upsert")
+    assert sorted((r.document_id, r.operation) for r in rows[751:]) == [
+        ("2000", "upsert"), ("3", "upsert")]
 
 
 def test_a_session_in_another_mode_records_its_own_and_the_trigger_stands_aside(
