@@ -47,11 +47,13 @@ REFRESH_EVERY = 10_000
 events can read ``completed`` while the run goes on (progress an operator can see, and
 a short tail) at the price of a few more, small refreshes."""
 
-CONFIRM_EVERY = 1.0
-"""The confirmer refreshes at most this often (seconds): as often as an index refreshes
-by itself by default. Each refresh costs the cluster a segment; at 8-10 a second they
-were a third of a streaming worker's OpenSearch CPU. The first writes after a quiet
-second are refreshed at once."""
+CONFIRM_EVERY = 0.5
+"""The confirmer refreshes at most this often (seconds): twice as often as an index
+refreshes by itself by default. Each refresh costs the cluster a segment; at 8-10 a
+second they were a third of a streaming worker's OpenSearch CPU, at 2 a second a stream's
+refreshes per round are about those of one a second (the doorbells' windows pace the
+writes), and its last writes wait half as long to be visible (docs/performance.md).
+The first writes after a quiet half second are refreshed at once."""
 
 REFRESH_PACE = 0.05
 """While several callers need one index visible, its refreshes from this process start
