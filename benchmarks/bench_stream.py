@@ -22,8 +22,10 @@ replicas, the default refresh interval). Variants, in alternating order each rou
 
 Per variant: commits/s; the time from the first commit until every row's last update
 is searchable; and the CPU of the whole pipeline per commit (client, pgsync or the
-worker, PostgreSQL, OpenSearch, Redis; from /proc) over that time. The sync process of
-the other variants is paused (SIGSTOP) outside its own turn. Before the rounds each
+worker, PostgreSQL, OpenSearch, Redis; from /proc) over that time and, for the worker's
+variants, until their events are recorded ``completed`` (their confirmer's work is
+theirs, and the next variant's round starts without it). The sync process of the other
+variants is paused (SIGSTOP) outside its own turn. Before the rounds each
 variant streams ``--warmup`` rows (JIT warm-up of OpenSearch and the processes). Medians
 of the rounds, with min-max. ``--quick``: 300 rows, 2 rounds, 300 rows of warm-up.
 """
@@ -313,6 +315,8 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
                         wait_until(lambda name=name, marker=marker: visible(
                             client, indices[name], marker) == args.rows)
                     seen = time.perf_counter() - began
+                    if name in workers:  # its events recorded completed: its work is done
+                        wait_until(lambda: open_events(engine) == 0)
                     after, sync_after = cpu_seconds(), sum(tree_cpu(p) for p in pids)
                     index_after = index_work(client, indices.get(name))
                     for key, count in index_after.items():
@@ -330,6 +334,14 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
                 os.killpg(process.pid, signal.SIGCONT)
     client.indices.delete(index=f"{PREFIX}*", ignore_unavailable=True)
     report(args, results)
+
+
+def open_events(engine: Any) -> int:
+    """Events not yet ``completed`` (or ``discarded``)."""
+    with engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM sync_events WHERE completed_at IS NULL "
+            "AND discarded_at IS NULL")).scalar_one())
 
 
 def index_work(client: Any, index: str | None) -> dict[str, float]:
