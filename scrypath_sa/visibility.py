@@ -50,10 +50,10 @@ a short tail) at the price of a few more, small refreshes."""
 CONFIRM_EVERY = 0.5
 """The confirmer refreshes at most this often (seconds): twice as often as an index
 refreshes by itself by default. Each refresh costs the cluster a segment; at 8-10 a
-second they were a third of a streaming worker's OpenSearch CPU, at 2 a second a stream's
-refreshes per round are about those of one a second (the doorbells' windows pace the
-writes), and its last writes wait half as long to be visible (docs/performance.md).
-The first writes after a quiet half second are refreshed at once."""
+second they were a third of a streaming worker's OpenSearch CPU; at most 2 a second
+(rather than 1) a stream's last writes wait half as long to be visible, for a few more
+refreshes (docs/performance.md). The first writes after a quiet half second are
+refreshed at once."""
 
 REFRESH_PACE = 0.05
 """While several callers need one index visible, its refreshes from this process start
