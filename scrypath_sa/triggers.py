@@ -14,9 +14,9 @@ workers' doorbell after its commit (its outcome counts those events as ``unnamed
 their ids are the database's). A session in any other mode (``inline`` waits for its
 own events, ``manual`` hands them over by id) tells the trigger to stand aside for its
 transaction (:data:`SESSION_CAPTURES`) and records them itself, as for any model; so
-does a ``dramatiq`` session whose flush (or ``bulk_update_mappings`` call) updates or
-deletes :data:`SESSION_RECORDS_FROM` rows or more (one set-based INSERT costs less than
-a row trigger run per row).
+does a ``dramatiq`` session whose flush (or ``bulk_*`` call) sends
+:data:`SESSION_RECORDS_FROM` statements or more writing such rows (one set-based INSERT
+costs less than as many trigger runs).
 
 Limits: default document ids only (the primary key: integers, text or UUIDs); an UPDATE
 that changes a primary key is recorded as an upsert of the new key only (as the
@@ -52,11 +52,12 @@ SESSION_CAPTURES = "SELECT set_config('scrypath_sa.capture', 'session', true)"
 write nothing until the transaction ends."""
 
 SESSION_RECORDS_FROM = 16
-"""A flush (or ``bulk_update_mappings`` call) that updates or deletes at least this
-many rows of trigger-captured models has the session record its changes (one set-based
-INSERT with the COMMIT), not a row trigger run per row: cheaper from about this many
-rows (docs/performance.md). Inserted rows do not count: their statement trigger records
-them set-based too."""
+"""A flush (or ``bulk_*`` call) that sends at least this many statements writing rows
+of trigger-captured models has the session record its changes (one set-based INSERT
+with the COMMIT), not a trigger run per statement: cheaper from about this many
+(docs/performance.md). The ORM sends an UPDATE or DELETE per row; new rows whose keys
+the database makes as one INSERT (psycopg, psycopg2), new rows with their keys given as
+an INSERT each on psycopg and as one on psycopg2."""
 
 _INSERTED = "scrypath_sa_inserted"
 """The INSERT trigger's transition table: the statement's new rows."""
@@ -71,10 +72,9 @@ def ddl(model: type) -> list[str]:
     ``__search_fields__``, or after upgrading from a version with two triggers).
 
     An INSERT is recorded by a statement trigger reading the statement's new rows as a
-    transition table: one set-based INSERT into ``sync_events`` however many rows (the
-    ORM sends a flush's new rows as one statement). UPDATE and DELETE are recorded by
-    row triggers (an ORM flush sends them one statement per row); an UPDATE only when a
-    column the document reads changed."""
+    transition table: one set-based INSERT into ``sync_events`` however many rows. UPDATE
+    and DELETE are recorded by row triggers; an UPDATE only when a column the document
+    reads changed."""
     info, table, mapper = _model(model)
     quote = _quote()
     names = _names(table, quote)
