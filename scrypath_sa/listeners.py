@@ -308,6 +308,9 @@ def _choose_capture(session: Session, config: Config, state: SessionSync,
     which first tells the triggers to stand aside for the rest of its transaction (once:
     the setting lasts until the transaction ends, so later flushes record their rows
     themselves too)."""
+    state.to_trigger = set()
+    if state.stood_aside:  # this transaction records its changes itself
+        return
     binds: dict[type, Engine | Connection] = {}
     rows = 0
     for cls, count in written.items():
@@ -315,8 +318,7 @@ def _choose_capture(session: Session, config: Config, state: SessionSync,
         if info is not None and info.by_trigger:
             bind = binds[cls] = session.get_bind(info.mapper)
             rows += _one_by_one(bind.dialect, count)
-    state.to_trigger = set()
-    if not binds or state.stood_aside:
+    if not binds:
         return
     if (rows < triggers.SESSION_RECORDS_FROM
             and resolve_mode(config.default_mode, session) == triggers.MODE):
@@ -661,6 +663,7 @@ def install_bulk_capture() -> None:
         state = session_sync(self)
         mappings = given["mappings"] = list(given["mappings"])
         if info.by_trigger:
+            # Bulk INSERTs without return_defaults go as executemany, keys given or not.
             rows = [len(mappings), 0, 0] if given["isupdate"] else [0, len(mappings), 0]
             _choose_capture(self, config, state, {mapper.class_: rows})
             if mapper.class_ in state.to_trigger:  # the trigger records the rows
