@@ -6,7 +6,9 @@ One client thread commits ``--rows`` single-row INSERTs, then as many single-row
 UPDATEs (the ORM, one session per commit), into a table of the same shape for every
 variant (bigint id, a title, a 200-byte body, an integer), on one machine: PostgreSQL
 (started here with ``wal_level=logical`` and fsync off), Redis, OpenSearch (1 shard, 0
-replicas, the default refresh interval). Variants, in alternating order each round:
+replicas, the default refresh interval). Variants, each round in the order of a
+balanced Latin square (over as many rounds as variants, each runs right after every
+other once; :func:`round_order`):
 
 * ``plain``: SQLAlchemy, no sync (the limit);
 * ``pgsync``: the pgsync daemon (PyPI ``pgsync``, in a virtualenv of its own under
@@ -24,7 +26,9 @@ Per variant: commits/s; the time from the first commit until every row's last up
 is searchable; and the CPU of the whole pipeline per commit (client, pgsync or the
 worker, PostgreSQL, OpenSearch, Redis; from /proc) over that time and, for the worker's
 variants, until their events are recorded ``completed`` (their confirmer's work is
-theirs, and the next variant's round starts without it). The sync process of the other
+theirs, and the next variant's round starts without it), and until what the round left
+behind is done (:func:`settle`: a VACUUM of the tables it changed, OpenSearch's merges of
+its index; else it runs in the next variant's round). The sync process of the other
 variants is paused (SIGSTOP) outside its own turn. Before the rounds each
 variant streams ``--warmup`` rows (JIT warm-up of OpenSearch and the processes). Medians
 of the rounds, with min-max. ``--quick``: 300 rows, 2 rounds, 300 rows of warm-up.
@@ -201,12 +205,21 @@ def dramatiq_worker(urls: dict[str, str], threads: int) -> Iterator[subprocess.P
         worker.wait(60)
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 300.0) -> None:
+def wait_until(check: Callable[[], bool], timeout: float = 300.0,
+               explain: Callable[[], str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise TimeoutError("not visible in time")
+            raise TimeoutError("not done in time" + (f": {explain()}" if explain else ""))
         time.sleep(0.02)
+
+
+def event_states(engine: Any) -> str:
+    """``sync_events`` per state (what a stalled worker variant left)."""
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT state, count(*) FROM sync_events GROUP BY state ORDER BY state")).all()
+    return "sync_events " + (", ".join(f"{state} {count}" for state, count in rows) or "empty")
 
 
 def main() -> None:
@@ -275,6 +288,7 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
     indices = {"hand": hand_index, "dramatiq": Ours.__search_index__,
                "trigger": Trig.__search_index__,
                "inline": Inline.__search_index__, "pgsync": f"{PREFIX}_pgsync"}
+    sync_events_of = {"dramatiq", "trigger", "inline"}
     results: dict[str, dict[str, list[float]]] = {v: {"rate": [], "visible": [], "cpu": []}
                                                   for v in variants}
     with contextlib.ExitStack() as stack:
@@ -295,11 +309,10 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
             stream(makers[name], classes[name], args.warmup, 900_000_000, -1)
             if name in indices:
                 wait_until(lambda name=name: visible(client, indices[name], -1)
-                           == args.warmup)
+                           == args.warmup, explain=lambda: event_states(engine))
         try:
             for r in range(args.rounds):
-                order = variants[r % len(variants):] + variants[:r % len(variants)]
-                for name in order:
+                for name in round_order(variants, r):
                     running = sync_processes.get(name)
                     for process in sync_processes.values():
                         os.killpg(process.pid, signal.SIGCONT if process is running
@@ -313,10 +326,16 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
                     committed = time.perf_counter() - began
                     if name in indices:
                         wait_until(lambda name=name, marker=marker: visible(
-                            client, indices[name], marker) == args.rows)
+                            client, indices[name], marker) == args.rows,
+                            explain=lambda: event_states(engine))
                     seen = time.perf_counter() - began
                     if name in workers:  # its events recorded completed: its work is done
-                        wait_until(lambda: open_events(engine) == 0)
+                        wait_until(lambda: open_events(engine) == 0,
+                                   explain=lambda: event_states(engine))
+                    settle(peer_engine if name == "pgsync" else engine,
+                           [classes[name].__tablename__,
+                            *(["sync_events"] if name in sync_events_of else [])],
+                           client, indices.get(name))
                     after, sync_after = cpu_seconds(), sum(tree_cpu(p) for p in pids)
                     index_after = index_work(client, indices.get(name))
                     for key, count in index_after.items():
@@ -334,6 +353,32 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
                 os.killpg(process.pid, signal.SIGCONT)
     client.indices.delete(index=f"{PREFIX}*", ignore_unavailable=True)
     report(args, results)
+
+
+def round_order(variants: list[str], r: int) -> list[str]:
+    """Round ``r``'s order: a balanced (Williams) Latin square, so that over ``len(variants)``
+    rounds each variant runs right after every other once (a cyclic rotation kept each
+    variant after the same one in every round: what one leaves behind fell on the same
+    successor each time). An odd number of variants takes twice as many rounds, the
+    second half reversed."""
+    n = len(variants)
+    base = [0]
+    for i in range(1, n):
+        base.append((i + 1) // 2 if i % 2 else n - i // 2)
+    order = [variants[(b + r) % n] for b in base]
+    return order[::-1] if n % 2 and (r // n) % 2 else order
+
+
+def settle(engine: Any, tables: list[str], client: Any, index: str | None) -> None:
+    """What a round leaves behind, done in that round (its CPU is the round's): VACUUM
+    the tables it changed (else autovacuum does it later, during another variant's
+    round), and wait until OpenSearch merges nothing in its index."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for table in tables:
+            conn.execute(text(f"VACUUM (ANALYZE) {table}"))
+    if index is not None:
+        wait_until(lambda: client.indices.stats(index=index, metric="merge")[
+            "_all"]["total"]["merges"]["current"] == 0)
 
 
 def open_events(engine: Any) -> int:
