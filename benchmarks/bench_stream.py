@@ -288,7 +288,6 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
     indices = {"hand": hand_index, "dramatiq": Ours.__search_index__,
                "trigger": Trig.__search_index__,
                "inline": Inline.__search_index__, "pgsync": f"{PREFIX}_pgsync"}
-    sync_events_of = {"dramatiq", "trigger", "inline"}
     results: dict[str, dict[str, list[float]]] = {v: {"rate": [], "visible": [], "cpu": []}
                                                   for v in variants}
     with contextlib.ExitStack() as stack:
@@ -334,7 +333,8 @@ def run(args: Any, variants: list[str], urls: dict[str, str], workdir: Path, cli
                                    explain=lambda: event_states(engine))
                     settle(peer_engine if name == "pgsync" else engine,
                            [classes[name].__tablename__,
-                            *(["sync_events"] if name in sync_events_of else [])],
+                            *(["sync_events"] if issubclass(classes[name],
+                                                            scrypath_sa.Searchable) else [])],
                            client, indices.get(name))
                     after, sync_after = cpu_seconds(), sum(tree_cpu(p) for p in pids)
                     index_after = index_work(client, indices.get(name))
